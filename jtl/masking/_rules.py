@@ -60,6 +60,8 @@ def labels_for_names(
             if wins[i]:
                 continue
             shadowed = [n for n in names if regex.fullmatch(n)]
+            if i == len(compiled) - 1 and len(shadowed) == len(names):
+                continue  # a spare final catch-all only restates the default; it hides no other rule
             if shadowed:
                 problems.append(
                     f"rule {i} ({regex.pattern!r} -> {label!r}) labels nothing: every leaf it matches "
@@ -84,8 +86,9 @@ def label_by_rules(
       tree: any pytree; names come from :func:`leaf_names`.
       rules: ordered ``(regex, label)`` pairs (or a dict in insertion order).
       default: the label of leaves that no rule covers. Without it, such leaves are an error.
-      allow_unused: if False (the default), a rule that labels no leaf is an error, because a typo in a
-        freeze pattern must never silently train (or freeze) everything.
+      allow_unused: if False (the default), a rule that matches no leaf is an error, because a typo in a
+        freeze pattern must never silently train (or freeze) everything; so is a rule whose every match
+        is taken by earlier rules, except a final catch-all that matches every leaf.
 
     Returns:
       A pytree with the structure of ``tree`` whose leaves are labels.
@@ -160,7 +163,9 @@ def resolve_mask(spec: MaskSpec, tree: PyTree, *, allow_unused: bool = False) ->
     """
     if _is_patterns(spec):
         return select(tree, spec, allow_unused=allow_unused)
-    mask = spec(tree) if callable(spec) else spec
+    # An Equinox module is callable *and* a pytree: a mask given as a module is a tree, not a function.
+    is_function = callable(spec) and jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(spec))
+    mask = spec(tree) if is_function else spec
     tree_def = jax.tree_util.tree_structure(tree)
     if jax.tree_util.tree_structure(mask) != tree_def:
         raise MaskingError(f"the mask does not fit the params: {structure_diff(tree, mask)}")
