@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -34,7 +35,9 @@ def _scale_by_name(multipliers_for: Callable[[list[str]], list[float]]) -> optax
     return optax.GradientTransformation(init, update)
 
 
-def lr_multipliers(rules: Rules, *, default: float = 1.0, allow_unused: bool = False) -> optax.GradientTransformation:
+def lr_multipliers(
+    rules: Rules, *, default: float = 1.0, allow_unused: bool = False
+) -> optax.GradientTransformation:
     """Multiplies each leaf's update by the multiplier of the first rule whose regex fullmatches its name.
 
     Chain it after the optimizer (``optax.chain(optax.adamw(lr), lr_multipliers(...))``): scaling the
@@ -57,7 +60,9 @@ def lr_multipliers(rules: Rules, *, default: float = 1.0, allow_unused: bool = F
     ([0.1...], [1.0])
     """
     return _scale_by_name(
-        lambda names: [float(m) for m in labels_for_names(names, rules, default=default, allow_unused=allow_unused)]
+        lambda names: [
+            float(m) for m in labels_for_names(names, rules, default=default, allow_unused=allow_unused)
+        ]
     )
 
 
@@ -66,9 +71,15 @@ def layerwise_multipliers(
 ) -> list[float]:
     """Returns ``decay ** (num_layers - layer_of(name))`` for each name; errors name unplaceable leaves."""
     layers = [layer_of(n) for n in names]
-    bad = [f"{n} -> {layer!r}" for n, layer in zip(names, layers, strict=True) if not _valid_layer(layer, num_layers)]
+    bad = [
+        f"{n} -> {layer!r}"
+        for n, layer in zip(names, layers, strict=True)
+        if not _valid_layer(layer, num_layers)
+    ]
     if bad:
-        raise MaskingError(f"layer_of must return a layer in [0, {num_layers}] for every leaf; got {_preview(bad)}")
+        raise MaskingError(
+            f"layer_of must return a layer in [0, {num_layers}] for every leaf; got {_preview(bad)}"
+        )
     return [float(decay ** (num_layers - layer)) for layer in layers]
 
 
@@ -168,7 +179,11 @@ def weight_decay_mask(tree: PyTree, *, exclude: str | Sequence[str] = ()) -> PyT
         parts = _components(name) or [""]
         if _EMBEDDING_LIKE.fullmatch(parts[-1]):
             return False
-        return not (len(parts) > 1 and _TORCH_LIKE_WEIGHT.fullmatch(parts[-1]) and _EMBEDDING_LIKE.fullmatch(parts[-2]))
+        return not (
+            len(parts) > 1
+            and _TORCH_LIKE_WEIGHT.fullmatch(parts[-1])
+            and _EMBEDDING_LIKE.fullmatch(parts[-2])
+        )
 
     mask = [decays(n, x) for n, x in zip(names, leaves, strict=True)]
     if excluded is not None:
@@ -208,7 +223,7 @@ class GradualUnfreezing(NamedTuple):
 def gradual_unfreezing(
     groups: Sequence[str | Sequence[str]], *, every: int | None = None, starts: Sequence[int] | None = None
 ) -> GradualUnfreezing:
-    """Builds a :class:`GradualUnfreezing` schedule, one group unfrozen every ``every`` steps or at ``starts``.
+    """Builds a :class:`GradualUnfreezing` schedule: a group unfrozen every ``every`` steps or at ``starts``.
 
     Args:
       groups: patterns per group, top first; the first group trains from step 0.
@@ -231,8 +246,10 @@ def gradual_unfreezing(
             raise MaskingError(f"`every` must be positive, got {every}")
         starts = [k * every for k in range(len(normalised))]
     starts = tuple(int(s) for s in starts)
-    if len(starts) != len(normalised) or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+    increasing = all(b > a for a, b in itertools.pairwise(starts))
+    if len(starts) != len(normalised) or starts[0] != 0 or not increasing:
         raise MaskingError(
-            f"`starts` must be increasing, begin at 0 and have one entry per group ({len(normalised)}); got {starts}"
+            f"`starts` must be increasing, begin at 0 and have one entry per group "
+            f"({len(normalised)} groups); got {starts}"
         )
     return GradualUnfreezing(normalised, starts)

@@ -175,9 +175,8 @@ def resolve_mask(spec: MaskSpec, tree: PyTree, *, allow_unused: bool = False) ->
         if not isinstance(leaf, bool)
     ]
     if bad:
-        raise MaskingError(
-            f"mask leaves must be Python bools (masks are static); got {_preview([f'{n}={v!r}' for n, v in bad])}"
-        )
+        found = _preview([f"{n}={v!r}" for n, v in bad])
+        raise MaskingError(f"mask leaves must be Python bools (masks are static); got {found}")
     return mask
 
 

@@ -2,7 +2,6 @@ import re
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -71,7 +70,9 @@ def test_trainable_only_gradients_equal_the_trainable_part_of_the_full_gradient(
     assert value == pytest.approx(float(full_value), abs=1e-7)
     trains = dict(jm.named_leaves(mask))
     trained_any = False
-    for (name, g), (_, full) in zip(jm.named_leaves(_arrays(grads)), jm.named_leaves(_arrays(full_grads)), strict=True):
+    for (name, g), (_, full) in zip(
+        jm.named_leaves(_arrays(grads)), jm.named_leaves(_arrays(full_grads)), strict=True
+    ):
         if trains[name]:
             trained_any = True
             np.testing.assert_allclose(g, full, rtol=1e-6, atol=1e-7, err_msg=name)
@@ -82,14 +83,21 @@ def test_trainable_only_gradients_equal_the_trainable_part_of_the_full_gradient(
 
 def test_has_aux_is_passed_through():
     params, loss_fn, batch = linen_setup()
-    (value, aux), _ = jm.value_and_grad(lambda p, b: (loss_fn(p, b), {"n": 3}), HEAD, has_aux=True)(params, batch)
+    (value, aux), _ = jm.value_and_grad(lambda p, b: (loss_fn(p, b), {"n": 3}), HEAD, has_aux=True)(
+        params, batch
+    )
     assert aux == {"n": 3} and np.isfinite(value)
 
 
 def test_split_then_merge_is_identity_and_parts_are_disjoint():
     params, _, _ = linen_setup()
     trainable, frozen = jm.split(params, ["head/.*", "block_1/.*"])
-    assert {n for n, _ in jm.named_leaves(trainable)} == {"head/bias", "head/kernel", "block_1/bias", "block_1/kernel"}
+    assert {n for n, _ in jm.named_leaves(trainable)} == {
+        "head/bias",
+        "head/kernel",
+        "block_1/bias",
+        "block_1/kernel",
+    }
     assert not {n for n, _ in jm.named_leaves(trainable)} & {n for n, _ in jm.named_leaves(frozen)}
     merged = jm.merge(trainable, frozen)
     assert jax.tree_util.tree_structure(merged) == jax.tree_util.tree_structure(params)
@@ -150,7 +158,7 @@ def test_freeze_accepts_frozen_patterns_and_callables():
 
 def test_freeze_with_a_typo_fails_before_training():
     params, _, _ = linen_setup()
-    with pytest.raises(jm.MaskingError, match="'haed/.\\*'"):
+    with pytest.raises(jm.MaskingError, match=r"'haed/.\*'"):
         jm.freeze(optax.sgd(0.1), trainable="haed/.*").init(params)
 
 

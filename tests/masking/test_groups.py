@@ -8,9 +8,16 @@ import jtl.masking as jm
 from tests.masking.models import NUM_BLOCKS, linen_setup
 
 VIT_LIKE = {
-    "embed": {"patch": {"kernel": jnp.ones((4, 4, 3, 8))}, "pos_embedding": jnp.ones((1, 5, 8)), "cls": jnp.ones((1, 1, 8))},
+    "embed": {
+        "patch": {"kernel": jnp.ones((4, 4, 3, 8))},
+        "pos_embedding": jnp.ones((1, 5, 8)),
+        "cls": jnp.ones((1, 1, 8)),
+    },
     "encoder": {
-        "block_0": {"attn": {"query": {"kernel": jnp.ones((8, 8)), "bias": jnp.ones(8)}}, "norm1": {"scale": jnp.ones(8)}},
+        "block_0": {
+            "attn": {"query": {"kernel": jnp.ones((8, 8)), "bias": jnp.ones(8)}},
+            "norm1": {"scale": jnp.ones(8)},
+        },
         "block_1": {"mlp": {"fc1": {"kernel": jnp.ones((8, 16)), "bias": jnp.ones(16)}}},
     },
     "head": {"kernel": jnp.ones((8, 10)), "bias": jnp.ones(10)},
@@ -46,7 +53,7 @@ def test_lr_multiplier_equals_a_smaller_learning_rate_for_adamw_with_decay():
 
 def test_lr_multipliers_reject_a_rule_that_matches_nothing():
     tx = jm.lr_multipliers([("embedding/.*", 0.1)])
-    with pytest.raises(jm.MaskingError, match="'embedding/.\\*'"):
+    with pytest.raises(jm.MaskingError, match=r"'embedding/.\*'"):
         tx.update(VIT_LIKE, tx.init(VIT_LIKE))
 
 
@@ -66,7 +73,7 @@ def test_layerwise_lr_decay_follows_the_formula():
 
 def test_layerwise_lr_decay_names_leaves_without_a_layer():
     tx = jm.layerwise_lr_decay(lambda name: None if name.startswith("head") else 0, num_layers=2, decay=0.9)
-    with pytest.raises(jm.MaskingError, match="head/bias -> None"):
+    with pytest.raises(jm.MaskingError, match=r"head/bias -> None"):
         tx.update(VIT_LIKE, tx.init(VIT_LIKE))
 
 
@@ -94,7 +101,7 @@ def test_weight_decay_mask_understands_pytorch_style_names_and_extra_excludes():
         "encoder.layer.0.attention.self.query.weight": jnp.ones((4, 4)),
         "classifier.weight": jnp.ones((2, 4)),
     }
-    mask = jm.weight_decay_mask(hf, exclude="classifier\\..*")
+    mask = jm.weight_decay_mask(hf, exclude=r"classifier\..*")
     assert mask == {
         "embeddings.word_embeddings.weight": False,
         "embeddings.position_embeddings.weight": False,
@@ -118,17 +125,21 @@ def test_gradual_unfreezing_schedule_and_validation():
     assert schedule.starts == (0, 3, 6)
     assert [schedule.stage(s) for s in range(8)] == [0, 0, 0, 1, 1, 1, 2, 2]
     assert schedule.trainable_patterns(4) == ("head/.*", "block_2/.*", "norm_2/.*")
-    with pytest.raises(jm.MaskingError, match="increasing, begin at 0"):
+    with pytest.raises(jm.MaskingError, match=r"increasing, begin at 0"):
         jm.gradual_unfreezing(["a", "b"], starts=[5, 10])
-    with pytest.raises(jm.MaskingError, match="exactly one"):
+    with pytest.raises(jm.MaskingError, match=r"exactly one"):
         jm.gradual_unfreezing(["a"])
 
 
 def test_gradual_unfreezing_training_loop():
     """Still-frozen blocks stay bit-identical, get no gradient computed, and unfreeze on schedule."""
     params, loss_fn, batch = linen_setup()
-    schedule = jm.gradual_unfreezing(["head/.*", ["block_2/.*", "norm_2/.*"], ["block_1/.*", "norm_1/.*"]], every=2)
-    base = optax.chain(optax.adam(1e-2), jm.layerwise_lr_decay(jm.block_layer_index(NUM_BLOCKS), NUM_BLOCKS + 1, 1 / 2.6))
+    schedule = jm.gradual_unfreezing(
+        ["head/.*", ["block_2/.*", "norm_2/.*"], ["block_1/.*", "norm_1/.*"]], every=2
+    )
+    base = optax.chain(
+        optax.adam(1e-2), jm.layerwise_lr_decay(jm.block_layer_index(NUM_BLOCKS), NUM_BLOCKS + 1, 1 / 2.6)
+    )
     initial = params
     opt_state, stage, step_fn, dots = None, None, None, {}
     for step in range(6):
@@ -141,7 +152,7 @@ def test_gradual_unfreezing_training_loop():
             grad_fn = jm.value_and_grad(loss_fn, patterns)
 
             def train_step(params, opt_state, tx=tx, grad_fn=grad_fn):
-                loss, grads = grad_fn(params, batch)
+                _, grads = grad_fn(params, batch)
                 updates, opt_state = tx.update(grads, opt_state, params)
                 return optax.apply_updates(params, updates), opt_state
 
@@ -153,7 +164,11 @@ def test_gradual_unfreezing_training_loop():
             for (name, a), (_, b) in zip(jm.named_leaves(initial), jm.named_leaves(params), strict=True)
             if not np.array_equal(a, b)
         }
-        expected = {0: {"head"}, 1: {"head", "block_2", "norm_2"}, 2: {"head", "block_2", "norm_2", "block_1", "norm_1"}}
+        expected = {
+            0: {"head"},
+            1: {"head", "block_2", "norm_2"},
+            2: {"head", "block_2", "norm_2", "block_1", "norm_1"},
+        }
         assert changed == expected[stage], (step, changed)
     # Each unfrozen block adds its weight gradient and the input gradient of the block above.
     assert dots[0] < dots[1] < dots[2]

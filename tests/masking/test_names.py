@@ -54,10 +54,10 @@ def test_map_with_names_passes_matching_leaves_of_other_trees():
 
 
 def test_map_with_names_names_the_missing_leaf():
-    with pytest.raises(jm.MaskingError, match="missing leaves \\['y'\\]"):
+    with pytest.raises(jm.MaskingError, match=r"missing leaves \['y'\]"):
         jm.map_with_names(lambda n, u, v: u, {"x": 1.0, "y": 2.0}, {"x": 1.0})
 
 
 def test_colliding_names_are_an_error():
-    with pytest.raises(jm.MaskingError, match="not unique.*'a/b'"):
+    with pytest.raises(jm.MaskingError, match=r"not unique.*'a/b'"):
         jm.leaf_names({"a/b": jnp.ones(1), "a": {"b": jnp.ones(1)}})

@@ -81,7 +81,10 @@ def test_split_then_merge_is_the_identity(case):
     trainable, frozen = jm.split(tree, mask)
     merged = jm.merge(trainable, frozen)
     assert jax.tree_util.tree_structure(merged) == jax.tree_util.tree_structure(tree)
-    assert all(a is b for a, b in zip(jax.tree_util.tree_leaves(merged), jax.tree_util.tree_leaves(tree), strict=True))
+    assert all(
+        a is b
+        for a, b in zip(jax.tree_util.tree_leaves(merged), jax.tree_util.tree_leaves(tree), strict=True)
+    )
     assert len(jax.tree_util.tree_leaves(trainable)) == sum(jax.tree_util.tree_leaves(mask))
 
 
@@ -100,7 +103,10 @@ def test_trainable_only_gradient_equals_the_trainable_part_of_the_full_gradient(
     full_value, full = jax.value_and_grad(_coupled_loss)(tree)
     np.testing.assert_allclose(value, full_value, rtol=1e-6)
     for g, f, m in zip(
-        jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(mask), strict=True
+        jax.tree_util.tree_leaves(grads),
+        jax.tree_util.tree_leaves(full),
+        jax.tree_util.tree_leaves(mask),
+        strict=True,
     ):
         if m:
             np.testing.assert_allclose(g, f, rtol=1e-5, atol=1e-6)
@@ -125,10 +131,15 @@ def test_frozen_leaves_bit_identical_after_jitted_adamw_and_hold_no_moments(case
     for _ in range(steps):
         params, state = step(params, state)
     for before, after, m in zip(
-        jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask), strict=True
+        jax.tree_util.tree_leaves(tree),
+        jax.tree_util.tree_leaves(params),
+        jax.tree_util.tree_leaves(mask),
+        strict=True,
     ):
         if not m:
             assert np.array_equal(before, after)
-    trainable_sizes = [np.size(x) for x, m in zip(*map(jax.tree_util.tree_leaves, (tree, mask)), strict=True) if m]
+    trainable_sizes = [
+        np.size(x) for x, m in zip(*map(jax.tree_util.tree_leaves, (tree, mask)), strict=True) if m
+    ]
     state_sizes = sorted(np.size(x) for x in jax.tree_util.tree_leaves(state))
     assert state_sizes == sorted([1] + trainable_sizes * 2)  # mu and nu per trainable leaf, one count

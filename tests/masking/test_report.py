@@ -27,8 +27,12 @@ def test_counts_bytes_and_adamw_state_per_group():
 
 
 def test_total_optimizer_state_equals_the_real_state():
-    r = jm.report(PARAMS, frozen="embed/.*", optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, 0.9)))
-    real = jm.freeze(optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, 0.9)), frozen="embed/.*").init(PARAMS)
+    r = jm.report(
+        PARAMS, frozen="embed/.*", optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, 0.9))
+    )
+    real = jm.freeze(
+        optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, 0.9)), frozen="embed/.*"
+    ).init(PARAMS)
     assert r.total.opt_state_bytes == sum(x.nbytes for x in jax.tree_util.tree_leaves(real))
 
 
@@ -48,7 +52,17 @@ def test_report_on_shapes_allocates_nothing_and_groups_by_rules():
 def test_report_prints_a_table_and_serialises():
     r = jm.report(PARAMS, trainable="head/.*", optimizer=optax.adam(1e-3))
     text = str(r)
-    assert text.splitlines()[0].split() == ["group", "params", "%", "of", "all", "trainable", "bytes", "opt", "state"]
+    assert text.splitlines()[0].split() == [
+        "group",
+        "params",
+        "%",
+        "of",
+        "all",
+        "trainable",
+        "bytes",
+        "opt",
+        "state",
+    ]
     assert "total" in text.splitlines()[-1]
     data = json.loads(json.dumps(r.to_dict()))
     assert data["total"]["params"] == 451 and data["rows"][0]["group"] == "embed"
