@@ -1,0 +1,32 @@
+"""The README's code blocks run as written."""
+
+import re
+from pathlib import Path
+
+import optax
+
+from tests.masking.models import linen_setup
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _python_blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_masking_example_runs_on_a_users_own_params(capsys):
+    block = next(b for b in _python_blocks() if "import jtl.masking" in b)
+    params, loss_fn, batch = linen_setup()
+    namespace = {"params": params, "loss_fn": loss_fn, "batch": batch}
+    exec(compile(block, str(README), "exec"), namespace)
+    updates = namespace["updates"]
+    assert not updates["embed"]["kernel"].any() and updates["head"]["kernel"].any()
+    assert isinstance(namespace["tx"], optax.GradientTransformation)
+    assert "total" in capsys.readouterr().out
+
+
+def test_readme_opens_with_the_two_commands():
+    text = README.read_text()
+    first_block = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
+    assert commands == ["make quickstart", "make test"]
