@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ),
         "frozen backbone (jtl)": (jm.freeze(base, trainable=head), lambda f: jm.value_and_grad(f, head)),
         "frozen backbone (anchor recipe)": (
-            optax.chain(
-                optax.clip_by_global_norm(1.0), jm.freeze(optax.sgd(1e-3, momentum=0.9), trainable=head)
-            ),
+            optax.chain(optax.clip_by_global_norm(1.0), jm.freeze(optax.sgd(1e-3, momentum=0.9), trainable=head)),
             jax.value_and_grad,
         ),
     }

@@ -113,9 +113,7 @@ def with_new_head(pretrained: Any, fresh: Any) -> Any:
     return {**pretrained, "head": fresh["head"]}
 
 
-def transfer_once(
-    seed: int, shots: int, steps: int, verbose: bool
-) -> tuple[dict[str, float], dict[str, float]]:
+def transfer_once(seed: int, shots: int, steps: int, verbose: bool) -> tuple[dict[str, float], dict[str, float]]:
     """Pretrains on the source task and transfers three ways; returns target accuracies and ms/step."""
     tasks = load_digit_tasks(shots, seed)
     source_model, target_model = DigitNet(num_classes=5), DigitNet(num_classes=5)
@@ -148,9 +146,7 @@ def transfer_once(
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shots", type=int, default=10, help="labelled target examples per class")
-    parser.add_argument(
-        "--seeds", default="0,1,2", help="comma-separated seeds; the table shows mean and std"
-    )
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; the table shows mean and std")
     parser.add_argument("--steps", type=int, default=300, help="train steps per run")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -163,15 +159,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
             accuracies.setdefault(name, []).append(results[name])
             times.setdefault(name, []).append(step_ms[name])
 
-    print(
-        f"\ntarget task: digits 5-9 with {args.shots} labels per class; accuracy on the other target digits"
-    )
+    print(f"\ntarget task: digits 5-9 with {args.shots} labels per class; accuracy on the other target digits")
     print(f"(mean ± std over seeds {seeds}):")
     width = max(map(len, accuracies))
     for name, accs in accuracies.items():
         print(
-            f"  {name.ljust(width)}  {np.mean(accs):.3f} ± {np.std(accs):.3f}"
-            f"   ({np.median(times[name]):.2f} ms/step)"
+            f"  {name.ljust(width)}  {np.mean(accs):.3f} ± {np.std(accs):.3f}   ({np.median(times[name]):.2f} ms/step)"
         )
     return accuracies
 

@@ -14,6 +14,4 @@ def test_digit_tasks_split_classes_and_shots():
     x_train, y_train = tasks["target_train"]
     assert x_train.shape == (50, 64) and sorted(set(y_train.tolist())) == [0, 1, 2, 3, 4]
     assert set(tasks["source"][1].tolist()) == {0, 1, 2, 3, 4}
-    assert len(tasks["target_test"][1]) + 50 == sum(tasks["source"][1].shape) * 0 + 1797 - len(
-        tasks["source"][1]
-    )
+    assert len(tasks["target_test"][1]) + 50 == sum(tasks["source"][1].shape) * 0 + 1797 - len(tasks["source"][1])

@@ -143,9 +143,7 @@ def value_and_grad(
             return fun(merge(part, frozen_part), *args, **kwargs)
 
         value, grads = jax.value_and_grad(of_trainable, has_aux=has_aux)(trainable_part)
-        zeros = jax.tree_util.tree_map(
-            lambda x: jnp.zeros_like(x) if _is_differentiable(x) else None, frozen_part
-        )
+        zeros = jax.tree_util.tree_map(lambda x: jnp.zeros_like(x) if _is_differentiable(x) else None, frozen_part)
         return value, merge(grads, zeros)
 
     return wrapped
@@ -180,9 +178,7 @@ def carry_over_state(old_state: PyTree, new_state: PyTree) -> PyTree:
     def take(name: str, leaf: Any) -> Any:
         prev = old.get(name)
         same = (
-            prev is not None
-            and jnp.shape(prev) == jnp.shape(leaf)
-            and jnp.result_type(prev) == jnp.result_type(leaf)
+            prev is not None and jnp.shape(prev) == jnp.shape(leaf) and jnp.result_type(prev) == jnp.result_type(leaf)
         )
         return prev if same else leaf
 

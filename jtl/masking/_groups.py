@@ -35,9 +35,7 @@ def _scale_by_name(multipliers_for: Callable[[list[str]], list[float]]) -> optax
     return optax.GradientTransformation(init, update)
 
 
-def lr_multipliers(
-    rules: Rules, *, default: float = 1.0, allow_unused: bool = False
-) -> optax.GradientTransformation:
+def lr_multipliers(rules: Rules, *, default: float = 1.0, allow_unused: bool = False) -> optax.GradientTransformation:
     """Multiplies each leaf's update by the multiplier of the first rule whose regex fullmatches its name.
 
     Chain it after the optimizer (``optax.chain(optax.adamw(lr), lr_multipliers(...))``): scaling the
@@ -60,9 +58,7 @@ def lr_multipliers(
     ([0.1...], [1.0])
     """
     return _scale_by_name(
-        lambda names: [
-            float(m) for m in labels_for_names(names, rules, default=default, allow_unused=allow_unused)
-        ]
+        lambda names: [float(m) for m in labels_for_names(names, rules, default=default, allow_unused=allow_unused)]
     )
 
 
@@ -71,15 +67,9 @@ def layerwise_multipliers(
 ) -> list[float]:
     """Returns ``decay ** (num_layers - layer_of(name))`` for each name; errors name unplaceable leaves."""
     layers = [layer_of(n) for n in names]
-    bad = [
-        f"{n} -> {layer!r}"
-        for n, layer in zip(names, layers, strict=True)
-        if not _valid_layer(layer, num_layers)
-    ]
+    bad = [f"{n} -> {layer!r}" for n, layer in zip(names, layers, strict=True) if not _valid_layer(layer, num_layers)]
     if bad:
-        raise MaskingError(
-            f"layer_of must return a layer in [0, {num_layers}] for every leaf; got {_preview(bad)}"
-        )
+        raise MaskingError(f"layer_of must return a layer in [0, {num_layers}] for every leaf; got {_preview(bad)}")
     return [float(decay ** (num_layers - layer)) for layer in layers]
 
 
@@ -179,11 +169,7 @@ def weight_decay_mask(tree: PyTree, *, exclude: str | Sequence[str] = ()) -> PyT
         parts = _components(name) or [""]
         if _EMBEDDING_LIKE.fullmatch(parts[-1]):
             return False
-        return not (
-            len(parts) > 1
-            and _TORCH_LIKE_WEIGHT.fullmatch(parts[-1])
-            and _EMBEDDING_LIKE.fullmatch(parts[-2])
-        )
+        return not (len(parts) > 1 and _TORCH_LIKE_WEIGHT.fullmatch(parts[-1]) and _EMBEDDING_LIKE.fullmatch(parts[-2]))
 
     mask = [decays(n, x) for n, x in zip(names, leaves, strict=True)]
     if excluded is not None:

@@ -61,9 +61,7 @@ class MaskingReport(NamedTuple):
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         rule = "  ".join("-" * w for w in widths)
         fmt = [
-            line[0].ljust(widths[0])
-            + "  "
-            + "  ".join(c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True))
+            line[0].ljust(widths[0]) + "  " + "  ".join(c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True))
             for line in lines
         ]
         return "\n".join([fmt[0], rule, *fmt[1:-1], rule, fmt[-1]])

@@ -77,9 +77,7 @@ def labels_for_names(
     return labels
 
 
-def label_by_rules(
-    tree: PyTree, rules: Rules, *, default: Any = _NO_DEFAULT, allow_unused: bool = False
-) -> PyTree:
+def label_by_rules(tree: PyTree, rules: Rules, *, default: Any = _NO_DEFAULT, allow_unused: bool = False) -> PyTree:
     """Labels every leaf with the label of the first rule whose regex fullmatches the leaf's name.
 
     Args:

@@ -70,9 +70,7 @@ def test_trainable_only_gradients_equal_the_trainable_part_of_the_full_gradient(
     assert value == pytest.approx(float(full_value), abs=1e-7)
     trains = dict(jm.named_leaves(mask))
     trained_any = False
-    for (name, g), (_, full) in zip(
-        jm.named_leaves(_arrays(grads)), jm.named_leaves(_arrays(full_grads)), strict=True
-    ):
+    for (name, g), (_, full) in zip(jm.named_leaves(_arrays(grads)), jm.named_leaves(_arrays(full_grads)), strict=True):
         if trains[name]:
             trained_any = True
             np.testing.assert_allclose(g, full, rtol=1e-6, atol=1e-7, err_msg=name)
@@ -83,9 +81,7 @@ def test_trainable_only_gradients_equal_the_trainable_part_of_the_full_gradient(
 
 def test_has_aux_is_passed_through():
     params, loss_fn, batch = linen_setup()
-    (value, aux), _ = jm.value_and_grad(lambda p, b: (loss_fn(p, b), {"n": 3}), HEAD, has_aux=True)(
-        params, batch
-    )
+    (value, aux), _ = jm.value_and_grad(lambda p, b: (loss_fn(p, b), {"n": 3}), HEAD, has_aux=True)(params, batch)
     assert aux == {"n": 3} and np.isfinite(value)
 
 

@@ -134,9 +134,7 @@ def test_gradual_unfreezing_schedule_and_validation():
 def test_gradual_unfreezing_training_loop():
     """Still-frozen blocks stay bit-identical, get no gradient computed, and unfreeze on schedule."""
     params, loss_fn, batch = linen_setup()
-    schedule = jm.gradual_unfreezing(
-        ["head/.*", ["block_2/.*", "norm_2/.*"], ["block_1/.*", "norm_1/.*"]], every=2
-    )
+    schedule = jm.gradual_unfreezing(["head/.*", ["block_2/.*", "norm_2/.*"], ["block_1/.*", "norm_1/.*"]], every=2)
     base = optax.chain(
         optax.adam(1e-2), jm.layerwise_lr_decay(jm.block_layer_index(NUM_BLOCKS), NUM_BLOCKS + 1, 1 / 2.6)
     )

@@ -81,10 +81,7 @@ def test_split_then_merge_is_the_identity(case):
     trainable, frozen = jm.split(tree, mask)
     merged = jm.merge(trainable, frozen)
     assert jax.tree_util.tree_structure(merged) == jax.tree_util.tree_structure(tree)
-    assert all(
-        a is b
-        for a, b in zip(jax.tree_util.tree_leaves(merged), jax.tree_util.tree_leaves(tree), strict=True)
-    )
+    assert all(a is b for a, b in zip(jax.tree_util.tree_leaves(merged), jax.tree_util.tree_leaves(tree), strict=True))
     assert len(jax.tree_util.tree_leaves(trainable)) == sum(jax.tree_util.tree_leaves(mask))
 
 
@@ -138,8 +135,6 @@ def test_frozen_leaves_bit_identical_after_jitted_adamw_and_hold_no_moments(case
     ):
         if not m:
             assert np.array_equal(before, after)
-    trainable_sizes = [
-        np.size(x) for x, m in zip(*map(jax.tree_util.tree_leaves, (tree, mask)), strict=True) if m
-    ]
+    trainable_sizes = [np.size(x) for x, m in zip(*map(jax.tree_util.tree_leaves, (tree, mask)), strict=True) if m]
     state_sizes = sorted(np.size(x) for x in jax.tree_util.tree_leaves(state))
     assert state_sizes == sorted([1] + trainable_sizes * 2)  # mu and nu per trainable leaf, one count

@@ -27,12 +27,8 @@ def test_counts_bytes_and_adamw_state_per_group():
 
 
 def test_total_optimizer_state_equals_the_real_state():
-    r = jm.report(
-        PARAMS, frozen="embed/.*", optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, 0.9))
-    )
-    real = jm.freeze(
-        optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, 0.9)), frozen="embed/.*"
-    ).init(PARAMS)
+    r = jm.report(PARAMS, frozen="embed/.*", optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, 0.9)))
+    real = jm.freeze(optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, 0.9)), frozen="embed/.*").init(PARAMS)
     assert r.total.opt_state_bytes == sum(x.nbytes for x in jax.tree_util.tree_leaves(real))
 
 

@@ -1,0 +1,89 @@
+"""Transformer pieces shared by ViT and BERT, with jtl's uniform parameter names."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def gelu(approximate: bool):
+    """The source's GELU: Hugging Face uses the exact erf form, vit_jax/big_vision the tanh approximation."""
+    return lambda x: nn.gelu(x, approximate=approximate)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with separate ``query``/``key``/``value``/``out`` Dense layers.
+
+    Separate (D, D) projections keep weight conversion a plain transpose for every source (Hugging Face
+    Linear layers, big_vision's (D, heads, head_dim) kernels reshaped).
+    """
+
+    num_heads: int
+    dropout_rate: float = 0.0
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+        batch, length, width = x.shape
+        if width % self.num_heads:
+            raise ValueError(f"hidden size {width} is not divisible by num_heads={self.num_heads}")
+        head_dim = width // self.num_heads
+
+        def project(name: str) -> jax.Array:
+            y = nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype, name=name)(x)
+            return y.reshape(batch, length, self.num_heads, head_dim)
+
+        q, k, v = project("query"), project("key"), project("value")
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.asarray(math.sqrt(head_dim), q.dtype)
+        logits = logits.astype(jnp.float32)
+        if mask is not None:
+            # mask: (batch, length) with 1 for real tokens, as Hugging Face's attention_mask.
+            logits = jnp.where(mask[:, None, None, :].astype(bool), logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, width)
+        return nn.Dense(width, dtype=self.dtype, name="out")(out)
+
+
+class Mlp(nn.Module):
+    hidden_dim: int
+    gelu_approximate: bool = False
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        width = x.shape[-1]
+        y = gelu(self.gelu_approximate)(nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x))
+        y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+        return nn.Dense(width, dtype=self.dtype, name="fc2")(y)
+
+
+class EncoderBlock(nn.Module):
+    """A transformer block: pre-norm (ViT) or post-norm (BERT) residual attention and MLP."""
+
+    num_heads: int
+    mlp_dim: int
+    pre_norm: bool
+    layer_norm_eps: float
+    gelu_approximate: bool = False
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+        norm1 = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm1")
+        norm2 = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm2")
+        attn = SelfAttention(self.num_heads, self.attention_dropout_rate, dtype=self.dtype, name="attn")
+        mlp = Mlp(self.mlp_dim, self.gelu_approximate, self.dropout_rate, dtype=self.dtype, name="mlp")
+        drop = nn.Dropout(self.dropout_rate)
+        if self.pre_norm:
+            x = x + drop(attn(norm1(x), mask, train=train), deterministic=not train)
+            return x + drop(mlp(norm2(x), train=train), deterministic=not train)
+        x = norm1(x + drop(attn(x, mask, train=train), deterministic=not train))
+        return norm2(x + drop(mlp(x, train=train), deterministic=not train))

@@ -1,0 +1,166 @@
+"""BERT: the Hugging Face BERT family (bert-base-uncased, MiniLM, ...) with jtl's uniform names.
+
+Outputs: ``"pooler"`` (Hugging Face's pooled output: tanh Dense on the first token), ``"cls"`` (the first
+token's final hidden state), ``"mean"`` (attention-masked mean of the tokens, as sentence-transformers
+pools) or ``"tokens"`` (the whole sequence). With ``num_classes > 0`` a ``head`` classifies the pooled
+vector (sequence classification).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jtl.models.vit import Encoder, classifier_head
+
+# name: (hidden size, depth, heads, intermediate size)
+SIZES = {
+    "bert-tiny": (128, 2, 2, 512),
+    "bert-mini": (256, 4, 4, 1024),
+    "bert-small": (512, 4, 8, 2048),
+    "bert-base": (768, 12, 12, 3072),
+    "bert-large": (1024, 24, 16, 4096),
+    "minilm-l6": (384, 6, 12, 1536),
+    "minilm-l12": (384, 12, 12, 1536),
+}
+OUTPUTS = ("pooler", "cls", "mean", "tokens")
+
+
+def mean_pool(tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Mean of the token vectors where ``attention_mask`` is 1.
+
+    Args:
+      tokens: (batch, length, width) hidden states.
+      attention_mask: (batch, length), 1 for real tokens and 0 for padding.
+
+    Returns:
+      (batch, width) means.
+
+    >>> mean_pool(jnp.array([[[1.0], [3.0], [100.0]]]), jnp.array([[1, 1, 0]])).tolist()
+    [[2.0]]
+    """
+    weights = attention_mask.astype(tokens.dtype)[..., None]
+    return (tokens * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1e-9)
+
+
+class BertEmbed(nn.Module):
+    """``embed/word``, ``embed/position``, ``embed/token_type`` tables and ``embed/norm``."""
+
+    vocab_size: int
+    hidden_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float
+    dropout_rate: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array, *, train: bool = False) -> jax.Array:
+        init = nn.initializers.normal(stddev=0.02)
+        length = input_ids.shape[1]
+        if length > self.max_position_embeddings:
+            raise ValueError(f"sequence length {length} exceeds max_position_embeddings={self.max_position_embeddings}")
+        word = nn.Embed(self.vocab_size, self.hidden_size, embedding_init=init, dtype=self.dtype, name="word")
+        position = nn.Embed(self.max_position_embeddings, self.hidden_size, embedding_init=init, name="position")
+        token_type = nn.Embed(self.type_vocab_size, self.hidden_size, embedding_init=init, name="token_type")
+        x = word(input_ids) + token_type(token_type_ids) + position(jnp.arange(length))[None]
+        x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x.astype(self.dtype))
+        return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+
+
+class Bert(nn.Module):
+    """A BERT encoder over token ids; see the module docstring for ``output``.
+
+    Hidden states are sown as ``intermediates/encoder/hidden_states`` (embeddings, then each layer).
+
+    >>> import jax, jax.numpy as jnp
+    >>> model = Bert(vocab_size=10, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16,
+    ...              max_position_embeddings=6, num_classes=2)
+    >>> variables = model.init(jax.random.PRNGKey(0), *model.example_inputs())
+    >>> model.apply(variables, jnp.array([[1, 2, 3, 0]]), jnp.array([[1, 1, 1, 0]])).shape
+    (1, 2)
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    gelu_approximate: bool = False
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    output: str = "pooler"
+    num_classes: int = 0
+    head_zero_init: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    def example_inputs(self, batch_size: int = 1, length: int = 4) -> tuple[jax.Array, ...]:
+        """Inputs of the right shape for ``init``: token ids and an attention mask."""
+        return jnp.zeros((batch_size, length), jnp.int32), jnp.ones((batch_size, length), jnp.int32)
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        *,
+        train: bool = False,
+    ) -> jax.Array:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"Bert output must be one of {OUTPUTS}, got {self.output!r}")
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = BertEmbed(
+            self.vocab_size,
+            self.hidden_size,
+            self.max_position_embeddings,
+            self.type_vocab_size,
+            self.layer_norm_eps,
+            self.dropout_rate,
+            self.dtype,
+            name="embed",
+        )(input_ids, token_type_ids, train=train)
+        x = Encoder(
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            mlp_dim=self.intermediate_size,
+            pre_norm=False,
+            layer_norm_eps=self.layer_norm_eps,
+            gelu_approximate=self.gelu_approximate,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            dtype=self.dtype,
+            name="encoder",
+        )(x, attention_mask, train=train)
+        # The pooler exists in every BERT checkpoint; create it whatever the output so that loading
+        # never reports it as unexpected.
+        pooled = jnp.tanh(nn.Dense(self.hidden_size, dtype=self.dtype, name="pooler")(x[:, 0]))
+        features = {
+            "pooler": pooled,
+            "cls": x[:, 0],
+            "mean": mean_pool(x, attention_mask),
+            "tokens": x,
+        }[self.output]
+        if not self.num_classes:
+            return features
+        features = nn.Dropout(self.dropout_rate)(features, deterministic=not train)
+        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(features)
+
+
+def bert_config(name: str) -> dict:
+    """Architecture fields for the names in ``SIZES``.
+
+    >>> bert_config("minilm-l6")["hidden_size"]
+    384
+    """
+    if name not in SIZES:
+        raise ValueError(f"unknown BERT name {name!r}; known: {sorted(SIZES)}")
+    hidden, depth, heads, intermediate = SIZES[name]
+    return {"hidden_size": hidden, "num_layers": depth, "num_heads": heads, "intermediate_size": intermediate}

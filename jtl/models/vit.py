@@ -1,0 +1,179 @@
+"""Vision Transformer: the Hugging Face ViT/DeiT architecture and the big_vision/vit_jax variant.
+
+Parameter names (``embed/...``, ``encoder/block_{i}/...``, ``norm``, ``pre_logits``, ``head``) are the same
+for both; the variants differ in settings taken from the checkpoint: GELU form (exact for Hugging Face,
+tanh for vit_jax), LayerNorm epsilon (1e-12 vs 1e-6), pooling (class token or global average), and an
+optional pre-logits layer (Hugging Face's in21k "pooler", vit_jax's ``representation_size``).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jtl.models._layers import EncoderBlock
+
+# name: (hidden size, depth, heads, MLP size), as in the ViT and DeiT papers.
+SIZES = {
+    "ti": (192, 12, 3, 768),
+    "s": (384, 12, 6, 1536),
+    "b": (768, 12, 12, 3072),
+    "l": (1024, 24, 16, 4096),
+}
+PATCHES = (8, 14, 16, 32)
+
+
+class ViT(nn.Module):
+    """A ViT classifier over NHWC images; ``num_classes=0`` returns the pooled (pre-head) features.
+
+    Hidden states are sown as ``intermediates/encoder/hidden_states`` (the embeddings, then each block's
+    output) for ``apply(..., mutable=["intermediates"])``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> model = ViT(patch_size=4, hidden_size=8, num_layers=1, num_heads=2, mlp_dim=16, image_size=8,
+    ...             num_classes=3)
+    >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+    >>> model.apply(variables, jnp.ones((2, 8, 8, 3))).shape
+    (2, 3)
+    """
+
+    patch_size: int = 16
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    image_size: int = 224
+    num_channels: int = 3
+    num_classes: int = 1000
+    pooling: str = "cls"
+    pre_logits_size: int | None = None
+    gelu_approximate: bool = False
+    layer_norm_eps: float = 1e-12
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    head_zero_init: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
+        """Inputs of the right shape for ``init``."""
+        return (jnp.zeros((batch_size, self.image_size, self.image_size, self.num_channels), jnp.float32),)
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        if self.pooling not in ("cls", "gap"):
+            raise ValueError(f"ViT pooling must be 'cls' or 'gap', got {self.pooling!r}")
+        x = PatchEmbed(
+            self.patch_size,
+            self.hidden_size,
+            self.pooling == "cls",
+            self.dropout_rate,
+            self.dtype,
+            name="embed",
+        )(images.astype(self.dtype), train=train)
+        x = Encoder(
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            pre_norm=True,
+            layer_norm_eps=self.layer_norm_eps,
+            gelu_approximate=self.gelu_approximate,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            dtype=self.dtype,
+            name="encoder",
+        )(x, train=train)
+        x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
+        x = x[:, 0] if self.pooling == "cls" else x.mean(axis=1)
+        if self.pre_logits_size is not None:
+            x = jnp.tanh(nn.Dense(self.pre_logits_size, dtype=self.dtype, name="pre_logits")(x))
+        if not self.num_classes:
+            return x
+        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+
+
+def classifier_head(num_classes: int, zero_init: bool, dtype: jnp.dtype) -> nn.Dense:
+    """The ``head`` Dense layer; zero-initialised by default, as vit_jax does for fine-tuning."""
+    kernel_init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
+    return nn.Dense(num_classes, kernel_init=kernel_init, dtype=dtype, name="head")
+
+
+class PatchEmbed(nn.Module):
+    """Patches -> tokens: ``embed/patch`` (conv), ``embed/cls`` (class token), ``embed/pos_embedding``."""
+
+    patch_size: int
+    hidden_size: int
+    class_token: bool
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        p = self.patch_size
+        x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="patch")(images)
+        batch, h, w, width = x.shape
+        x = x.reshape(batch, h * w, width)
+        if self.class_token:
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, width), jnp.float32)
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, width)), x], axis=1)
+        pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, x.shape[1], width), jnp.float32)
+        x = x + pos.astype(x.dtype)
+        return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+
+
+class Encoder(nn.Module):
+    """``num_layers`` blocks named ``block_{i}``; the input and each block's output are sown as
+    ``intermediates/encoder/hidden_states``, like Hugging Face's ``output_hidden_states``."""
+
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    pre_norm: bool
+    layer_norm_eps: float
+    gelu_approximate: bool = False
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+        self.sow("intermediates", "hidden_states", x)
+        for i in range(self.num_layers):
+            x = EncoderBlock(
+                num_heads=self.num_heads,
+                mlp_dim=self.mlp_dim,
+                pre_norm=self.pre_norm,
+                layer_norm_eps=self.layer_norm_eps,
+                gelu_approximate=self.gelu_approximate,
+                dropout_rate=self.dropout_rate,
+                attention_dropout_rate=self.attention_dropout_rate,
+                dtype=self.dtype,
+                name=f"block_{i}",
+            )(x, mask, train=train)
+            self.sow("intermediates", "hidden_states", x)
+        return x
+
+
+def vit_config(name: str) -> dict:
+    """Architecture fields for ``vit-{ti,s,b,l}{8,14,16,32}``, e.g. ``vit-b16``.
+
+    >>> vit_config("vit-s16")["hidden_size"]
+    384
+    """
+    size, patch = _parse(name)
+    hidden, depth, heads, mlp = SIZES[size]
+    return {
+        "patch_size": patch,
+        "hidden_size": hidden,
+        "num_layers": depth,
+        "num_heads": heads,
+        "mlp_dim": mlp,
+    }
+
+
+def _parse(name: str) -> tuple[str, int]:
+    body = name.removeprefix("vit-")
+    for size in sorted(SIZES, key=len, reverse=True):
+        if body.startswith(size) and body[len(size) :].isdigit() and int(body[len(size) :]) in PATCHES:
+            return size, int(body[len(size) :])
+    raise ValueError(f"unknown ViT name {name!r}: expected vit-{{{','.join(SIZES)}}}{{{','.join(map(str, PATCHES))}}}")

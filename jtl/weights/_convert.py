@@ -1,0 +1,221 @@
+"""Declarative rename/transpose tables, and merging converted weights into freshly initialised variables."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jtl.masking import named_leaves
+from jtl.weights._readers import WeightLoadError
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def same(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def transpose(x: np.ndarray) -> np.ndarray:
+    """PyTorch ``Linear`` (out, in) -> Flax ``Dense`` (in, out)."""
+    return x.T
+
+
+def conv_oihw_to_hwio(x: np.ndarray) -> np.ndarray:
+    """PyTorch ``Conv2d`` (out, in, h, w) -> Flax ``Conv`` (h, w, in, out)."""
+    return x.transpose(2, 3, 1, 0)
+
+
+class Rule(NamedTuple):
+    """``source`` regex (fullmatched on checkpoint keys) -> ``target`` template (``\\1`` for groups).
+
+    ``target=None`` marks keys to skip on purpose (buffers such as ``position_ids``).
+    """
+
+    source: str
+    target: str | None
+    transform: Transform = same
+
+
+def linear(source: str, target: str) -> list[Rule]:
+    """Rules for a PyTorch ``Linear`` (``.weight``/``.bias``) -> a Flax ``Dense`` under ``params/``."""
+    return [
+        Rule(source + r"\.weight", f"params/{target}/kernel", transpose),
+        Rule(source + r"\.bias", f"params/{target}/bias"),
+    ]
+
+
+def layer_norm(source: str, target: str) -> list[Rule]:
+    """Rules for a PyTorch ``LayerNorm`` (``weight``/``bias``, or old BERT's ``gamma``/``beta``)."""
+    return [
+        Rule(source + r"\.(?:weight|gamma)", f"params/{target}/scale"),
+        Rule(source + r"\.(?:bias|beta)", f"params/{target}/bias"),
+    ]
+
+
+def conv(source: str, target: str) -> list[Rule]:
+    """Rules for a PyTorch ``Conv2d`` -> a Flax ``Conv`` (HWIO kernel)."""
+    return [
+        Rule(source + r"\.weight", f"params/{target}/kernel", conv_oihw_to_hwio),
+        Rule(source + r"\.bias", f"params/{target}/bias"),
+    ]
+
+
+def batch_norm(source: str, target: str) -> list[Rule]:
+    """Rules for a PyTorch ``BatchNorm2d``: affine params to ``params/``, running stats to ``batch_stats/``."""
+    return [
+        Rule(source + r"\.weight", f"params/{target}/scale"),
+        Rule(source + r"\.bias", f"params/{target}/bias"),
+        Rule(source + r"\.running_mean", f"batch_stats/{target}/mean"),
+        Rule(source + r"\.running_var", f"batch_stats/{target}/var"),
+        Rule(source + r"\.num_batches_tracked", None),
+    ]
+
+
+def convert(state: dict[str, np.ndarray], rules: Sequence[Rule], where: str) -> tuple[dict, list[tuple[str, tuple]]]:
+    """Renames and transforms checkpoint tensors by the first rule that fullmatches each key.
+
+    Args:
+      state: ``{checkpoint key: array}``.
+      rules: the family's table.
+      where: the checkpoint's name, for error messages.
+
+    Returns:
+      ``({target name: (array, source key)}, [(unmatched source key, shape)])``.
+    """
+    compiled = [(re.compile(r.source), r) for r in rules]
+    converted: dict[str, tuple[np.ndarray, str]] = {}
+    unmatched = []
+    for key in sorted(state):
+        for regex, rule in compiled:
+            match = regex.fullmatch(key)
+            if match is None:
+                continue
+            if rule.target is not None:
+                target = match.expand(rule.target)
+                if target in converted:
+                    raise WeightLoadError(f"{where}: keys {converted[target][1]!r} and {key!r} both map to {target!r}")
+                converted[target] = (rule.transform(np.asarray(state[key])), key)
+            break
+        else:
+            unmatched.append((key, tuple(np.shape(state[key]))))
+    return converted, unmatched
+
+
+class LoadReport(NamedTuple):
+    """What loading did, key by key; ``str()`` gives the printed summary."""
+
+    source: str
+    loaded: list[tuple[str, tuple]]
+    missing: list[tuple[str, tuple]]
+    unexpected: list[tuple[str, tuple]]
+    reinitialised: list[tuple[str, tuple, str]]
+    resized: list[tuple[str, tuple, tuple]]
+
+    def __str__(self) -> str:
+        lines = [
+            f"loaded {self.source}: {len(self.loaded)} loaded, {len(self.missing)} missing, "
+            f"{len(self.unexpected)} unexpected, {len(self.reinitialised)} re-initialised, {len(self.resized)} resized"
+        ]
+        lines += [f"  missing (freshly initialised): {n} {s}" for n, s in self.missing]
+        lines += [f"  unexpected (not used): {n} {s}" for n, s in self.unexpected]
+        lines += [f"  re-initialised: {n} {s} ({why})" for n, s, why in self.reinitialised]
+        lines += [f"  resized: {n} {a} -> {b}" for n, a, b in self.resized]
+        return "\n".join(lines)
+
+
+Resizer = Callable[[np.ndarray, tuple], np.ndarray]
+
+
+def merge_into(
+    init_shapes: Any,
+    fresh_init: Callable[[list[str]], dict[str, Any]],
+    converted: dict[str, tuple[np.ndarray, str]],
+    unmatched: list[tuple[str, tuple]],
+    *,
+    source: str,
+    reinitialise: str | None = None,
+    resizers: dict[str, Resizer] | None = None,
+    strict: bool = True,
+) -> tuple[Any, LoadReport]:
+    """Merges converted weights into freshly initialised variables, collecting every problem first.
+
+    Only the variables that are not loaded get initialised (through ``fresh_init``), so loading a model
+    never holds a full random initialisation beside the checkpoint.
+
+    Args:
+      init_shapes: ``jax.eval_shape`` of the model's init (``{"params": ..., "batch_stats": ...}``).
+      fresh_init: returns freshly initialised arrays for the given variable names.
+      converted: from :func:`convert`.
+      unmatched: checkpoint keys no rule covered (reported as unexpected).
+      source: the checkpoint's name, for the report and errors.
+      reinitialise: regex of variables to keep freshly initialised (a replaced head).
+      resizers: ``{regex: fn(array, target_shape)}`` for variables that may change shape (position
+        embeddings at a new resolution).
+      strict: if True, variables the checkpoint lacks (outside ``reinitialise``) are an error.
+
+    Returns:
+      ``(variables, report)``.
+
+    Raises:
+      WeightLoadError: listing every shape mismatch (key, source key, expected and found shapes) and, when
+        strict, every missing variable.
+    """
+    names_and_leaves = named_leaves(init_shapes)
+    leaves, treedef = jax.tree_util.tree_flatten(init_shapes)
+    reinit = re.compile(reinitialise) if reinitialise else None
+    resizers = {re.compile(k): v for k, v in (resizers or {}).items()}
+    out, loaded, missing, reinitialised, resized, mismatches = [], [], [], [], [], []
+    used = set()
+    for (name, init), leaf in zip(names_and_leaves, leaves, strict=True):
+        shape = tuple(np.shape(init))
+        if reinit is not None and reinit.fullmatch(name):
+            if name in converted:
+                used.add(name)
+                why = f"replaced; checkpoint had {tuple(converted[name][0].shape)}"
+            else:
+                why = "not in checkpoint"
+            reinitialised.append((name, shape, why))
+            out.append(name)
+            continue
+        if name not in converted:
+            missing.append((name, shape))
+            out.append(name)
+            continue
+        used.add(name)
+        array, key = converted[name]
+        if tuple(array.shape) != shape:
+            resizer = next((fn for regex, fn in resizers.items() if regex.fullmatch(name)), None)
+            if resizer is None:
+                mismatches.append(f"{name} (from {key!r}): expected {shape}, found {tuple(array.shape)}")
+                out.append(leaf)
+                continue
+            resized.append((name, tuple(array.shape), shape))
+            array = resizer(array, shape)
+        loaded.append((name, shape))
+        out.append(jax.numpy.asarray(array, dtype=leaf.dtype))
+    unexpected = [
+        (f"{name} (from {converted[name][1]!r})", tuple(converted[name][0].shape))
+        for name in converted
+        if name not in used
+    ]
+    unexpected += unmatched
+    problems = []
+    if mismatches:
+        problems.append(f"{len(mismatches)} shape mismatch(es): " + "; ".join(mismatches))
+    if strict and missing:
+        problems.append(
+            f"{len(missing)} variable(s) missing from the checkpoint: "
+            + ", ".join(f"{n} {s}" for n, s in missing)
+            + (f"; checkpoint keys not used: {', '.join(k for k, _ in unexpected[:10])}" if unexpected else "")
+        )
+    if problems:
+        raise WeightLoadError(f"{source}: " + " | ".join(problems))
+    fresh_names = [n for n, _ in missing] + [n for n, _, _ in reinitialised]
+    fresh = fresh_init(fresh_names) if fresh_names else {}
+    out = [fresh[x] if isinstance(x, str) else x for x in out]
+    report = LoadReport(source, loaded, missing, unexpected, reinitialised, resized)
+    return jax.tree_util.tree_unflatten(treedef, out), report

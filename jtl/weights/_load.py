@@ -1,0 +1,273 @@
+"""``load_pretrained``: one entry point from a hub id, directory or file to a jtl model and its variables."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from jtl.masking import named_leaves
+from jtl.weights import _families as fam
+from jtl.weights._convert import LoadReport, convert, merge_into
+from jtl.weights._readers import WeightLoadError, read_file
+
+HEAD = r"params/head/.*"
+# The order Hugging Face itself prefers: safetensors first, pickles only when nothing else exists.
+HF_WEIGHT_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+    "flax_model.msgpack",
+)
+HF_FAMILIES = {"vit": fam.HF_VIT, "deit": fam.HF_VIT, "bert": fam.HF_BERT}
+
+
+class Pretrained(NamedTuple):
+    """A loaded model: the Flax module, its variables (``{"params": ...}``) and the load report."""
+
+    model: nn.Module
+    variables: dict[str, Any]
+    report: LoadReport
+
+
+def load_pretrained(
+    source: str | os.PathLike,
+    *,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    drop_pre_logits: bool = False,
+    strict: bool = True,
+    verbose: bool = True,
+    revision: str | None = None,
+    seed: int = 0,
+    **overrides: Any,
+) -> Pretrained:
+    """Loads pretrained weights into a jtl model, with head surgery and resolution change.
+
+    Args:
+      source: a Hugging Face hub id (``google/vit-base-patch16-224-in21k``) or local directory
+        (``config.json`` + ``model.safetensors`` / sharded safetensors / ``pytorch_model.bin`` /
+        ``flax_model.msgpack``), or a big_vision/vit_jax ``.npz`` file.
+      num_classes: a new number of classes: the checkpoint's head (if any) is dropped and a fresh head,
+        zero-initialised for ViT as vit_jax does, replaces it. ``None`` keeps the checkpoint's head.
+      image_size: a new ViT input resolution; position embeddings are resampled to the new patch grid.
+      drop_pre_logits: drop a ViT pre-logits layer (Hugging Face's in21k pooler, vit_jax's
+        ``representation_size``), as vit_jax does for fine-tuning.
+      strict: if True, model variables that the checkpoint lacks (other than a replaced head) are an error.
+      verbose: print the load report.
+      revision: the hub revision (branch, tag or commit).
+      seed: the seed for freshly initialised variables.
+      **overrides: other model fields, e.g. ``output="mean"`` for BERT or ``dtype=jnp.bfloat16``.
+
+    Returns:
+      :class:`Pretrained` ``(model, variables, report)``.
+
+    Raises:
+      WeightLoadError: naming the file, keys and shapes at fault, every problem at once.
+
+    >>> import os, tempfile, numpy as np
+    >>> from jtl.models import ViT
+    >>> bv = ViT(patch_size=4, hidden_size=8, num_layers=1, num_heads=2, mlp_dim=16, image_size=8,
+    ...          num_classes=5, gelu_approximate=True, layer_norm_eps=1e-6)
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.npz")
+    >>> save_big_vision_npz(path, bv.init(jax.random.PRNGKey(0), *bv.example_inputs())["params"], num_heads=2)
+    >>> model, variables, report = load_pretrained(path, num_classes=3, image_size=16, verbose=False)
+    >>> model.num_classes, variables["params"]["embed"]["pos_embedding"].shape, len(report.resized)
+    (3, (1, 17, 8), 1)
+    """
+    family, config, state, where = _resolve(source, revision)
+    fields = family.fields(config, state)
+    replace_head = num_classes is not None
+    if replace_head:
+        fields["num_classes"] = num_classes
+    if image_size is not None:
+        if family.model != "ViT":
+            raise WeightLoadError(f"{where}: image_size= applies to ViT checkpoints, not {family.name}")
+        fields["image_size"] = image_size
+    if drop_pre_logits:
+        fields["pre_logits_size"] = None
+    fields.update(overrides)
+
+    from jtl import models
+
+    model = getattr(models, family.model)(**fields)
+    rng = jax.random.PRNGKey(seed)
+    inputs = model.example_inputs()
+    shapes = jax.eval_shape(model.init, rng, *inputs)
+    shapes = {k: v for k, v in shapes.items() if k != "intermediates"}
+
+    def fresh_init(names: list[str]) -> dict[str, jax.Array]:
+        wanted = set(names)
+
+        # Only the requested variables are computed: XLA drops the other initialisers.
+        @jax.jit
+        def init(rng: jax.Array) -> dict[str, jax.Array]:
+            return {n: x for n, x in named_leaves(model.init(rng, *inputs)) if n in wanted}
+
+        return init(rng)
+
+    converted, unmatched = convert(state, family.rules, where)
+    variables, report = merge_into(
+        shapes,
+        fresh_init,
+        converted,
+        unmatched,
+        source=where,
+        reinitialise=HEAD if replace_head else None,
+        resizers=fam.resizers_for(family, fields),
+        strict=strict,
+    )
+    if verbose:
+        print(report)
+    return Pretrained(model, variables, report)
+
+
+def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[fam.Family, dict, dict, str]:
+    """Finds the family, config and raw tensors of a source."""
+    path = Path(source)
+    if not path.exists():
+        if isinstance(source, str) and _looks_like_hub_id(source):
+            path = download_from_hub(source, revision)
+        else:
+            raise WeightLoadError(f"{source}: no such file or directory (and not a hub id like 'org/name')")
+    if path.is_dir():
+        return _resolve_hf_dir(path)
+    state = read_file(path)
+    if path.suffix == ".npz":
+        return fam.BIG_VISION_VIT, {}, fam.unstack_scanned_blocks(state), str(path)
+    raise WeightLoadError(
+        f"{path}: cannot tell which model this file holds; pass a directory with config.json or a big_vision .npz"
+    )
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return 1 <= len(parts) <= 2 and all(parts) and not source.startswith((".", "~"))
+
+
+def _resolve_hf_dir(path: Path) -> tuple[fam.Family, dict, dict, str]:
+    config_path = path / "config.json"
+    if not config_path.exists():
+        raise WeightLoadError(f"{path}: no config.json; a Hugging Face model directory needs one")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightLoadError(f"{config_path}: invalid JSON ({e})") from e
+    model_type = config.get("model_type")
+    family = HF_FAMILIES.get(model_type)
+    if family is None:
+        raise WeightLoadError(
+            f"{config_path}: model_type={model_type!r} is not supported; supported: {sorted(HF_FAMILIES)}"
+        )
+    weights = next((path / name for name in HF_WEIGHT_FILES if (path / name).exists()), None)
+    if weights is None:
+        raise WeightLoadError(f"{path}: no weights file; looked for {', '.join(HF_WEIGHT_FILES)}")
+    state = read_file(weights)
+    if weights.suffix == ".msgpack":
+        state = hf_flax_to_torch_layout(state)
+    return family, config, state, str(weights)
+
+
+def hf_flax_to_torch_layout(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Maps a Hugging Face Flax checkpoint (``flax_model.msgpack``) onto the PyTorch layout and names that
+    the tables read: ``a/b/kernel`` -> ``a.b.weight`` (transposed back), LayerNorm ``scale`` -> ``weight``,
+    ``embedding`` -> ``weight``.
+
+    >>> hf_flax_to_torch_layout({"pooler/dense/kernel": np.zeros((2, 3))})["pooler.dense.weight"].shape
+    (3, 2)
+    """
+    out = {}
+    for name, value in state.items():
+        parts = name.split("/")
+        leaf = parts[-1]
+        if leaf == "kernel":
+            leaf = "weight"
+            value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+        elif leaf in ("scale", "embedding"):
+            leaf = "weight"
+        out[".".join([*parts[:-1], leaf])] = value
+    return out
+
+
+def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
+    """Downloads a model's config and weights (safetensors preferred) from the Hugging Face hub.
+
+    Args:
+      repo_id: e.g. ``google/vit-base-patch16-224-in21k``.
+      revision: branch, tag or commit.
+
+    Returns:
+      The local snapshot directory.
+    """
+    import huggingface_hub
+
+    try:
+        files = set(huggingface_hub.list_repo_files(repo_id, revision=revision))
+        weights = next(name for name in HF_WEIGHT_FILES if name in files)
+        wanted = (
+            ["config.json", weights, "*.safetensors"] if weights.endswith(".index.json") else ["config.json", weights]
+        )
+        if weights.startswith("pytorch_model.bin.index"):
+            wanted.append("pytorch_model-*.bin")
+        return Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=wanted))
+    except StopIteration:
+        raise WeightLoadError(f"{repo_id}: the hub repository has none of {', '.join(HF_WEIGHT_FILES)}") from None
+    except Exception as e:  # huggingface_hub raises many types: offline, 404, gated, auth
+        raise WeightLoadError(
+            f"{repo_id}: could not fetch from the Hugging Face hub ({type(e).__name__}: {e}). Offline? "
+            "Download it elsewhere (`huggingface-cli download {repo_id}`) and pass the local directory."
+        ) from e
+
+
+def save_big_vision_npz(path: str | os.PathLike, params: dict[str, Any], num_heads: int) -> None:
+    """Writes jtl ViT params under big_vision's ``.npz`` names (for tests and for exporting to big_vision).
+
+    Args:
+      path: the ``.npz`` file to write.
+      params: a jtl ViT's ``params``.
+      num_heads: the model's attention heads (big_vision stores attention kernels per head).
+
+    Returns:
+      None.
+
+    >>> import tempfile, os
+    >>> from jtl.models import ViT
+    >>> m = ViT(patch_size=4, hidden_size=8, num_layers=1, num_heads=2, mlp_dim=16, image_size=8, num_classes=2)
+    >>> p = os.path.join(tempfile.mkdtemp(), "w.npz")
+    >>> save_big_vision_npz(p, m.init(jax.random.PRNGKey(0), *m.example_inputs())["params"], num_heads=2)
+    >>> "Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel" in np.load(p).files
+    True
+    """
+    flat = {name: np.asarray(x) for name, x in named_leaves(params)}
+    heads = num_heads
+    out = {}
+    for name, x in flat.items():
+        parts = name.split("/")
+        if parts[0] == "embed":
+            key = {"patch": f"embedding/{parts[-1]}", "cls": "cls", "pos_embedding": "pos_embedding"}[parts[1]]
+        elif parts[0] == "encoder":
+            i, layer = parts[1].removeprefix("block_"), parts[2]
+            block = f"Transformer/encoderblock_{i}"
+            if layer in ("norm1", "norm2"):
+                key = f"{block}/LayerNorm_{0 if layer == 'norm1' else 1}/{parts[-1]}"
+            elif layer == "mlp":
+                key = f"{block}/MlpBlock_0/Dense_{0 if parts[3] == 'fc1' else 1}/{parts[-1]}"
+            else:
+                key = f"{block}/MultiHeadDotProductAttention_0/{parts[3]}/{parts[-1]}"
+                width = x.shape[-1] if parts[3] != "out" else x.shape[0]
+                if parts[3] == "out" and parts[-1] == "kernel":
+                    x = x.reshape(heads, width // heads, -1)
+                elif parts[3] != "out":
+                    x = x.reshape(*x.shape[:-1], heads, width // heads)
+        elif parts[0] == "norm":
+            key = f"Transformer/encoder_norm/{parts[-1]}"
+        else:
+            key = name
+        out[key] = x
+    np.savez(path, **out)

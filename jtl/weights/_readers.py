@@ -1,0 +1,182 @@
+"""Readers for checkpoint files: each returns a flat ``{name: numpy array}`` dict, nothing unpickled blindly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+class WeightLoadError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file, keys and shapes at fault."""
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Reads a ``.safetensors`` file with ``safetensors.numpy`` (no torch needed).
+
+    Args:
+      path: the file.
+
+    Returns:
+      ``{tensor name: array}``; bfloat16 tensors come back as ``ml_dtypes.bfloat16`` arrays.
+    """
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise WeightLoadError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def read_sharded(index_path: str | Path) -> dict[str, np.ndarray]:
+    """Reads every shard named in a Hugging Face ``*.index.json`` (``weight_map``).
+
+    Args:
+      index_path: ``model.safetensors.index.json`` or ``pytorch_model.bin.index.json``.
+
+    Returns:
+      The union of the shards' tensors.
+    """
+    index_path = Path(index_path)
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise WeightLoadError(f"{index_path}: not a sharded-checkpoint index with a 'weight_map' ({e})") from e
+    tensors: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index_path.parent / shard
+        if not shard_path.exists():
+            raise WeightLoadError(f"{index_path}: shard {shard!r} is listed but {shard_path} does not exist")
+        tensors.update(read_file(shard_path))
+    return tensors
+
+
+def read_torch(path: str | Path) -> dict[str, np.ndarray]:
+    """Reads a pickled PyTorch state dict (``.bin``/``.pth``/``.pt``) with ``torch.load(weights_only=True)``.
+
+    Only tensors and plain containers are accepted: no arbitrary code runs while loading.
+
+    Args:
+      path: the file.
+
+    Returns:
+      ``{name: array}`` (a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped).
+    """
+    try:
+        import torch
+    except ImportError as e:
+        raise WeightLoadError(
+            f"{path}: reading a pickled PyTorch checkpoint needs torch, which is not installed. Either "
+            "`pip install torch` (the CPU build is enough), or convert the file once to safetensors "
+            "(`safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')`) "
+            "and load that instead."
+        ) from e
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for foreign or unsafe files
+        raise WeightLoadError(f"{path}: torch.load(weights_only=True) refused or failed: {e}") from e
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise WeightLoadError(f"{path}: expected a state dict, found {type(state).__name__}")
+    out = {}
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise WeightLoadError(f"{path}: entry {name!r} is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            import ml_dtypes
+
+            out[name] = tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        else:
+            out[name] = tensor.numpy()
+    return out
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Reads a big_vision/vit_jax ``.npz`` (``np.load(allow_pickle=False)``); names are ``a/b/c``.
+
+    Args:
+      path: the file.
+
+    Returns:
+      ``{name: array}``.
+    """
+    try:
+        with np.load(str(path), allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except ValueError as e:
+        raise WeightLoadError(f"{path}: not a plain-array .npz ({e}); pickled arrays are refused") from e
+
+
+def read_msgpack(path: str | Path) -> dict[str, np.ndarray]:
+    """Reads a Flax ``msgpack`` checkpoint (e.g. ``flax_model.msgpack``); names are ``a/b/c``.
+
+    Args:
+      path: the file.
+
+    Returns:
+      ``{name: array}``.
+    """
+    from flax import serialization
+
+    try:
+        tree = serialization.msgpack_restore(Path(path).read_bytes())
+    except Exception as e:  # msgpack raises several unrelated types for bad bytes
+        raise WeightLoadError(f"{path}: not a Flax msgpack checkpoint ({e})") from e
+    return flatten_nested(tree)
+
+
+def flatten_nested(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """Flattens nested dicts into ``{"a/b/c": array}``.
+
+    >>> flatten_nested({"a": {"b": np.ones(1)}})
+    {'a/b': array([1.])}
+    """
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_nested(value, name + "/"))
+        else:
+            flat[name] = np.asarray(value)
+    return flat
+
+
+READERS = {
+    ".safetensors": read_safetensors,
+    ".bin": read_torch,
+    ".pth": read_torch,
+    ".pt": read_torch,
+    ".npz": read_npz,
+    ".msgpack": read_msgpack,
+}
+
+
+def read_file(path: str | Path) -> dict[str, np.ndarray]:
+    """Reads one checkpoint file by its suffix (``.safetensors``, ``.bin``/``.pth``/``.pt``, ``.npz``,
+    ``.msgpack``, or a sharded ``*.index.json``).
+
+    Args:
+      path: the file.
+
+    Returns:
+      ``{name: array}``.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.npz")
+    >>> np.savez(path, **{"head/kernel": np.ones((2, 3))})
+    >>> {k: v.shape for k, v in read_file(path).items()}
+    {'head/kernel': (2, 3)}
+    """
+    path = Path(path)
+    if not path.exists():
+        raise WeightLoadError(f"{path}: no such file")
+    if path.name.endswith(".index.json"):
+        return read_sharded(path)
+    reader = READERS.get(path.suffix)
+    if reader is None:
+        raise WeightLoadError(f"{path}: unknown checkpoint format {path.suffix!r}; known: {sorted(READERS)}")
+    return reader(path)
