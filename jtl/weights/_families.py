@@ -11,20 +11,24 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jtl.weights._convert import Rule, conv, layer_norm, linear, same
+from jtl.weights._convert import Rule, batch_norm, conv, layer_norm, linear, same
 from jtl.weights._readers import WeightLoadError
 
 State = dict[str, np.ndarray]
 
 
 class Family(NamedTuple):
-    """How to turn one source layout into a jtl model: its table, and its model's fields from the source."""
+    """How to turn one source layout into a jtl model: its table (or a function of the checkpoint that
+    builds it, where names depend on the architecture), and its model's fields from the source."""
 
     name: str
     model: str  # the jtl model class name in jtl.models
-    rules: list[Rule]
+    rules: list[Rule] | Callable[[State], list[Rule]]
     fields: Callable[[dict[str, Any], State], dict[str, Any]]
     resizers: dict[str, Callable[[np.ndarray, tuple], np.ndarray]]
+
+    def rules_for(self, state: State) -> list[Rule]:
+        return self.rules(state) if callable(self.rules) else self.rules
 
 
 def resample_pos_embedding(num_prefix_tokens: int) -> Callable[[np.ndarray, tuple], np.ndarray]:
@@ -234,6 +238,144 @@ def big_vision_vit_fields(config: dict[str, Any], state: State) -> dict[str, Any
 BIG_VISION_VIT = Family("big_vision-vit", "ViT", BIG_VISION_VIT_RULES, big_vision_vit_fields, {})
 
 
+# --- Hugging Face ResNet ------------------------------------------------------------------------------------
+_HF_RESNET = r"(?:resnet\.)?"
+_HF_RESNET_BLOCK = _HF_RESNET + r"encoder\.stages\.(\d+)\.layers\.(\d+)\."
+HF_RESNET_RULES = [
+    *conv(_HF_RESNET + r"embedder\.embedder\.convolution", "embed/conv"),
+    *batch_norm(_HF_RESNET + r"embedder\.embedder\.normalization", "embed/bn"),
+    *conv(_HF_RESNET_BLOCK + r"shortcut\.convolution", r"stage_\1/block_\2/shortcut/conv"),
+    *batch_norm(_HF_RESNET_BLOCK + r"shortcut\.normalization", r"stage_\1/block_\2/shortcut/bn"),
+    *(
+        rule
+        for k in range(3)
+        for rule in (
+            *conv(_HF_RESNET_BLOCK + rf"layer\.{k}\.convolution", rf"stage_\1/block_\2/conv{k + 1}"),
+            *batch_norm(_HF_RESNET_BLOCK + rf"layer\.{k}\.normalization", rf"stage_\1/block_\2/bn{k + 1}"),
+        )
+    ),
+    *linear(r"classifier\.1", "head"),
+]
+
+
+def hf_resnet_fields(config: dict[str, Any], state: State) -> dict[str, Any]:
+    if config.get("hidden_act", "relu") != "relu":
+        raise WeightLoadError(f"config.json: hidden_act={config['hidden_act']!r} is not supported (relu only)")
+    classifier = _find(state, r"classifier\.1\.weight")
+    return {
+        "embedding_size": config.get("embedding_size", 64),
+        "hidden_sizes": tuple(config.get("hidden_sizes", (256, 512, 1024, 2048))),
+        "depths": tuple(config.get("depths", (3, 4, 6, 3))),
+        "layer_type": config.get("layer_type", "bottleneck"),
+        "downsample_in_first_stage": config.get("downsample_in_first_stage", False),
+        "downsample_in_bottleneck": config.get("downsample_in_bottleneck", False),
+        "num_channels": config.get("num_channels", 3),
+        "num_classes": 0 if classifier is None else classifier.shape[0],
+    }
+
+
+HF_RESNET = Family("hf-resnet", "ResNet", HF_RESNET_RULES, hf_resnet_fields, {})
+
+# --- torchvision ResNet (models.resnet18 / resnet50 state dicts) --------------------------------------------
+# torchvision counts stages layer1..layer4 from 1; jtl counts stage_0.. from 0. Regexes cannot subtract, so
+# the table lists the stages.
+TORCHVISION_RESNET_RULES = [
+    *conv(r"conv1", "embed/conv"),
+    *batch_norm(r"bn1", "embed/bn"),
+    *(
+        rule
+        for s in range(8)
+        for rule in (
+            *conv(rf"layer{s + 1}\.(\d+)\.conv([123])", rf"stage_{s}/block_\1/conv\2"),
+            *batch_norm(rf"layer{s + 1}\.(\d+)\.bn([123])", rf"stage_{s}/block_\1/bn\2"),
+            *conv(rf"layer{s + 1}\.(\d+)\.downsample\.0", rf"stage_{s}/block_\1/shortcut/conv"),
+            *batch_norm(rf"layer{s + 1}\.(\d+)\.downsample\.1", rf"stage_{s}/block_\1/shortcut/bn"),
+        )
+    ),
+    *linear(r"fc", "head"),
+]
+
+
+def torchvision_resnet_fields(config: dict[str, Any], state: State) -> dict[str, Any]:
+    del config
+    bottleneck = "layer1.0.conv3.weight" in state
+    last = "conv3" if bottleneck else "conv2"
+    depths, hidden = [], []
+    stage = 1
+    while f"layer{stage}.0.conv1.weight" in state:
+        blocks = {int(m.group(1)) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        depths.append(len(blocks))
+        hidden.append(state[f"layer{stage}.0.{last}.weight"].shape[0])
+        stage += 1
+    if not depths or "conv1.weight" not in state:
+        raise WeightLoadError("not a torchvision ResNet state dict: expected 'conv1.weight' and 'layer1.0.*' keys")
+    return {
+        "embedding_size": state["conv1.weight"].shape[0],
+        "num_channels": state["conv1.weight"].shape[1],
+        "hidden_sizes": tuple(hidden),
+        "depths": tuple(depths),
+        "layer_type": "bottleneck" if bottleneck else "basic",
+        "num_classes": state["fc.weight"].shape[0] if "fc.weight" in state else 0,
+    }
+
+
+TORCHVISION_RESNET = Family("torchvision-resnet", "ResNet", TORCHVISION_RESNET_RULES, torchvision_resnet_fields, {})
+
+# --- torchvision VGG (features.N / classifier.N) ------------------------------------------------------------
+
+
+def _vgg_conv_indices(state: State) -> list[int]:
+    return sorted({int(m.group(1)) for k in state if (m := re.fullmatch(r"features\.(\d+)\.weight", k))})
+
+
+def torchvision_vgg_rules(state: State) -> list[Rule]:
+    indices = _vgg_conv_indices(state)
+    channels = state[f"features.{indices[-1]}.weight"].shape[0] if indices else 1
+
+    def fc1_from_nchw(x: np.ndarray) -> np.ndarray:
+        # torchvision flattens (C, 7, 7); jtl flattens NHWC (7, 7, C): reorder the input dimension.
+        pool = math.isqrt(x.shape[1] // channels)
+        return x.reshape(x.shape[0], channels, pool, pool).transpose(2, 3, 1, 0).reshape(-1, x.shape[0])
+
+    rules = [rule for i, index in enumerate(indices) for rule in conv(rf"features\.{index}", f"encoder/block_{i}")]
+    return [
+        *rules,
+        Rule(r"classifier\.0\.weight", "params/fc1/kernel", fc1_from_nchw),
+        Rule(r"classifier\.0\.bias", "params/fc1/bias"),
+        *linear(r"classifier\.3", "fc2"),
+        *linear(r"classifier\.6", "head"),
+    ]
+
+
+def torchvision_vgg_fields(config: dict[str, Any], state: State) -> dict[str, Any]:
+    del config
+    indices = _vgg_conv_indices(state)
+    if not indices or "classifier.0.weight" not in state:
+        raise WeightLoadError("not a torchvision VGG state dict: expected 'features.N.*' and 'classifier.N.*' keys")
+    if "features.1.weight" in state and state["features.1.weight"].ndim == 1:
+        raise WeightLoadError("VGG with batch norm (vgg16_bn) is not supported")
+    layers: list = []
+    previous = None
+    for index in indices:
+        if previous is not None and index - previous == 3:  # conv, relu, then a max-pool between them
+            layers.append("M")
+        layers.append(int(state[f"features.{index}.weight"].shape[0]))
+        previous = index
+    layers.append("M")
+    channels = layers[-2]
+    fc1 = state["classifier.0.weight"]
+    return {
+        "layers": tuple(layers),
+        "classifier_width": fc1.shape[0],
+        "pool_size": math.isqrt(fc1.shape[1] // channels),
+        "num_channels": state[f"features.{indices[0]}.weight"].shape[1],
+        "num_classes": state["classifier.6.weight"].shape[0] if "classifier.6.weight" in state else 0,
+    }
+
+
+TORCHVISION_VGG = Family("torchvision-vgg", "VGG", torchvision_vgg_rules, torchvision_vgg_fields, {})
+
+
 def resizers_for(family: Family, fields: dict[str, Any]) -> dict:
     """Shape changes a family allows: ViT position embeddings follow the image size."""
     if family.model == "ViT":
@@ -241,4 +383,13 @@ def resizers_for(family: Family, fields: dict[str, Any]) -> dict:
     return dict(family.resizers)
 
 
-__all__ = ["BIG_VISION_VIT", "HF_BERT", "HF_VIT", "Family", "same"]
+__all__ = [
+    "BIG_VISION_VIT",
+    "HF_BERT",
+    "HF_RESNET",
+    "HF_VIT",
+    "TORCHVISION_RESNET",
+    "TORCHVISION_VGG",
+    "Family",
+    "same",
+]

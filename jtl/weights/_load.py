@@ -25,7 +25,7 @@ HF_WEIGHT_FILES = (
     "pytorch_model.bin",
     "flax_model.msgpack",
 )
-HF_FAMILIES = {"vit": fam.HF_VIT, "deit": fam.HF_VIT, "bert": fam.HF_BERT}
+HF_FAMILIES = {"vit": fam.HF_VIT, "deit": fam.HF_VIT, "bert": fam.HF_BERT, "resnet": fam.HF_RESNET}
 
 
 class Pretrained(NamedTuple):
@@ -53,7 +53,8 @@ def load_pretrained(
     Args:
       source: a Hugging Face hub id (``google/vit-base-patch16-224-in21k``) or local directory
         (``config.json`` + ``model.safetensors`` / sharded safetensors / ``pytorch_model.bin`` /
-        ``flax_model.msgpack``), or a big_vision/vit_jax ``.npz`` file.
+        ``flax_model.msgpack``), a big_vision/vit_jax ``.npz`` file, or a torchvision ResNet/VGG state dict
+        (``.pth``/``.pt``/``.bin`` read with ``torch.load(weights_only=True)``, or ``.safetensors``).
       num_classes: a new number of classes: the checkpoint's head (if any) is dropped and a fresh head,
         zero-initialised for ViT as vit_jax does, replaces it. ``None`` keeps the checkpoint's head.
       image_size: a new ViT input resolution; position embeddings are resampled to the new patch grid.
@@ -112,7 +113,7 @@ def load_pretrained(
 
         return init(rng)
 
-    converted, unmatched = convert(state, family.rules, where)
+    converted, unmatched = convert(state, family.rules_for(state), where)
     variables, report = merge_into(
         shapes,
         fresh_init,
@@ -141,8 +142,13 @@ def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[fam.Famil
     state = read_file(path)
     if path.suffix == ".npz":
         return fam.BIG_VISION_VIT, {}, fam.unstack_scanned_blocks(state), str(path)
+    if "layer1.0.conv1.weight" in state:
+        return fam.TORCHVISION_RESNET, {}, state, str(path)
+    if "features.0.weight" in state and any(k.startswith("classifier.") for k in state):
+        return fam.TORCHVISION_VGG, {}, state, str(path)
     raise WeightLoadError(
-        f"{path}: cannot tell which model this file holds; pass a directory with config.json or a big_vision .npz"
+        f"{path}: cannot tell which model this file holds (first keys: {sorted(state)[:5]}); pass a Hugging Face "
+        "directory with config.json, a big_vision .npz, or a torchvision ResNet/VGG state dict"
     )
 
 

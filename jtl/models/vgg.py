@@ -1,0 +1,130 @@
+"""VGG in the torchvision layout, the classic feature extractor.
+
+Names: ``encoder/block_{i}`` for the i-th 3x3 convolution, ``fc1``, ``fc2`` and ``head`` for the classifier.
+As in torchvision, the features are average-pooled to a fixed 7x7 grid (adaptively) before the classifier.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jtl.models.vit import classifier_head
+
+POOL = "M"
+# torchvision's configurations "D" (VGG16) and "E" (VGG19).
+CONFIGS = {
+    "vgg16": (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512, POOL),
+    "vgg19": (
+        64,
+        64,
+        POOL,
+        128,
+        128,
+        POOL,
+        256,
+        256,
+        256,
+        256,
+        POOL,
+        512,
+        512,
+        512,
+        512,
+        POOL,
+        512,
+        512,
+        512,
+        512,
+        POOL,
+    ),
+}
+
+
+def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
+    """PyTorch's ``AdaptiveAvgPool2d(size)`` on NHWC: window ``i`` spans ``[floor(i*H/size), ceil((i+1)*H/size))``.
+
+    Args:
+      x: (batch, height, width, channels).
+      size: the output grid size.
+
+    Returns:
+      (batch, size, size, channels).
+
+    >>> adaptive_avg_pool(jnp.arange(4.0).reshape(1, 2, 2, 1), 1).ravel().tolist()
+    [1.5]
+    """
+
+    def windows(n: int) -> list[tuple[int, int]]:
+        return [((i * n) // size, -(-((i + 1) * n) // size)) for i in range(size)]
+
+    rows = [x[:, a:b].mean(axis=1, keepdims=True) for a, b in windows(x.shape[1])]
+    x = jnp.concatenate(rows, axis=1)
+    cols = [x[:, :, a:b].mean(axis=2, keepdims=True) for a, b in windows(x.shape[2])]
+    return jnp.concatenate(cols, axis=2)
+
+
+class Convs(nn.Module):
+    layers: tuple
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        block = 0
+        for layer in self.layers:
+            if layer == POOL:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            else:
+                x = nn.Conv(layer, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=f"block_{block}")(x)
+                x = nn.relu(x)
+                block += 1
+        return x
+
+
+class VGG(nn.Module):
+    """VGG over NHWC images; ``num_classes=0`` returns the ``fc2`` features (4096-d for VGG16).
+
+    >>> import jax, jax.numpy as jnp
+    >>> model = VGG(layers=(4, "M", 8, "M"), classifier_width=16, pool_size=2, num_classes=3, image_size=16)
+    >>> variables = model.init(jax.random.PRNGKey(0), *model.example_inputs())
+    >>> model.apply(variables, jnp.ones((2, 16, 16, 3))).shape
+    (2, 3)
+    """
+
+    layers: tuple = CONFIGS["vgg16"]
+    classifier_width: int = 4096
+    pool_size: int = 7
+    dropout_rate: float = 0.5
+    num_channels: int = 3
+    image_size: int = 224
+    num_classes: int = 1000
+    head_zero_init: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
+        """Inputs of the right shape for ``init``."""
+        size = min(self.image_size, 32)  # parameters do not depend on the resolution
+        return (jnp.zeros((batch_size, size, size, self.num_channels), jnp.float32),)
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        x = Convs(tuple(self.layers), self.dtype, name="encoder")(images.astype(self.dtype))
+        x = adaptive_avg_pool(x, self.pool_size).reshape(x.shape[0], -1)
+        for name in ("fc1", "fc2"):
+            x = nn.relu(nn.Dense(self.classifier_width, dtype=self.dtype, name=name)(x))
+            x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        if not self.num_classes:
+            return x
+        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+
+
+def vgg_config(name: str) -> dict:
+    """Architecture fields for ``vgg16`` and ``vgg19``.
+
+    >>> len([layer for layer in vgg_config("vgg16")["layers"] if layer != "M"])
+    13
+    """
+    if name not in CONFIGS:
+        raise ValueError(f"unknown VGG name {name!r}; known: {sorted(CONFIGS)}")
+    return {"layers": CONFIGS[name]}
