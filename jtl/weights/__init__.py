@@ -9,6 +9,7 @@ from jtl.weights._load import (
     load_pretrained,
     save_big_vision_npz,
 )
+from jtl.weights._native import save_pretrained
 from jtl.weights._readers import (
     WeightLoadError,
     flatten_nested,
@@ -43,4 +44,5 @@ __all__ = [
     "read_torch",
     "resample_pos_embedding",
     "save_big_vision_npz",
+    "save_pretrained",
 ]

@@ -14,6 +14,7 @@ import numpy as np
 from jtl.masking import named_leaves
 from jtl.weights import _families as fam
 from jtl.weights._convert import LoadReport, convert, merge_into
+from jtl.weights._native import MODEL_FILE, read_native
 from jtl.weights._readers import WeightLoadError, read_file
 
 HEAD = r"params/head/.*"
@@ -54,7 +55,8 @@ def load_pretrained(
       source: a Hugging Face hub id (``google/vit-base-patch16-224-in21k``) or local directory
         (``config.json`` + ``model.safetensors`` / sharded safetensors / ``pytorch_model.bin`` /
         ``flax_model.msgpack``), a big_vision/vit_jax ``.npz`` file, or a torchvision ResNet/VGG state dict
-        (``.pth``/``.pt``/``.bin`` read with ``torch.load(weights_only=True)``, or ``.safetensors``).
+        (``.pth``/``.pt``/``.bin`` read with ``torch.load(weights_only=True)``, or ``.safetensors``), or a
+        directory written by :func:`save_pretrained` (jtl's Orbax format).
       num_classes: a new number of classes: the checkpoint's head (if any) is dropped and a fresh head,
         zero-initialised for ViT as vit_jax does, replaces it. ``None`` keeps the checkpoint's head.
       image_size: a new ViT input resolution; position embeddings are resampled to the new patch grid.
@@ -138,6 +140,8 @@ def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[fam.Famil
         else:
             raise WeightLoadError(f"{source}: no such file or directory (and not a hub id like 'org/name')")
     if path.is_dir():
+        if (path / MODEL_FILE).exists():
+            return read_native(path)
         return _resolve_hf_dir(path)
     state = read_file(path)
     if path.suffix == ".npz":

@@ -1,0 +1,74 @@
+"""jtl's own pretrained format: ``jtl_model.json`` (the model class and fields) + an Orbax checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from jtl.masking import named_leaves
+from jtl.weights._convert import Rule
+from jtl.weights._families import Family
+from jtl.weights._readers import WeightLoadError
+
+MODEL_FILE = "jtl_model.json"
+VARIABLES_DIR = "variables"
+_SKIP_FIELDS = {"parent", "name"}
+
+
+def save_pretrained(directory: str | os.PathLike, model: nn.Module, variables: dict[str, Any]) -> Path:
+    """Saves a jtl model and its variables so that :func:`load_pretrained` can load them back.
+
+    Args:
+      directory: a new or empty directory.
+      model: the jtl model (its class and fields are recorded).
+      variables: its variables (``{"params": ..., "batch_stats": ...}``).
+
+    Returns:
+      The directory.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    if directory.exists() and any(directory.iterdir()):
+        raise WeightLoadError(f"{directory}: not empty; save_pretrained never overwrites a checkpoint")
+    directory.mkdir(parents=True, exist_ok=True)
+    fields = {}
+    for key in model.__dataclass_fields__:
+        if key in _SKIP_FIELDS:
+            continue
+        value = getattr(model, key)
+        if key == "dtype":
+            value = jnp.dtype(value).name
+        fields[key] = value
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory / VARIABLES_DIR, variables)
+    checkpointer.wait_until_finished()
+    (directory / MODEL_FILE).write_text(json.dumps({"model": type(model).__name__, "fields": fields}, indent=1))
+    return directory
+
+
+def read_native(directory: Path) -> tuple[Family, dict[str, Any], dict[str, np.ndarray], str]:
+    """Reads a :func:`save_pretrained` directory as a family whose table is the identity."""
+    import orbax.checkpoint as ocp
+
+    spec_path = directory / MODEL_FILE
+    try:
+        spec = json.loads(spec_path.read_text())
+        model_name, fields = spec["model"], spec["fields"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise WeightLoadError(f"{spec_path}: not a jtl model description ({e})") from e
+    if not (directory / VARIABLES_DIR).exists():
+        raise WeightLoadError(f"{directory}: {MODEL_FILE} is there but the Orbax '{VARIABLES_DIR}' directory is not")
+    restored = ocp.StandardCheckpointer().restore(directory / VARIABLES_DIR)
+    state = {name: np.asarray(x) for name, x in named_leaves(restored)}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    if "dtype" in fields:
+        fields["dtype"] = jnp.dtype(fields["dtype"])
+    family = Family("jtl", model_name, [Rule(r"(.*)", r"\1")], lambda config, state: dict(config), {})
+    return family, fields, state, str(directory)

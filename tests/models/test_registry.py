@@ -1,0 +1,90 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jtl.masking as jm
+from jtl.models import Bert, ResNet, ViT, available, create, init, layer_index
+
+
+def test_every_registered_name_creates_its_family():
+    families = {"vit": ViT, "bert": Bert, "minilm": Bert, "resnet": ResNet}
+    for name in available():
+        model = create(name, num_classes=3)
+        expected = families.get(name.split("-")[0])
+        if expected is not None:
+            assert isinstance(model, expected), name
+        assert model.num_classes == 3
+
+
+def test_vit_sizes_follow_the_papers():
+    assert [create(f"vit-{s}16").hidden_size for s in ("ti", "s", "b", "l")] == [192, 384, 768, 1024]
+    assert create("vit-l16").num_layers == 24 and create("vit-b32").patch_size == 32
+    assert create("vit-s14").patch_size == 14 and create("vit-b8").patch_size == 8
+
+
+def test_unknown_names_and_fields_are_clear_errors():
+    with pytest.raises(ValueError, match=r"unknown model 'vit-x16'; known: \['vit-b14'"):
+        create("vit-x16")
+    with pytest.raises(ValueError, match=r"ViT has no field\(s\) \['imagesize'\]"):
+        create("vit-b16", imagesize=384)
+
+
+@pytest.mark.parametrize("name", ["vit-testing", "resnet-testing", "vgg-testing", "bert-testing"])
+def test_layer_index_covers_every_parameter(name):
+    model = create(name, num_classes=2)
+    params = init(model)["params"]
+    layer_of, top = layer_index(model)
+    layers = {n: layer_of(n) for n, _ in jm.named_leaves(params)}
+    assert all(0 <= layer <= top for layer in layers.values())
+    assert layers["head/kernel"] == top
+    assert min(layers.values()) == 0
+    # Usable directly for layer-wise decay.
+    tx = jm.layerwise_lr_decay(layer_of, top, 0.5)
+    tx.update(params, tx.init(params))
+
+
+def _batch(model, name):
+    rng = np.random.default_rng(0)
+    labels = jnp.asarray(rng.integers(0, 2, size=4))
+    if name == "bert-testing":
+        ids = jnp.asarray(rng.integers(1, 100, size=(4, 8)))
+        return (ids, jnp.ones_like(ids)), labels
+    size = model.image_size
+    return (jnp.asarray(rng.normal(size=(4, size, size, 3)), jnp.float32),), labels
+
+
+@pytest.mark.parametrize("name", ["vit-testing", "resnet-testing", "vgg-testing", "bert-testing"])
+def test_tiny_config_trains_end_to_end_with_a_frozen_stem(name):
+    model = create(name, num_classes=2, **({"dropout_rate": 0.0} if name != "resnet-testing" else {}))
+    variables = init(model)
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+    inputs, labels = _batch(model, name)
+    frozen_first = "embed/.*" if name != "vgg-testing" else "encoder/block_0/.*"
+    trainable = lambda tree: jm.trainable_mask(tree, frozen=frozen_first)
+    tx = jm.freeze(optax.adam(1e-2), trainable=trainable)
+
+    def loss_fn(p):
+        logits = model.apply({"params": p, **state}, *inputs)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    @jax.jit
+    def step(p, opt_state):
+        loss, grads = jm.value_and_grad(loss_fn, trainable)(p)
+        updates, opt_state = tx.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, loss
+
+    opt_state = tx.init(params)
+    losses = []
+    trained = params
+    for _ in range(15):
+        trained, opt_state, loss = step(trained, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] < 0.7 * losses[0], losses
+    mask = trainable(params)
+    for (n, before), (_, after), trains in zip(
+        jm.named_leaves(params), jm.named_leaves(trained), jax.tree_util.tree_leaves(mask), strict=True
+    ):
+        assert trains or np.array_equal(before, after), n
