@@ -144,7 +144,7 @@ def merge_into(
     """Merges converted weights into freshly initialised variables, collecting every problem first.
 
     Only the variables that are not loaded get initialised (through ``fresh_init``), so loading a model
-    never holds a full random initialisation beside the checkpoint.
+    never holds a full random initialisation beside the checkpoint. Leaves are host (numpy) arrays.
 
     Args:
       init_shapes: ``jax.eval_shape`` of the model's init (``{"params": ..., "batch_stats": ...}``).
@@ -196,7 +196,9 @@ def merge_into(
             resized.append((name, tuple(array.shape), shape))
             array = resizer(array, shape)
         loaded.append((name, shape))
-        out.append(jax.numpy.asarray(array, dtype=leaf.dtype))
+        # Host arrays, as vit_jax and big_vision return them: transposes stay views, and the caller puts
+        # them on devices once, with its own sharding (`jax.device_put(variables, sharding)`).
+        out.append(np.asarray(array, dtype=np.dtype(leaf.dtype)))
     unexpected = [
         (f"{name} (from {converted[name][1]!r})", tuple(converted[name][0].shape))
         for name in converted
@@ -216,6 +218,6 @@ def merge_into(
         raise WeightLoadError(f"{source}: " + " | ".join(problems))
     fresh_names = [n for n, _ in missing] + [n for n, _, _ in reinitialised]
     fresh = fresh_init(fresh_names) if fresh_names else {}
-    out = [fresh[x] if isinstance(x, str) else x for x in out]
+    out = [np.asarray(fresh[x]) if isinstance(x, str) else x for x in out]
     report = LoadReport(source, loaded, missing, unexpected, reinitialised, resized)
     return jax.tree_util.tree_unflatten(treedef, out), report

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from jtl import models
 from jtl.masking import named_leaves
 from jtl.weights import _families as fam
 from jtl.weights._convert import LoadReport, convert, merge_into
@@ -30,7 +31,8 @@ HF_FAMILIES = {"vit": fam.HF_VIT, "deit": fam.HF_VIT, "bert": fam.HF_BERT, "resn
 
 
 class Pretrained(NamedTuple):
-    """A loaded model: the Flax module, its variables (``{"params": ...}``) and the load report."""
+    """A loaded model: the Flax module, its variables (``{"params": ...}``, host numpy arrays, as vit_jax and
+    big_vision return them; ``jax.device_put(variables, sharding)`` places them) and the load report."""
 
     model: nn.Module
     variables: dict[str, Any]
@@ -97,12 +99,10 @@ def load_pretrained(
         fields["pre_logits_size"] = None
     fields.update(overrides)
 
-    from jtl import models
-
     model = getattr(models, family.model)(**fields)
-    rng = jax.random.PRNGKey(seed)
-    inputs = model.example_inputs()
-    shapes = jax.eval_shape(model.init, rng, *inputs)
+    # Abstract inputs and key: tracing the model's init for its variable shapes compiles and allocates nothing.
+    inputs = jax.eval_shape(model.example_inputs)
+    shapes = jax.eval_shape(model.init, jax.eval_shape(jax.random.PRNGKey, seed), *inputs)
     shapes = {k: v for k, v in shapes.items() if k != "intermediates"}
 
     def fresh_init(names: list[str]) -> dict[str, jax.Array]:
@@ -111,9 +111,10 @@ def load_pretrained(
         # Only the requested variables are computed: XLA drops the other initialisers.
         @jax.jit
         def init(rng: jax.Array) -> dict[str, jax.Array]:
-            return {n: x for n, x in named_leaves(model.init(rng, *inputs)) if n in wanted}
+            concrete = [jax.numpy.zeros(x.shape, x.dtype) for x in inputs]
+            return {n: x for n, x in named_leaves(model.init(rng, *concrete)) if n in wanted}
 
-        return init(rng)
+        return init(jax.random.PRNGKey(seed))
 
     converted, unmatched = convert(state, family.rules_for(state), where)
     variables, report = merge_into(
