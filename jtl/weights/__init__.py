@@ -7,6 +7,7 @@ from jtl.weights._load import (
     download_from_hub,
     hf_flax_to_torch_layout,
     load_pretrained,
+    load_tokenizer,
     save_big_vision_npz,
 )
 from jtl.weights._native import save_pretrained
@@ -35,6 +36,7 @@ __all__ = [
     "layer_norm",
     "linear",
     "load_pretrained",
+    "load_tokenizer",
     "merge_into",
     "read_file",
     "read_msgpack",

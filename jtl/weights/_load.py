@@ -206,6 +206,39 @@ def hf_flax_to_torch_layout(state: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return out
 
 
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "config.json"]
+
+
+def load_tokenizer(source: str | os.PathLike, revision: str | None = None) -> Any:
+    """Loads the ``transformers`` tokenizer of a Hugging Face model directory or hub id (offline for a directory).
+
+    Args:
+      source: a local model directory or a hub id.
+      revision: the hub revision.
+
+    Returns:
+      A ``transformers`` tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(source)
+    if not path.exists():
+        if not (isinstance(source, str) and _looks_like_hub_id(source)):
+            raise WeightLoadError(f"{source}: no such directory (and not a hub id like 'org/name')")
+        import huggingface_hub
+
+        try:
+            path = Path(huggingface_hub.snapshot_download(source, revision=revision, allow_patterns=TOKENIZER_FILES))
+        except Exception as e:  # offline, 404, gated, auth
+            raise WeightLoadError(
+                f"{source}: could not fetch the tokenizer from the hub ({type(e).__name__}: {e})"
+            ) from e
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise WeightLoadError(f"{path}: no usable tokenizer files ({e})") from e
+
+
 def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
     """Downloads a model's config and weights (safetensors preferred) from the Hugging Face hub.
 

