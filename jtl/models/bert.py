@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.models.vit import Encoder, classifier_head
+from jtl.models.vit import classifier_head, transformer_encoder
 
 # name: (hidden size, depth, heads, intermediate size)
 SIZES = {
@@ -127,18 +127,7 @@ class Bert(nn.Module):
             self.dtype,
             name="embed",
         )(input_ids, token_type_ids, train=train)
-        x = Encoder(
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            mlp_dim=self.intermediate_size,
-            pre_norm=False,
-            layer_norm_eps=self.layer_norm_eps,
-            gelu_approximate=self.gelu_approximate,
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            dtype=self.dtype,
-            name="encoder",
-        )(x, attention_mask, train=train)
+        x = transformer_encoder(self, mlp_dim=self.intermediate_size, pre_norm=False)(x, attention_mask, train=train)
         # The pooler exists in every BERT checkpoint; create it whatever the output so that loading
         # never reports it as unexpected.
         pooled = jnp.tanh(nn.Dense(self.hidden_size, dtype=self.dtype, name="pooler")(x[:, 0]))

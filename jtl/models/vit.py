@@ -71,18 +71,7 @@ class ViT(nn.Module):
             self.dtype,
             name="embed",
         )(images.astype(self.dtype), train=train)
-        x = Encoder(
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            pre_norm=True,
-            layer_norm_eps=self.layer_norm_eps,
-            gelu_approximate=self.gelu_approximate,
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            dtype=self.dtype,
-            name="encoder",
-        )(x, train=train)
+        x = transformer_encoder(self, mlp_dim=self.mlp_dim, pre_norm=True)(x, train=train)
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
         x = x[:, 0] if self.pooling == "cls" else x.mean(axis=1)
         if self.pre_logits_size is not None:
@@ -122,36 +111,35 @@ class PatchEmbed(nn.Module):
 
 
 class Encoder(nn.Module):
-    """``num_layers`` blocks named ``block_{i}``; the input and each block's output are sown as
+    """``num_layers`` copies of ``block`` named ``block_{i}``; the input and each block's output are sown as
     ``intermediates/encoder/hidden_states``, like Hugging Face's ``output_hidden_states``."""
 
     num_layers: int
-    num_heads: int
-    mlp_dim: int
-    pre_norm: bool
-    layer_norm_eps: float
-    gelu_approximate: bool = False
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    dtype: jnp.dtype = jnp.float32
+    block: EncoderBlock
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False) -> jax.Array:
         self.sow("intermediates", "hidden_states", x)
         for i in range(self.num_layers):
-            x = EncoderBlock(
-                num_heads=self.num_heads,
-                mlp_dim=self.mlp_dim,
-                pre_norm=self.pre_norm,
-                layer_norm_eps=self.layer_norm_eps,
-                gelu_approximate=self.gelu_approximate,
-                dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate,
-                dtype=self.dtype,
-                name=f"block_{i}",
-            )(x, mask, train=train)
+            x = self.block.clone(parent=self, name=f"block_{i}")(x, mask, train=train)
             self.sow("intermediates", "hidden_states", x)
         return x
+
+
+def transformer_encoder(config: nn.Module, *, mlp_dim: int, pre_norm: bool) -> Encoder:
+    """The ``encoder`` of a ViT or BERT module, built from the fields both share."""
+    block = EncoderBlock(
+        num_heads=config.num_heads,
+        mlp_dim=mlp_dim,
+        pre_norm=pre_norm,
+        layer_norm_eps=config.layer_norm_eps,
+        gelu_approximate=config.gelu_approximate,
+        dropout_rate=config.dropout_rate,
+        attention_dropout_rate=config.attention_dropout_rate,
+        dtype=config.dtype,
+        parent=None,
+    )
+    return Encoder(config.num_layers, block, name="encoder")
 
 
 def vit_config(name: str) -> dict:
