@@ -3,7 +3,7 @@
 
 Run: ``python benchmarks/loading.py`` (writes a random-weight ViT-B/16 ``model.safetensors``, 343 MB, to a
 temporary directory). Each measurement runs in a fresh process, so peak RSS is that process's own; the figure
-is the peak above the RSS after imports. Prints medians over ``--repeats`` processes.
+is the peak above the RSS after imports. Prints medians over ``--repeats`` interleaved pairs of processes.
 """
 
 from __future__ import annotations
@@ -102,17 +102,21 @@ def measure(mode: str, directory: Path) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--depth", type=int, default=12, help="blocks (12 for ViT-B; fewer for a smoke run)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         size = write_vit_b16(directory, depth=args.depth)
-        results = {}
-        for mode in ("safetensors", "jtl"):
-            runs = [measure(mode, directory) for _ in range(args.repeats)]
-            results[mode] = {key: statistics.median(r[key] for r in runs) for key in ("seconds", "peak_mib")}
+        runs: dict[str, list[dict[str, float]]] = {"safetensors": [], "jtl": []}
+        for _ in range(args.repeats):  # interleaved, so that a noisy stretch of the machine hits both alike
+            for mode, mode_runs in runs.items():
+                mode_runs.append(measure(mode, directory))
+        results = {
+            mode: {key: statistics.median(r[key] for r in mode_runs) for key in ("seconds", "peak_mib")}
+            for mode, mode_runs in runs.items()
+        }
     base = results["safetensors"]
     print(f"checkpoint: ViT-B/16 layout, depth {args.depth}, {size / 2**20:.0f} MiB safetensors (float32)")
     print(f"{'loader':<40} {'seconds':>8} {'x':>6} {'peak MiB':>9} {'x':>6}")

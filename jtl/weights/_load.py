@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,7 +18,7 @@ from jtl.masking import named_leaves
 from jtl.weights import _families as fam
 from jtl.weights._convert import LoadReport, convert, merge_into
 from jtl.weights._native import MODEL_FILE, read_native
-from jtl.weights._readers import WeightLoadError, read_file
+from jtl.weights._readers import WeightLoadError, read_file, safetensors_shapes
 
 HEAD = r"params/head/.*"
 # The order Hugging Face itself prefers: safetensors first, pickles only when nothing else exists.
@@ -86,24 +88,16 @@ def load_pretrained(
     >>> model.num_classes, variables["params"]["embed"]["pos_embedding"].shape, len(report.resized)
     (3, (1, 17, 8), 1)
     """
-    family, config, state, where = _resolve(source, revision)
-    fields = family.fields(config, state)
+    source_ = _resolve(source, revision)
+    family, config, where = source_.family, source_.config, source_.where
+    # The tensors are read on a second thread (the read releases the GIL) while the model's init is traced.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(source_.read)
+        model, fields, shapes, inputs = _abstract_model(
+            family, config, source_.shapes, num_classes, image_size, drop_pre_logits, overrides, seed, where
+        )
+        state = pending.result()
     replace_head = num_classes is not None
-    if replace_head:
-        fields["num_classes"] = num_classes
-    if image_size is not None:
-        if family.model != "ViT":
-            raise WeightLoadError(f"{where}: image_size= applies to ViT checkpoints, not {family.name}")
-        fields["image_size"] = image_size
-    if drop_pre_logits:
-        fields["pre_logits_size"] = None
-    fields.update(overrides)
-
-    model = getattr(models, family.model)(**fields)
-    # Abstract inputs and key: tracing the model's init for its variable shapes compiles and allocates nothing.
-    inputs = jax.eval_shape(model.example_inputs)
-    shapes = jax.eval_shape(model.init, jax.eval_shape(jax.random.PRNGKey, seed), *inputs)
-    shapes = {k: v for k, v in shapes.items() if k != "intermediates"}
 
     def fresh_init(names: list[str]) -> dict[str, jax.Array]:
         wanted = set(names)
@@ -132,8 +126,66 @@ def load_pretrained(
     return Pretrained(model, variables, report)
 
 
-def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[fam.Family, dict, dict, str]:
-    """Finds the family, config and raw tensors of a source."""
+def _abstract_model(
+    family: fam.Family,
+    config: dict,
+    tensor_shapes: dict,
+    num_classes: int | None,
+    image_size: int | None,
+    drop_pre_logits: bool,
+    overrides: dict,
+    seed: int,
+    where: str,
+) -> tuple[nn.Module, dict, dict, list]:
+    """Builds the model from the source and traces its init: (model, fields, variable shapes, inputs)."""
+    fields = family.fields(config, tensor_shapes)
+    if num_classes is not None:
+        fields["num_classes"] = num_classes
+    if image_size is not None:
+        if family.model != "ViT":
+            raise WeightLoadError(f"{where}: image_size= applies to ViT checkpoints, not {family.name}")
+        fields["image_size"] = image_size
+    if drop_pre_logits:
+        fields["pre_logits_size"] = None
+    fields.update(overrides)
+    model = getattr(models, family.model)(**fields)
+    # Abstract inputs and key: tracing the model's init for its variable shapes compiles and allocates nothing.
+    inputs = jax.eval_shape(model.example_inputs)
+    shapes = jax.eval_shape(model.init, jax.eval_shape(jax.random.PRNGKey, seed), *inputs)
+    shapes = {k: v for k, v in shapes.items() if k != "intermediates"}
+    return model, fields, shapes, inputs
+
+
+class Source(NamedTuple):
+    """A resolved checkpoint: its family and config, tensor shapes (read cheaply), and how to read the tensors."""
+
+    family: fam.Family
+    config: dict
+    shapes: dict
+    read: Callable[[], dict[str, np.ndarray]]
+    where: str
+
+
+def _eager(state: dict[str, np.ndarray]) -> tuple[dict, Callable[[], dict]]:
+    return state, lambda: state
+
+
+def _peek(path: Path) -> tuple[dict, Callable[[], dict]]:
+    """Tensor shapes and a reader: safetensors give shapes from their headers, other formats are read now."""
+    if path.suffix == ".safetensors":
+        return safetensors_shapes(path), lambda: read_file(path)
+    if path.name.endswith(".safetensors.index.json"):
+        shards = sorted(set(json.loads(path.read_text()).get("weight_map", {}).values()))
+        shapes = {}
+        for shard in shards:
+            if (path.parent / shard).exists():
+                shapes.update(safetensors_shapes(path.parent / shard))
+        return shapes, lambda: read_file(path)
+    return _eager(read_file(path))
+
+
+def _resolve(source: str | os.PathLike, revision: str | None) -> Source:
+    """Finds the family, config and tensors of a source."""
     path = Path(source)
     if not path.exists():
         if isinstance(source, str) and _looks_like_hub_id(source):
@@ -142,17 +194,18 @@ def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[fam.Famil
             raise WeightLoadError(f"{source}: no such file or directory (and not a hub id like 'org/name')")
     if path.is_dir():
         if (path / MODEL_FILE).exists():
-            return read_native(path)
+            family, fields, state, where = read_native(path)
+            return Source(family, fields, *_eager(state), where)
         return _resolve_hf_dir(path)
-    state = read_file(path)
     if path.suffix == ".npz":
-        return fam.BIG_VISION_VIT, {}, fam.unstack_scanned_blocks(state), str(path)
-    if "layer1.0.conv1.weight" in state:
-        return fam.TORCHVISION_RESNET, {}, state, str(path)
-    if "features.0.weight" in state and any(k.startswith("classifier.") for k in state):
-        return fam.TORCHVISION_VGG, {}, state, str(path)
+        return Source(fam.BIG_VISION_VIT, {}, *_eager(fam.unstack_scanned_blocks(read_file(path))), str(path))
+    shapes, read = _peek(path)
+    if "layer1.0.conv1.weight" in shapes:
+        return Source(fam.TORCHVISION_RESNET, {}, shapes, read, str(path))
+    if "features.0.weight" in shapes and any(k.startswith("classifier.") for k in shapes):
+        return Source(fam.TORCHVISION_VGG, {}, shapes, read, str(path))
     raise WeightLoadError(
-        f"{path}: cannot tell which model this file holds (first keys: {sorted(state)[:5]}); pass a Hugging Face "
+        f"{path}: cannot tell which model this file holds (first keys: {sorted(shapes)[:5]}); pass a Hugging Face "
         "directory with config.json, a big_vision .npz, or a torchvision ResNet/VGG state dict"
     )
 
@@ -162,7 +215,7 @@ def _looks_like_hub_id(source: str) -> bool:
     return 1 <= len(parts) <= 2 and all(parts) and not source.startswith((".", "~"))
 
 
-def _resolve_hf_dir(path: Path) -> tuple[fam.Family, dict, dict, str]:
+def _resolve_hf_dir(path: Path) -> Source:
     config_path = path / "config.json"
     if not config_path.exists():
         raise WeightLoadError(f"{path}: no config.json; a Hugging Face model directory needs one")
@@ -179,10 +232,9 @@ def _resolve_hf_dir(path: Path) -> tuple[fam.Family, dict, dict, str]:
     weights = next((path / name for name in HF_WEIGHT_FILES if (path / name).exists()), None)
     if weights is None:
         raise WeightLoadError(f"{path}: no weights file; looked for {', '.join(HF_WEIGHT_FILES)}")
-    state = read_file(weights)
     if weights.suffix == ".msgpack":
-        state = hf_flax_to_torch_layout(state)
-    return family, config, state, str(weights)
+        return Source(family, config, *_eager(hf_flax_to_torch_layout(read_file(weights))), str(weights))
+    return Source(family, config, *_peek(weights), str(weights))
 
 
 def hf_flax_to_torch_layout(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

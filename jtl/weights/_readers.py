@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
+import struct
 from pathlib import Path
+from typing import NamedTuple
 
+import ml_dtypes
 import numpy as np
 
 
@@ -12,8 +16,77 @@ class WeightLoadError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file, keys and shapes at fault."""
 
 
+class TensorSpec(NamedTuple):
+    """A tensor's shape and dtype, read from a file's header without its data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": ml_dtypes.float8_e5m2,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U64": np.uint64,
+    "U32": np.uint32,
+    "U16": np.uint16,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def _safetensors_header(path: Path) -> tuple[dict[str, tuple[TensorSpec, int, int]], int]:
+    """Parses a safetensors header: ``{name: (spec, begin, end)}`` (offsets into the data) and the data start."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if not 0 < length <= size - 8:
+                raise ValueError(f"header length {length} does not fit a {size}-byte file")
+            header = json.loads(f.read(length))
+        entries = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            spec = TensorSpec(tuple(info["shape"]), dtype)
+            if end - begin != math.prod(spec.shape) * dtype.itemsize or end > size - 8 - length:
+                raise ValueError(f"tensor {name!r}: data offsets {begin}..{end} do not fit its shape {spec.shape}")
+            entries[name] = (spec, begin, end)
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise WeightLoadError(f"{path}: not a readable safetensors file ({e})") from e
+    return entries, 8 + length
+
+
+def safetensors_shapes(path: str | Path) -> dict[str, TensorSpec]:
+    """Shapes and dtypes of a ``.safetensors`` file's tensors, from its header alone.
+
+    Args:
+      path: the file.
+
+    Returns:
+      ``{tensor name: TensorSpec}``.
+    """
+    return {name: spec for name, (spec, _, _) in _safetensors_header(Path(path))[0].items()}
+
+
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Reads a ``.safetensors`` file with ``safetensors.numpy`` (no torch needed).
+    """Reads a ``.safetensors`` file (no torch needed): one read into one buffer, tensors are views into it.
+
+    Reading with ``readinto`` releases the GIL (so tracing can run meanwhile) and holds the file's bytes
+    once, where ``safetensors.numpy.load_file`` peaks at twice the file.
 
     Args:
       path: the file.
@@ -21,12 +94,15 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     Returns:
       ``{tensor name: array}``; bfloat16 tensors come back as ``ml_dtypes.bfloat16`` arrays.
     """
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-        raise WeightLoadError(f"{path}: not a readable safetensors file ({e})") from e
+    path = Path(path)
+    entries, start = _safetensors_header(path)
+    data = np.empty(path.stat().st_size - start, np.uint8)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        read = f.readinto(memoryview(data))
+    if read != data.size:
+        raise WeightLoadError(f"{path}: truncated: read {read} of {data.size} data bytes")
+    return {name: data[begin:end].view(spec.dtype).reshape(spec.shape) for name, (spec, begin, end) in entries.items()}
 
 
 def read_sharded(index_path: str | Path) -> dict[str, np.ndarray]:
