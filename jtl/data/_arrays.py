@@ -1,0 +1,109 @@
+"""In-memory datasets, scikit-learn's bundled digits, and the grain pipelines over them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import grain
+import numpy as np
+
+
+class ArraySource(NamedTuple):
+    """A random-access source over in-memory arrays: ``source[i]`` is ``{"image": ..., "label": ...}``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {"image": self.images[index], "label": self.labels[index]}
+
+
+def digits_task(classes: Sequence[int], *, shots: int | None = None, seed: int = 0) -> dict[str, ArraySource]:
+    """scikit-learn's bundled digits (offline): the given classes, relabelled ``0..len(classes)-1``.
+
+    Args:
+      classes: the digits to keep, e.g. ``range(5, 10)``.
+      shots: labelled training examples per class; the rest of those classes is the test split. ``None``: a
+        seeded 80/20 split.
+      seed: the seed of the split.
+
+    Returns:
+      ``{"train": ArraySource, "test": ArraySource}`` with images (N, 8, 8, 1) in [0, 1].
+
+    >>> task = digits_task(range(5, 10), shots=10)
+    >>> len(task["train"]), task["train"].images.shape[1:], sorted(set(task["train"].labels.tolist()))
+    (50, (8, 8, 1), [0, 1, 2, 3, 4])
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[..., None]
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for new_label, digit in enumerate(classes):
+        index = rng.permutation(np.flatnonzero(digits.target == digit))
+        cut = shots if shots is not None else int(0.8 * len(index))
+        train.extend((i, new_label) for i in index[:cut])
+        test.extend((i, new_label) for i in index[cut:])
+
+    def source(pairs: list[tuple[int, int]]) -> ArraySource:
+        order = rng.permutation(len(pairs))
+        index = np.array([pairs[i][0] for i in order], dtype=np.int64)
+        labels = np.array([pairs[i][1] for i in order], dtype=np.int32)
+        return ArraySource(images[index], labels)
+
+    return {"train": source(train), "test": source(test)}
+
+
+def train_batches(
+    source: Any, batch_size: int, *, seed: int, process_index: int = 0, process_count: int = 1
+) -> grain.DatasetIterator:
+    """An endless, shuffled stream of this host's batches; its ``get_state()`` checkpoints exactly.
+
+    Each host reads only its shard (every ``process_count``-th example from ``process_index``) and yields
+    ``batch_size`` examples per step: the global batch is ``batch_size * process_count``.
+
+    Args:
+      source: a random-access source (``len`` and ``__getitem__``).
+      batch_size: examples per step on this host.
+      seed: the shuffle seed (a different order every epoch).
+      process_index: this host's index.
+      process_count: the number of hosts.
+
+    Returns:
+      A grain iterator of ``{"image": (B, ...), "label": (B,)}`` numpy batches.
+
+    >>> it = train_batches(digits_task([0, 1], shots=4)["train"], 3, seed=0)
+    >>> batch = next(it); batch["image"].shape, batch["label"].shape
+    ((3, 8, 8, 1), (3,))
+    """
+    dataset = grain.MapDataset.source(source)[process_index::process_count]
+    dataset = dataset.repeat(None).shuffle(seed=seed).batch(batch_size, drop_remainder=True)
+    return iter(dataset.to_iter_dataset())
+
+
+def eval_batches(source: Any, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Every example exactly once, in order; the last batch is padded and ``mask`` marks the real examples.
+
+    Args:
+      source: a random-access source.
+      batch_size: examples per batch.
+
+    Returns:
+      An iterator of batches with a boolean ``mask``.
+
+    >>> [int(batch["mask"].sum()) for batch in eval_batches(ArraySource(np.zeros((10, 2)), np.arange(10)), 4)]
+    [4, 4, 2]
+    """
+    total = len(source)
+    for start in range(0, total, batch_size):
+        items = [source[i] for i in range(start, min(start + batch_size, total))]
+        real = len(items)
+        items += [items[-1]] * (batch_size - real)
+        batch = {key: np.stack([item[key] for item in items]) for key in items[0]}
+        batch["mask"] = np.arange(batch_size) < real
+        yield batch
