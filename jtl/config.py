@@ -112,3 +112,59 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
             node[part] = _parse_value(text, node[part], key)
         else:
             node = node[part]
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key the trainer reads, with defaults; config files start from it and change what they need.
+
+    Returns:
+      An unlocked ``ConfigDict``.
+
+    >>> base_config().parallel
+    'jit'
+    """
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.num_classes = 10
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "vit-testing"  # a jtl.models registry name, for training from scratch
+    c.model.pretrained = ""  # a hub id, directory or file for jtl.weights.load_pretrained (overrides name)
+    c.model.overrides = ml_collections.ConfigDict()  # other model fields, e.g. image_size, dtype
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "digits"
+    c.data.classes = tuple(range(10))
+    c.data.shots = 0  # labelled examples per class; 0: a seeded 80/20 split
+    c.data.split_seed = 0
+
+    # What trains (through jtl.masking; frozen parameters get no gradient computed). At most one of:
+    c.trainable = ()  # regexes of trainable parameters (the rest is frozen)
+    c.frozen = ()  # regexes of frozen parameters (the rest trains)
+    c.train_last_n = -1  # >= 0: only the last N blocks plus norm/pooler/head train
+    c.lr_mults = ()  # ((regex, multiplier), ...)
+    c.layer_decay = 0.0  # > 0: layer-wise learning-rate decay factor
+    c.train_batch_stats = True  # BatchNorm statistics update only if every BatchNorm layer trains
+
+    c.optimizer = "adamw"
+    c.learning_rate = 1e-3
+    c.momentum = 0.9
+    c.weight_decay = 1e-4
+    c.grad_clip = 1.0
+    c.schedule = "cosine"
+    c.warmup_steps = 0
+    c.label_smoothing = 0.0
+
+    c.total_steps = 100
+    c.batch_size = 32  # global, over all devices and hosts
+    c.accum_steps = 1
+    c.eval_batch_size = 64
+    c.parallel = "jit"  # or "pmap"
+    c.num_devices = 0  # 0: all devices
+
+    c.log_every = 10
+    c.eval_every = 0
+    c.checkpoint_every = 50
+    c.keep_checkpoints = 2
+    c.compilation_cache = "~/.cache/jtl/xla"  # "" turns JAX's persistent compilation cache off
+    return c

@@ -57,6 +57,7 @@ def read_native(directory: Path) -> tuple[Family, dict[str, Any], dict[str, np.n
     """Reads a :func:`save_pretrained` directory as a family whose table is the identity."""
     import orbax.checkpoint as ocp
 
+    directory = directory.absolute()  # Orbax accepts absolute paths only
     spec_path = directory / MODEL_FILE
     try:
         spec = json.loads(spec_path.read_text())

@@ -1,0 +1,212 @@
+"""Train and eval steps, compiled with ``jax.jit`` over a data-parallel ``Mesh`` (the default) or with ``pmap``.
+
+One pure step function serves both: jit shards the global batch over the mesh's ``data`` axis and lets XLA
+insert the gradient all-reduce; pmap runs it per device and averages gradients and metrics with ``pmean``.
+Frozen parameters get no gradient computed (``jtl.masking.value_and_grad``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import jtl.masking as jm
+
+AXIS = "data"
+
+
+class TrainState(NamedTuple):
+    """Everything a step updates; checkpointed whole."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D data-parallel mesh over all (or the given) devices, across hosts."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def _loss_and_metrics(logits: jax.Array, labels: jax.Array, num_classes: int, label_smoothing: float) -> tuple:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss, accuracy
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    trainable: Any,
+    *,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    accum_steps: int = 1,
+    train_batch_stats: bool = True,
+    axis_name: str | None = None,
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds the pure train step ``(state, batch) -> (state, metrics)``.
+
+    Args:
+      model: a jtl model taking ``batch["image"]`` (or ``batch["input_ids"]``/``attention_mask``).
+      tx: the optimizer (already wrapped by :func:`jtl.masking.freeze` where parameters are frozen).
+      trainable: what trains; frozen parameters get no gradient computed.
+      num_classes: for the one-hot targets.
+      label_smoothing: as in ``optax.smooth_labels``.
+      accum_steps: gradient accumulation: the batch is split into this many micro-batches whose gradients
+        are averaged before one update.
+      train_batch_stats: update BatchNorm statistics; False keeps them fixed (and runs BatchNorm in inference
+        mode), the right thing when the backbone is frozen.
+      axis_name: the pmap axis to average gradients and metrics over (None under jit).
+
+    Returns:
+      The step function (not yet compiled).
+    """
+
+    def forward(params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple:
+        variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+        inputs = (batch["input_ids"], batch["attention_mask"]) if "input_ids" in batch else (batch["image"],)
+        update_stats = bool(batch_stats) and train_batch_stats
+        out = model.apply(
+            variables,
+            *inputs,
+            train=train_batch_stats,
+            rngs={"dropout": rng},
+            mutable=["batch_stats"] if update_stats else False,
+        )
+        logits, new_stats = (out[0], out[1]["batch_stats"]) if update_stats else (out, batch_stats)
+        loss, accuracy = _loss_and_metrics(logits, batch["label"], num_classes, label_smoothing)
+        return loss, (new_stats, accuracy)
+
+    grad_fn = jm.value_and_grad(forward, trainable, has_aux=True)
+
+    def micro_batches(batch: dict) -> dict:
+        return jax.tree_util.tree_map(lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng, step_rng = jax.random.split(state.rng)
+        if accum_steps == 1:
+            (loss, (batch_stats, accuracy)), grads = grad_fn(state.params, state.batch_stats, batch, step_rng)
+        else:
+
+            def accumulate(carry: tuple, micro: tuple) -> tuple:
+                grads_sum, stats, loss_sum, acc_sum = carry
+                micro_batch, micro_rng = micro
+                (loss, (stats, accuracy)), grads = grad_fn(state.params, stats, micro_batch, micro_rng)
+                grads_sum = jax.tree_util.tree_map(jnp.add, grads_sum, grads)
+                return (grads_sum, stats, loss_sum + loss, acc_sum + accuracy), None
+
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+            init = (zeros, state.batch_stats, jnp.zeros(()), jnp.zeros(()))
+            micro_rngs = jax.random.split(step_rng, accum_steps)
+            (grads, batch_stats, loss, accuracy), _ = jax.lax.scan(accumulate, init, (micro_batches(batch), micro_rngs))
+            grads = jax.tree_util.tree_map(lambda g: g / accum_steps, grads)
+            loss, accuracy = loss / accum_steps, accuracy / accum_steps
+        if axis_name is not None:
+            grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
+            batch_stats = jax.lax.pmean(batch_stats, axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
+        return TrainState(state.step + 1, params, batch_stats, opt_state, rng), metrics
+
+    return step
+
+
+def make_eval_step(model: nn.Module, num_classes: int) -> Callable[[TrainState, dict], dict[str, jax.Array]]:
+    """Builds ``(state, batch) -> sums`` of loss, correct predictions and examples over the batch's ``mask``."""
+
+    def step(state: TrainState, batch: dict) -> dict[str, jax.Array]:
+        variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+        inputs = (batch["input_ids"], batch["attention_mask"]) if "input_ids" in batch else (batch["image"],)
+        logits = model.apply(variables, *inputs).astype(jnp.float32)
+        mask = batch["mask"].astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        return {"loss": jnp.sum(losses * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+
+    return step
+
+
+class Compiled(NamedTuple):
+    """A compiled train/eval pair and how to move state and batches to its devices."""
+
+    train: Callable[[TrainState, Any], tuple[TrainState, dict]]
+    eval: Callable[[TrainState, Any], dict]
+    put_state: Callable[[TrainState], TrainState]
+    get_state: Callable[[TrainState], TrainState]
+    put_batch: Callable[[dict], Any]
+    num_devices: int
+
+
+def compile_jit(train_step: Callable, eval_step: Callable, mesh: Mesh) -> Compiled:
+    """Data parallelism with ``jax.jit`` over ``mesh``: state replicated, batches split on the data axis.
+
+    Batches are host-local; ``put_batch`` assembles the global batch from every host's part.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+    sharded = NamedSharding(mesh, PartitionSpec(AXIS))
+    train = jax.jit(
+        train_step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0
+    )
+    evaluate = jax.jit(eval_step, in_shardings=(replicated, sharded), out_shardings=replicated)
+
+    def put_batch(batch: dict) -> dict:
+        return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharded, np.asarray(x)), batch)
+
+    def put_state(state: TrainState) -> TrainState:
+        return jax.tree_util.tree_map(lambda x: jax.device_put(x, replicated), state)
+
+    return Compiled(train, evaluate, put_state, lambda state: state, put_batch, mesh.size)
+
+
+def compile_pmap(train_step_fn: Callable[[str], Callable], eval_step: Callable) -> Compiled:
+    """The classic path: ``pmap`` over local devices, gradients averaged with ``pmean`` over ``AXIS``.
+
+    Args:
+      train_step_fn: builds the train step given the pmap axis name.
+      eval_step: the eval step.
+    """
+    devices = jax.local_devices()
+    train = jax.pmap(train_step_fn(AXIS), axis_name=AXIS, donate_argnums=0)
+
+    def eval_sum(state: TrainState, batch: dict) -> dict:
+        return jax.lax.psum(eval_step(state, batch), AXIS)
+
+    evaluate_per_device = jax.pmap(eval_sum, axis_name=AXIS)
+
+    def put_batch(batch: dict) -> dict:
+        return jax.tree_util.tree_map(lambda x: np.asarray(x).reshape(len(devices), -1, *np.shape(x)[1:]), batch)
+
+    def unreplicate(tree: Any) -> Any:
+        return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+    def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        state, metrics = train(state, batch)
+        return state, unreplicate(metrics)
+
+    def evaluate(state: TrainState, batch: Any) -> dict:
+        return unreplicate(evaluate_per_device(state, batch))
+
+    return Compiled(
+        train_step,
+        evaluate,
+        # One copy per device along a new leading axis; pmap splits it over the devices on the first step.
+        lambda state: jax.tree_util.tree_map(
+            lambda x: np.broadcast_to(np.asarray(x), (len(devices), *np.shape(x))), state
+        ),
+        unreplicate,
+        put_batch,
+        len(devices),
+    )

@@ -1,0 +1,318 @@
+"""``python -m jtl.train --config configs/X.py[:arg] [--config.key=value ...] [--workdir DIR]``.
+
+One sectioned ``train_and_evaluate`` that reads top to bottom: set-up, data, model and weights, what trains,
+optimizer, state (resumed from the workdir's latest checkpoint if there is one), compiled steps, the loop
+(log / eval / checkpoint on their own cadences, SIGTERM saves and exits), final evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+import jtl.masking as jm
+from jtl import data as jdata
+from jtl import models, parallel
+from jtl.cadence import is_time
+from jtl.checkpoint import Checkpointer
+from jtl.config import ConfigError, apply_override, load_config
+from jtl.weights import load_pretrained
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a non-finite loss, ...); the message says why and what was kept."""
+
+
+def _build_data(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    if config.data.source == "digits":
+        return jdata.digits_task(config.data.classes, shots=config.data.shots or None, seed=config.data.split_seed)
+    raise ConfigError(f"config.data.source={config.data.source!r} is not supported here; known: 'digits'")
+
+
+def _build_model(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Returns (model, variables, description); pretrained weights when ``config.model.pretrained`` is set."""
+    overrides = dict(config.model.overrides)
+    if config.model.pretrained:
+        model, variables, _ = load_pretrained(
+            config.model.pretrained, num_classes=config.num_classes, verbose=jax.process_index() == 0, **overrides
+        )
+    else:
+        model = models.create(config.model.name, num_classes=config.num_classes, **overrides)
+        variables = models.init(model, seed=config.seed)
+    description = {
+        "class": type(model).__name__,
+        **{k: repr(getattr(model, k)) for k in model.__dataclass_fields__ if k not in ("parent", "name")},
+    }
+    return model, variables, description
+
+
+def _trainable(config: ml_collections.ConfigDict, model: Any) -> Any:
+    """The trainable-mask spec from ``config.trainable`` / ``config.frozen`` / ``config.train_last_n``."""
+    if config.train_last_n >= 0:
+        layer_of, top = models.layer_index(model)
+        # The last N layers below the top, plus the top (final norm, pooler and head) itself.
+        return lambda tree: jm.map_with_names(lambda name, _: layer_of(name) > top - 1 - config.train_last_n, tree)
+    if config.trainable:
+        return list(config.trainable)
+    if config.frozen:
+        return lambda tree: jm.trainable_mask(tree, frozen=list(config.frozen))
+    return lambda tree: jax.tree_util.tree_map(lambda _: True, tree)
+
+
+def _schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    lr, warmup, total = config.learning_rate, config.warmup_steps, config.total_steps
+    decay_steps = max(total - warmup, 1)
+    if config.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(lr, decay_steps)
+    elif config.schedule == "linear":
+        decay = optax.linear_schedule(lr, 0.0, decay_steps)
+    elif config.schedule == "constant":
+        decay = optax.constant_schedule(lr)
+    else:
+        raise ConfigError(f"config.schedule={config.schedule!r}; known: cosine, linear, constant")
+    if not warmup:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def _optimizer(config: ml_collections.ConfigDict, model: Any, trainable: Any) -> optax.GradientTransformation:
+    schedule = _schedule(config)
+    if config.optimizer == "sgd":
+        base = optax.sgd(schedule, momentum=config.momentum or None)
+    elif config.optimizer == "adamw":
+        base = optax.adamw(schedule, weight_decay=config.weight_decay, mask=jm.weight_decay_mask)
+    elif config.optimizer == "adam":
+        base = optax.adam(schedule)
+    else:
+        raise ConfigError(f"config.optimizer={config.optimizer!r}; known: sgd, adam, adamw")
+    chain = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip else []
+    tx = jm.freeze(optax.chain(*chain, base), trainable=trainable)
+    scaling = []
+    if config.lr_mults:
+        scaling.append(jm.lr_multipliers([tuple(rule) for rule in config.lr_mults]))
+    if config.layer_decay:
+        layer_of, top = models.layer_index(model)
+        scaling.append(jm.layerwise_lr_decay(layer_of, top, config.layer_decay))
+    return optax.chain(tx, *scaling)
+
+
+def _device_batch(batch: dict[str, np.ndarray], input_key: str) -> dict[str, np.ndarray]:
+    return {input_key: batch["image"], "label": batch["label"], **({"mask": batch["mask"]} if "mask" in batch else {})}
+
+
+def evaluate(compiled: parallel.Compiled, state: Any, source: Any, batch_size: int) -> dict[str, float]:
+    """Loss and accuracy over every example of ``source`` exactly once (padding masked)."""
+    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    for batch in jdata.eval_batches(source, batch_size):
+        sums = compiled.eval(state, compiled.put_batch(_device_batch(batch, "image")))
+        for key in totals:
+            totals[key] += float(sums[key])
+    return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
+
+
+class _Preemption:
+    """Turns SIGTERM (TPU preemption) into a flag the loop checks, so it can save and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del signum, frame
+        self.requested = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains and evaluates as ``config`` says, checkpointing to and resuming from ``workdir``.
+
+    Args:
+      config: the experiment config (see ``configs/``).
+      workdir: where checkpoints, ``metrics.jsonl`` and ``final_metrics.json`` go.
+
+    Returns:
+      The final metrics (also written to ``workdir/final_metrics.json``).
+    """
+    # --- Set-up ------------------------------------------------------------------------------------------------
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_chief = jax.process_index() == 0
+    if config.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", str(Path(config.compilation_cache).expanduser()))
+    devices = jax.devices()[: config.num_devices] if config.num_devices else jax.devices()
+    if config.batch_size % len(devices):
+        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by {len(devices)} devices")
+
+    # --- Data: each host reads only its shard --------------------------------------------------------------------
+    splits = _build_data(config)
+    host_batch = config.batch_size // jax.process_count()
+    train_iter = jdata.train_batches(
+        splits["train"],
+        host_batch,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+    # --- Model, weights, and what trains -------------------------------------------------------------------------
+    model, variables, description = _build_model(config)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    trainable = _trainable(config, model)
+    mask = jm.resolve_mask(trainable, params)
+    tx = _optimizer(config, model, trainable)
+    all_bn_trainable = all(m for name, m in jm.named_leaves(mask) if "/bn" in name or name.startswith("bn"))
+    if is_chief:
+        print(
+            f"model {description['class']}; {len(devices)} {devices[0].platform} device(s), "
+            f"global batch {config.batch_size} ({config.batch_size // len(devices)} per device)"
+        )
+        print(jm.report(params, trainable=mask, optimizer=tx))
+
+    # --- State, resumed from the latest checkpoint ---------------------------------------------------------------
+    state = parallel.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        rng=jax.random.PRNGKey(config.seed),
+    )
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    start_step = 0
+    if checkpointer.latest_step() is not None:
+        state, data_state, start_step = checkpointer.restore(state, description)
+        train_iter.set_state(data_state)
+        if is_chief:
+            print(f"resumed from {checkpointer.directory / str(start_step)}")
+
+    # --- Compiled steps --------------------------------------------------------------------------------------------
+    def train_step(axis_name: str | None) -> Any:
+        return parallel.make_train_step(
+            model,
+            tx,
+            trainable,
+            num_classes=config.num_classes,
+            label_smoothing=config.label_smoothing,
+            accum_steps=config.accum_steps,
+            train_batch_stats=config.train_batch_stats and all_bn_trainable,
+            axis_name=axis_name,
+        )
+
+    eval_step = parallel.make_eval_step(model, config.num_classes)
+    if config.parallel == "jit":
+        compiled = parallel.compile_jit(train_step(None), eval_step, parallel.make_mesh(devices))
+    elif config.parallel == "pmap":
+        compiled = parallel.compile_pmap(train_step, eval_step)
+    else:
+        raise ConfigError(f"config.parallel={config.parallel!r}; known: jit, pmap")
+    state = compiled.put_state(state)
+
+    # --- Train loop ------------------------------------------------------------------------------------------------
+    metrics_file = (workdir / "metrics.jsonl").open("a") if is_chief else None
+    preemption = _Preemption()
+    losses_since_check: list[jax.Array] = []
+    history: list[dict[str, float]] = []
+    last_time, last_step = time.perf_counter(), start_step
+
+    def write(record: dict[str, Any]) -> None:
+        history.append(record)
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+
+    def check_finite(step: int) -> None:
+        values = [float(v) for v in losses_since_check]
+        losses_since_check.clear()
+        if not all(math.isfinite(v) for v in values):
+            kept = checkpointer.latest_step()
+            raise TrainingError(
+                f"non-finite training loss by step {step} (losses {values[-5:]}); stopped without saving. "
+                f"The last good checkpoint is step {kept} in {checkpointer.directory}."
+            )
+
+    def save(step: int) -> None:
+        check_finite(step)
+        checkpointer.save(step, compiled.get_state(state), train_iter.get_state(), description)
+
+    try:
+        for step in range(start_step + 1, config.total_steps + 1):
+            batch = compiled.put_batch(_device_batch(next(train_iter), "image"))
+            state, train_metrics = compiled.train(state, batch)
+            losses_since_check.append(train_metrics["loss"])
+            if is_time(step, config.log_every, config.total_steps):
+                check_finite(step)
+                now = time.perf_counter()
+                rate = (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
+                eta = (config.total_steps - step) * config.batch_size / max(rate, 1e-9)
+                record = {"step": step, **{f"train/{k}": float(v) for k, v in train_metrics.items()}}
+                record["train/examples_per_second"] = rate
+                write(record)
+                if is_chief:
+                    print(
+                        f"step {step}/{config.total_steps}  loss {record['train/loss']:.4f}  "
+                        f"{rate:.0f} examples/s  ETA {eta:.0f}s",
+                        flush=True,
+                    )
+                last_time, last_step = now, step
+            if is_time(step, config.eval_every, config.total_steps):
+                result = evaluate(compiled, state, splits["test"], config.eval_batch_size)
+                write({"step": step, **{f"eval/{k}": v for k, v in result.items()}})
+            if is_time(step, config.checkpoint_every, config.total_steps) or preemption.requested:
+                save(step)
+            if preemption.requested:
+                if is_chief:
+                    print(f"SIGTERM: saved step {step}, exiting", flush=True)
+                return {"step": step, "preempted": True}
+    finally:
+        preemption.restore()
+        checkpointer.close()
+        if metrics_file is not None:
+            metrics_file.close()
+
+    # --- Final metrics -----------------------------------------------------------------------------------------------
+    final = evaluate(compiled, state, splits["test"], config.eval_batch_size)
+    result = {"step": config.total_steps, **{f"eval/{k}": v for k, v in final.items()}}
+    if is_chief:
+        (workdir / "final_metrics.json").write_text(json.dumps(result, indent=1))
+    result["params"] = compiled.get_state(state).params
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m jtl.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="path/to/config.py[:arg]")
+    parser.add_argument("--workdir", default=None, help="checkpoints and metrics (default: workdirs/<config name>)")
+    args, rest = parser.parse_known_args([a for a in argv if not a.startswith("--config.")])
+    if rest:
+        parser.error(f"unrecognised arguments: {rest}")
+    try:
+        config = load_config(args.config)
+        for item in (a for a in argv if a.startswith("--config.")):
+            key, sep, value = item.removeprefix("--config.").partition("=")
+            if not sep:
+                raise ConfigError(f"{item}: expected --config.key=value")
+            apply_override(config, key, value)
+    except ConfigError as e:
+        parser.exit(2, f"error: {e}\n")
+    workdir = args.workdir or os.path.join("workdirs", Path(args.config.partition(":")[0]).stem)
+    return train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""`python -m jtl.train` as users run it: command-line errors, SIGKILL and restart, SIGTERM."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jtl.train import main
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = """
+from jtl.config import base_config
+
+def get_config(arg=None):
+    c = base_config()
+    c.num_classes = 3
+    c.model.overrides = {"image_size": 8, "patch_size": 4, "num_channels": 1, "dropout_rate": 0.0}
+    c.data.classes = (0, 1, 2)
+    c.data.shots = 16
+    c.total_steps = 40
+    c.batch_size = 16
+    c.eval_batch_size = 16
+    c.log_every = 10
+    c.checkpoint_every = 5
+    c.compilation_cache = ""
+    return c
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "tiny.py"
+    path.write_text(CONFIG)
+    return path
+
+
+def test_unknown_key_names_it_and_suggests_the_closest(config_file, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config_file), "--config.learnin_rate=0.1"])
+    assert exit_info.value.code == 2
+    assert "unknown config key 'learnin_rate'; closest: learning_rate" in capsys.readouterr().err
+
+
+def test_wrongly_typed_override_is_an_error(config_file, capsys):
+    with pytest.raises(SystemExit):
+        main(["--config", str(config_file), "--config.total_steps=many"])
+    assert "--config.total_steps=many: not a int literal" in capsys.readouterr().err
+
+
+def _start(config_file, workdir):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "jtl.train", "--config", str(config_file), "--workdir", str(workdir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for_checkpoint(process, workdir, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        steps = [p.name for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+        if steps:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before its first checkpoint:\n{process.stdout.read()}")
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint within the timeout")
+
+
+def _final_params(workdir):
+    return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "40" / "state")["params"]
+
+
+def test_sigkill_then_restart_ends_with_the_uninterrupted_params(config_file, tmp_path):
+    uninterrupted = _start(config_file, tmp_path / "a")
+    assert uninterrupted.wait(timeout=300) == 0, uninterrupted.stdout.read()
+
+    killed = _start(config_file, tmp_path / "b")
+    _wait_for_checkpoint(killed, tmp_path / "b")
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert not (tmp_path / "b" / "final_metrics.json").exists(), "the run finished before it was killed"
+
+    restarted = _start(config_file, tmp_path / "b")
+    output = restarted.communicate(timeout=300)[0]
+    assert restarted.returncode == 0, output
+    assert "resumed from" in output
+    expected, got = _final_params(tmp_path / "a"), _final_params(tmp_path / "b")
+    for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(config_file, tmp_path):
+    process = _start(config_file, tmp_path)
+    _wait_for_checkpoint(process, tmp_path)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output
+    saved = [line for line in output.splitlines() if line.startswith("SIGTERM: saved step")]
+    assert saved, output
+    step = saved[0].split()[3].rstrip(",")
+    assert (tmp_path / "checkpoints" / step).is_dir()

@@ -1,0 +1,110 @@
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import jtl.masking as jm
+from jtl.checkpoint import CheckpointError
+from jtl.train import TrainingError, train_and_evaluate
+
+
+def _losses(workdir):
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train/loss"] for r in records if "train/loss" in r]
+
+
+def _run(config, workdir, **changes):
+    config = config.copy_and_resolve_references()
+    for key, value in changes.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return train_and_evaluate(config, workdir)
+
+
+def test_one_device_jit_four_devices_and_pmap_give_the_same_losses(tiny_config, tmp_path):
+    assert jax.device_count() == 4
+    one = _run(tiny_config, tmp_path / "one", num_devices=1)
+    four = _run(tiny_config, tmp_path / "four")
+    pmapped = _run(tiny_config, tmp_path / "pmap", parallel="pmap")
+    reference = _losses(tmp_path / "one")
+    assert len(reference) == 8
+    np.testing.assert_allclose(_losses(tmp_path / "four"), reference, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_losses(tmp_path / "pmap"), reference, rtol=1e-5, atol=1e-6)
+    for other in (four, pmapped):
+        assert other["eval/accuracy"] == pytest.approx(one["eval/accuracy"], abs=1e-6)
+
+
+def test_final_metrics_and_eval_cover_every_example(tiny_config, tmp_path):
+    result = _run(tiny_config, tmp_path, eval_every=4)
+    written = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert written["eval/accuracy"] == result["eval/accuracy"]
+    # 3 classes of ~180 digits minus 16 shots each: every test example is counted once (padding masked).
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval/accuracy" in r] == [4, 8]
+
+
+def test_gradient_accumulation_matches_the_full_batch(tiny_config, tmp_path):
+    _run(tiny_config, tmp_path / "full")
+    _run(tiny_config, tmp_path / "accum", accum_steps=4)
+    np.testing.assert_allclose(_losses(tmp_path / "accum"), _losses(tmp_path / "full"), rtol=2e-5, atol=1e-6)
+
+
+def test_frozen_backbone_stays_bit_identical_with_fixed_batch_stats(tiny_config, tmp_path):
+    from jtl import models
+
+    result = _run(
+        tiny_config,
+        tmp_path,
+        **{
+            "model.name": "resnet-testing",
+            "model.overrides": {"image_size": 8, "num_channels": 1},
+            "trainable": ("head/.*",),
+        },
+    )
+    initial = models.init(models.create("resnet-testing", num_classes=3, image_size=8, num_channels=1), seed=0)
+    for (name, before), (_, after) in zip(
+        jm.named_leaves(initial["params"]), jm.named_leaves(result["params"]), strict=True
+    ):
+        assert name.startswith("head/") or np.array_equal(before, after), name
+
+
+def test_resume_after_restart_equals_an_uninterrupted_run(tiny_config, tmp_path):
+    uninterrupted = _run(tiny_config, tmp_path / "a")
+    # The same run stopped after its step-4 checkpoint, then restarted in the same workdir.
+    _run(tiny_config, tmp_path / "b", total_steps=8, checkpoint_every=4)
+    (tmp_path / "b" / "final_metrics.json").unlink()
+    resumed = _run(tiny_config, tmp_path / "b")
+    for a, b in zip(
+        jax.tree_util.tree_leaves(uninterrupted["params"]), jax.tree_util.tree_leaves(resumed["params"]), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tiny_config, tmp_path):
+    _run(tiny_config, tmp_path, total_steps=4)
+    with pytest.raises(CheckpointError, match=r"different model \(.*num_layers: checkpoint 2, this run 3"):
+        _run(
+            tiny_config,
+            tmp_path,
+            **{
+                "model.overrides": {
+                    "image_size": 8,
+                    "patch_size": 4,
+                    "num_channels": 1,
+                    "dropout_rate": 0.0,
+                    "num_layers": 3,
+                }
+            },
+        )
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
+    _run(tiny_config, tmp_path, total_steps=4, checkpoint_every=4)
+    good = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    with pytest.raises(TrainingError, match=r"non-finite training loss by step \d+ .*last good checkpoint is step 4"):
+        _run(tiny_config, tmp_path, total_steps=12, learning_rate=1e30)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == good
