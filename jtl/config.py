@@ -131,12 +131,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "vit-testing"  # a jtl.models registry name, for training from scratch
     c.model.pretrained = ""  # a hub id, directory or file for jtl.weights.load_pretrained (overrides name)
     c.model.overrides = ml_collections.ConfigDict()  # other model fields, e.g. image_size, dtype
+    c.model.drop_pre_logits = False  # pretrained ViT: drop the pre-logits layer, as vit_jax does to fine-tune
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "digits"
-    c.data.classes = tuple(range(10))
-    c.data.shots = 0  # labelled examples per class; 0: a seeded 80/20 split
+    c.data.source = "digits"  # or "tfds"
+    c.data.classes = tuple(range(10))  # digits: the classes to keep
+    c.data.shots = 0  # digits: labelled examples per class; 0: a seeded 80/20 split
     c.data.split_seed = 0
+    c.data.name = ""  # tfds: the dataset, e.g. "cifar10"
+    c.data.train_split = "train"
+    c.data.test_split = "test"
+    c.data.data_dir = ""  # tfds: where prepared datasets live ("": TFDS's default)
+    c.data.mean = (0.5, 0.5, 0.5)  # normalisation, unless the pretrained model's preprocessor config says
+    c.data.std = (0.5, 0.5, 0.5)
+    c.data.crop = True  # train: random resized crop (else resize)
+    c.data.flip = True  # train: random horizontal flip
 
     # What trains (through jtl.masking; frozen parameters get no gradient computed). At most one of:
     c.trainable = ()  # regexes of trainable parameters (the rest is frozen)

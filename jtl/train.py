@@ -36,16 +36,44 @@ class TrainingError(RuntimeError):
     """The run cannot go on (a non-finite loss, ...); the message says why and what was kept."""
 
 
-def _build_data(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def _preprocessing_stats(config: ml_collections.ConfigDict) -> tuple[tuple, tuple]:
+    """Normalisation from the pretrained model's ``preprocessor_config.json`` if it has one, else the config's."""
+    processor = Path(config.model.pretrained or "-") / "preprocessor_config.json"
+    if processor.is_file():
+        stats = json.loads(processor.read_text())
+        if "image_mean" in stats and "image_std" in stats:
+            return tuple(stats["image_mean"]), tuple(stats["image_std"])
+    return tuple(config.data.mean), tuple(config.data.std)
+
+
+def _build_data(config: ml_collections.ConfigDict, model: Any) -> dict[str, Any]:
+    """Train and test sources, and their transforms (None where the source is already model-ready)."""
     if config.data.source == "digits":
-        return jdata.digits_task(config.data.classes, shots=config.data.shots or None, seed=config.data.split_seed)
-    raise ConfigError(f"config.data.source={config.data.source!r} is not supported here; known: 'digits'")
+        splits = jdata.digits_task(config.data.classes, shots=config.data.shots or None, seed=config.data.split_seed)
+        return {**splits, "train_transform": None, "eval_transform": None}
+    if config.data.source == "tfds":
+        mean, std = _preprocessing_stats(config)
+        preprocessing = jdata.ImagePreprocessing(
+            model.image_size, mean, std, crop=config.data.crop, flip=config.data.flip
+        )
+        data_dir = config.data.data_dir or None
+        return {
+            "train": jdata.tfds_source(config.data.name, config.data.train_split, data_dir),
+            "test": jdata.tfds_source(config.data.name, config.data.test_split, data_dir),
+            "train_transform": preprocessing.train,
+            "eval_transform": preprocessing.eval,
+        }
+    raise ConfigError(f"config.data.source={config.data.source!r} is not supported; known: 'digits', 'tfds'")
 
 
 def _build_model(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Returns (model, variables, description); pretrained weights when ``config.model.pretrained`` is set."""
     overrides = dict(config.model.overrides)
+    if isinstance(overrides.get("dtype"), str):
+        overrides["dtype"] = jnp.dtype(overrides["dtype"])  # e.g. "bfloat16": compute dtype, params stay float32
     if config.model.pretrained:
+        if config.model.drop_pre_logits:
+            overrides["drop_pre_logits"] = True
         model, variables, _ = load_pretrained(
             config.model.pretrained, num_classes=config.num_classes, verbose=jax.process_index() == 0, **overrides
         )
@@ -113,10 +141,12 @@ def _device_batch(batch: dict[str, np.ndarray], input_key: str) -> dict[str, np.
     return {input_key: batch["image"], "label": batch["label"], **({"mask": batch["mask"]} if "mask" in batch else {})}
 
 
-def evaluate(compiled: parallel.Compiled, state: Any, source: Any, batch_size: int) -> dict[str, float]:
+def evaluate(
+    compiled: parallel.Compiled, state: Any, source: Any, batch_size: int, transform: Any = None
+) -> dict[str, float]:
     """Loss and accuracy over every example of ``source`` exactly once (padding masked)."""
     totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-    for batch in jdata.eval_batches(source, batch_size):
+    for batch in jdata.eval_batches(source, batch_size, transform):
         sums = compiled.eval(state, compiled.put_batch(_device_batch(batch, "image")))
         for key in totals:
             totals[key] += float(sums[key])
@@ -158,8 +188,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if config.batch_size % len(devices):
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by {len(devices)} devices")
 
+    # --- Model and weights -----------------------------------------------------------------------------------------
+    model, variables, description = _build_model(config)
+
     # --- Data: each host reads only its shard --------------------------------------------------------------------
-    splits = _build_data(config)
+    splits = _build_data(config, model)
     host_batch = config.batch_size // jax.process_count()
     train_iter = jdata.train_batches(
         splits["train"],
@@ -167,10 +200,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         seed=config.seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        transform=splits["train_transform"],
     )
 
-    # --- Model, weights, and what trains -------------------------------------------------------------------------
-    model, variables, description = _build_model(config)
+    # --- What trains ---------------------------------------------------------------------------------------------
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     trainable = _trainable(config, model)
@@ -270,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     )
                 last_time, last_step = now, step
             if is_time(step, config.eval_every, config.total_steps):
-                result = evaluate(compiled, state, splits["test"], config.eval_batch_size)
+                result = evaluate(compiled, state, splits["test"], config.eval_batch_size, splits["eval_transform"])
                 write({"step": step, **{f"eval/{k}": v for k, v in result.items()}})
             if is_time(step, config.checkpoint_every, config.total_steps) or preemption.requested:
                 save(step)
@@ -285,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             metrics_file.close()
 
     # --- Final metrics -----------------------------------------------------------------------------------------------
-    final = evaluate(compiled, state, splits["test"], config.eval_batch_size)
+    final = evaluate(compiled, state, splits["test"], config.eval_batch_size, splits["eval_transform"])
     result = {"step": config.total_steps, **{f"eval/{k}": v for k, v in final.items()}}
     if is_chief:
         (workdir / "final_metrics.json").write_text(json.dumps(result, indent=1))

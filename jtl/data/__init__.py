@@ -1,5 +1,18 @@
-"""Data for jtl: in-memory arrays and scikit-learn's digits, grain pipelines with checkpointable state."""
+"""Data for jtl: in-memory arrays and scikit-learn's digits, TFDS through ``tfds.data_source``, image
+preprocessing, and grain pipelines with checkpointable state."""
 
 from jtl.data._arrays import ArraySource, digits_task, eval_batches, train_batches
+from jtl.data._images import ImagePreprocessing, random_resized_crop, resize_bilinear
+from jtl.data._tfds import DataError, tfds_source
 
-__all__ = ["ArraySource", "digits_task", "eval_batches", "train_batches"]
+__all__ = [
+    "ArraySource",
+    "DataError",
+    "ImagePreprocessing",
+    "digits_task",
+    "eval_batches",
+    "random_resized_crop",
+    "resize_bilinear",
+    "tfds_source",
+    "train_batches",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import grain
@@ -60,7 +60,13 @@ def digits_task(classes: Sequence[int], *, shots: int | None = None, seed: int =
 
 
 def train_batches(
-    source: Any, batch_size: int, *, seed: int, process_index: int = 0, process_count: int = 1
+    source: Any,
+    batch_size: int,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    transform: Callable[[Any, np.random.Generator], dict[str, np.ndarray]] | None = None,
 ) -> grain.DatasetIterator:
     """An endless, shuffled stream of this host's batches; its ``get_state()`` checkpoints exactly.
 
@@ -73,6 +79,8 @@ def train_batches(
       seed: the shuffle seed (a different order every epoch).
       process_index: this host's index.
       process_count: the number of hosts.
+      transform: ``(example, rng) -> example``, e.g. augmentation; seeded per example, so a resumed run
+        transforms exactly as an uninterrupted one.
 
     Returns:
       A grain iterator of ``{"image": (B, ...), "label": (B,)}`` numpy batches.
@@ -82,16 +90,22 @@ def train_batches(
     ((3, 8, 8, 1), (3,))
     """
     dataset = grain.MapDataset.source(source)[process_index::process_count]
-    dataset = dataset.repeat(None).shuffle(seed=seed).batch(batch_size, drop_remainder=True)
+    dataset = dataset.repeat(None).shuffle(seed=seed)
+    if transform is not None:
+        dataset = dataset.random_map(transform, seed=seed + 1)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
     return iter(dataset.to_iter_dataset())
 
 
-def eval_batches(source: Any, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+    source: Any, batch_size: int, transform: Callable[[Any], dict[str, np.ndarray]] | None = None
+) -> Iterator[dict[str, np.ndarray]]:
     """Every example exactly once, in order; the last batch is padded and ``mask`` marks the real examples.
 
     Args:
       source: a random-access source.
       batch_size: examples per batch.
+      transform: ``example -> example`` (preprocessing), applied to every example.
 
     Returns:
       An iterator of batches with a boolean ``mask``.
@@ -102,8 +116,10 @@ def eval_batches(source: Any, batch_size: int) -> Iterator[dict[str, np.ndarray]
     total = len(source)
     for start in range(0, total, batch_size):
         items = [source[i] for i in range(start, min(start + batch_size, total))]
+        if transform is not None:
+            items = [transform(item) for item in items]
         real = len(items)
         items += [items[-1]] * (batch_size - real)
-        batch = {key: np.stack([item[key] for item in items]) for key in items[0]}
+        batch = {key: np.stack([item[key] for item in items]) for key in ("image", "label")}
         batch["mask"] = np.arange(batch_size) < real
         yield batch

@@ -142,8 +142,8 @@ def _abstract_model(
     if num_classes is not None:
         fields["num_classes"] = num_classes
     if image_size is not None:
-        if family.model != "ViT":
-            raise WeightLoadError(f"{where}: image_size= applies to ViT checkpoints, not {family.name}")
+        if "image_size" not in getattr(models, family.model).__dataclass_fields__:
+            raise WeightLoadError(f"{where}: image_size= applies to image models, not {family.name}")
         fields["image_size"] = image_size
     if drop_pre_logits:
         fields["pre_logits_size"] = None

@@ -1,0 +1,54 @@
+"""The shipped configs run end to end (tiny pretrained checkpoints written here, TFDS mocked, few steps)."""
+
+import pytest
+import tensorflow_datasets as tfds
+
+from jtl.config import apply_override, load_config
+from jtl.train import train_and_evaluate
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def _shrink(config, pretrained, image_size):
+    for key, value in {
+        "model.pretrained": str(pretrained),
+        "total_steps": "3",
+        "warmup_steps": "1",
+        "batch_size": "8",
+        "eval_batch_size": "8",
+        "log_every": "1",
+        "eval_every": "0",
+        "checkpoint_every": "0",
+        "compilation_cache": "",
+    }.items():
+        apply_override(config, key, value)
+    config.model.overrides = {"image_size": image_size}
+    return config
+
+
+def test_vit_finetune_config_with_resolution_change(tmp_path):
+    hf = transformers.ViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8
+    )
+    transformers.ViTModel(hf, add_pooling_layer=True).save_pretrained(tmp_path / "vit")
+    config = _shrink(load_config("configs/vit_finetune.py:b16,cifar10"), tmp_path / "vit", image_size=32)
+    with tfds.testing.mock_data(num_examples=24):
+        result = train_and_evaluate(config, tmp_path / "run")
+    assert result["params"]["embed"]["pos_embedding"].shape == (1, 17, 16)  # 2x2 grid resampled to 4x4
+    assert "pre_logits" not in result["params"] and result["params"]["head"]["kernel"].shape == (16, 10)
+
+
+def test_resnet_finetune_config(tmp_path):
+    hf = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    transformers.ResNetForImageClassification(hf).save_pretrained(tmp_path / "resnet")
+    config = _shrink(load_config("configs/resnet_finetune.py:50,oxford_iiit_pet"), tmp_path / "resnet", image_size=32)
+    with tfds.testing.mock_data(num_examples=24):
+        result = train_and_evaluate(config, tmp_path / "run")
+    assert result["params"]["head"]["kernel"].shape == (16, 37)
+
+
+@pytest.mark.parametrize("spec", ["configs/vit_finetune.py:l16,cifar100", "configs/resnet_finetune.py:18,cifar10"])
+def test_config_variants_load(spec):
+    config = load_config(spec)
+    assert config.data.source == "tfds" and config.model.pretrained
