@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from tensorboardX import SummaryWriter
 
 import jtl.masking as jm
 from jtl import data as jdata
@@ -173,7 +174,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     Args:
       config: the experiment config (see ``configs/``).
-      workdir: where checkpoints, ``metrics.jsonl`` and ``final_metrics.json`` go.
+      workdir: where checkpoints, ``metrics.jsonl``, TensorBoard event files (``tensorboard/``) and
+        ``final_metrics.json`` go.
 
     Returns:
       The final metrics (also written to ``workdir/final_metrics.json``).
@@ -257,6 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     # --- Train loop ------------------------------------------------------------------------------------------------
     metrics_file = (workdir / "metrics.jsonl").open("a") if is_chief else None
+    tensorboard = SummaryWriter(str(workdir / "tensorboard")) if is_chief else None
     preemption = _Preemption()
     losses_since_check: list[jax.Array] = []
     history: list[dict[str, float]] = []
@@ -267,6 +270,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if metrics_file is not None:
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
+        if tensorboard is not None:
+            for key, value in record.items():
+                if key != "step":
+                    tensorboard.add_scalar(key, value, record["step"])
+            tensorboard.flush()
 
     def check_finite(step: int) -> None:
         values = [float(v) for v in losses_since_check]
@@ -316,6 +324,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         checkpointer.close()
         if metrics_file is not None:
             metrics_file.close()
+        if tensorboard is not None:
+            tensorboard.close()
 
     # --- Final metrics -----------------------------------------------------------------------------------------------
     final = evaluate(compiled, state, splits["test"], config.eval_batch_size, splits["eval_transform"])

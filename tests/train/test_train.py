@@ -108,3 +108,31 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, t
     with pytest.raises(TrainingError, match=r"non-finite training loss by step \d+ .*last good checkpoint is step 4"):
         _run(tiny_config, tmp_path, total_steps=12, learning_rate=1e30)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == good
+
+
+def test_tensorboard_event_files_hold_the_logged_scalars(tiny_config, tmp_path):
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    _run(tiny_config, tmp_path, eval_every=4)
+    (events_file,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    data, scalars = events_file.read_bytes(), {}
+    offset = 0
+    while offset < len(data):  # TFRecord framing: length, crc, payload, crc
+        (length,) = struct.unpack("<Q", data[offset : offset + 8])
+        event = Event.FromString(data[offset + 12 : offset + 12 + length])
+        offset += 12 + length + 4
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    assert [step for step, _ in scalars["train/loss"]] == list(range(1, 9))
+    assert [step for step, _ in scalars["eval/accuracy"]] == [4, 8]
+    assert [value for _, value in scalars["train/loss"]] == pytest.approx(_losses(tmp_path), rel=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params(tiny_config, tmp_path):
+    overrides = {"image_size": 8, "patch_size": 4, "num_channels": 1, "dropout_rate": 0.0, "dtype": "bfloat16"}
+    result = _run(tiny_config, tmp_path, **{"model.overrides": overrides})
+    assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(result["params"]))
+    losses = _losses(tmp_path)
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
