@@ -149,6 +149,12 @@ class Compiled(NamedTuple):
     put_batch: Callable[[dict], Any]
     num_devices: int
 
+    def put_global_batch(self, batch: dict) -> Any:
+        """Places a batch that every host holds whole (eval): each host contributes its rows."""
+        count, index = jax.process_count(), jax.process_index()
+        rows = len(next(iter(batch.values()))) // count
+        return self.put_batch({k: v[index * rows : (index + 1) * rows] for k, v in batch.items()})
+
 
 def compile_jit(train_step: Callable, eval_step: Callable, mesh: Mesh) -> Compiled:
     """Data parallelism with ``jax.jit`` over ``mesh``: state replicated, batches split on the data axis.

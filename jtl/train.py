@@ -148,7 +148,7 @@ def evaluate(
     """Loss and accuracy over every example of ``source`` exactly once (padding masked)."""
     totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
     for batch in jdata.eval_batches(source, batch_size, transform):
-        sums = compiled.eval(state, compiled.put_batch(_device_batch(batch, "image")))
+        sums = compiled.eval(state, compiled.put_global_batch(_device_batch(batch, "image")))
         for key in totals:
             totals[key] += float(sums[key])
     return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
@@ -341,9 +341,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m jtl.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="path/to/config.py[:arg]")
     parser.add_argument("--workdir", default=None, help="checkpoints and metrics (default: workdirs/<config name>)")
+    parser.add_argument("--coordinator", default=None, help="multi-host: host:port of process 0")
+    parser.add_argument("--num_processes", type=int, default=None, help="multi-host: the number of processes")
+    parser.add_argument("--process_id", type=int, default=None, help="multi-host: this process's index")
     args, rest = parser.parse_known_args([a for a in argv if not a.startswith("--config.")])
     if rest:
         parser.error(f"unrecognised arguments: {rest}")
+    if args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        # Several processes (hosts): JAX's own distributed runtime; on Cloud TPU the arguments are found
+        # automatically when left out.
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     try:
         config = load_config(args.config)
         for item in (a for a in argv if a.startswith("--config.")):

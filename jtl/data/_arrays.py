@@ -70,8 +70,8 @@ def train_batches(
 ) -> grain.DatasetIterator:
     """An endless, shuffled stream of this host's batches; its ``get_state()`` checkpoints exactly.
 
-    Each host reads only its shard (every ``process_count``-th example from ``process_index``) and yields
-    ``batch_size`` examples per step: the global batch is ``batch_size * process_count``.
+    Each host reads only its rows of each global batch and yields ``batch_size`` examples per step: the global
+    batch is ``batch_size * process_count``, identical for any number of hosts.
 
     Args:
       source: a random-access source (``len`` and ``__getitem__``).
@@ -89,11 +89,12 @@ def train_batches(
     >>> batch = next(it); batch["image"].shape, batch["label"].shape
     ((3, 8, 8, 1), (3,))
     """
-    dataset = grain.MapDataset.source(source)[process_index::process_count]
-    dataset = dataset.repeat(None).shuffle(seed=seed)
+    # One global stream (a new permutation every epoch), cut into host-sized batches that the hosts take in
+    # turn: global batch t is the same examples in the same order whatever the number of hosts.
+    dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
     if transform is not None:
         dataset = dataset.random_map(transform, seed=seed + 1)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True)[process_index::process_count]
     return iter(dataset.to_iter_dataset())
 
 

@@ -111,3 +111,49 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(config_file, tmp_path):
     assert saved, output
     step = saved[0].split()[3].rstrip(",")
     assert (tmp_path / "checkpoints" / step).is_dir()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _losses(workdir):
+    import json
+
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train/loss"] for r in records if "train/loss" in r]
+
+
+def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(config_file, tmp_path):
+    overrides = ["--config.total_steps=6", "--config.log_every=1", "--config.checkpoint_every=0"]
+
+    def launch(workdir, devices, extra=()):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+        command = [sys.executable, "-m", "jtl.train", "--config", str(config_file), "--workdir", str(workdir)]
+        return subprocess.Popen(
+            [*command, *overrides, *extra],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    single = launch(tmp_path / "one", 4)
+    assert single.wait(timeout=300) == 0, single.stdout.read()
+    port = _free_port()
+    hosts = [
+        launch(
+            tmp_path / "two", 2, ["--coordinator", f"localhost:{port}", "--num_processes", "2", "--process_id", str(i)]
+        )
+        for i in range(2)
+    ]
+    outputs = [h.communicate(timeout=300)[0] for h in hosts]
+    assert all(h.returncode == 0 for h in hosts), outputs
+    assert "4 cpu device(s), global batch 16 (4 per device)" in outputs[0]
+    np.testing.assert_allclose(_losses(tmp_path / "two"), _losses(tmp_path / "one"), rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "two" / "final_metrics.json").exists()
