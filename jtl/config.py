@@ -134,7 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.drop_pre_logits = False  # pretrained ViT: drop the pre-logits layer, as vit_jax does to fine-tune
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "digits"  # or "tfds"
+    c.data.source = "digits"  # or "tfds", or "folder" (root/<class>/*.jpg|png)
     c.data.classes = tuple(range(10))  # digits: the classes to keep
     c.data.shots = 0  # digits: labelled examples per class; 0: a seeded 80/20 split
     c.data.split_seed = 0
@@ -142,6 +142,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_split = "train"
     c.data.test_split = "test"
     c.data.data_dir = ""  # tfds: where prepared datasets live ("": TFDS's default)
+    c.data.train_dir = ""  # folder: the training images, one sub-directory per class
+    c.data.test_dir = ""  # folder: the test images, with the same class sub-directories
     c.data.mean = (0.5, 0.5, 0.5)  # normalisation, unless the pretrained model's preprocessor config says
     c.data.std = (0.5, 0.5, 0.5)
     c.data.crop = True  # train: random resized crop (else resize)

@@ -52,19 +52,23 @@ def _build_data(config: ml_collections.ConfigDict, model: Any) -> dict[str, Any]
     if config.data.source == "digits":
         splits = jdata.digits_task(config.data.classes, shots=config.data.shots or None, seed=config.data.split_seed)
         return {**splits, "train_transform": None, "eval_transform": None}
+    mean, std = _preprocessing_stats(config)
+    preprocessing = jdata.ImagePreprocessing(model.image_size, mean, std, crop=config.data.crop, flip=config.data.flip)
+    transforms = {"train_transform": preprocessing.train, "eval_transform": preprocessing.eval}
     if config.data.source == "tfds":
-        mean, std = _preprocessing_stats(config)
-        preprocessing = jdata.ImagePreprocessing(
-            model.image_size, mean, std, crop=config.data.crop, flip=config.data.flip
-        )
         data_dir = config.data.data_dir or None
         return {
             "train": jdata.tfds_source(config.data.name, config.data.train_split, data_dir),
             "test": jdata.tfds_source(config.data.name, config.data.test_split, data_dir),
-            "train_transform": preprocessing.train,
-            "eval_transform": preprocessing.eval,
+            **transforms,
         }
-    raise ConfigError(f"config.data.source={config.data.source!r} is not supported; known: 'digits', 'tfds'")
+    if config.data.source == "folder":
+        if not config.data.train_dir or not config.data.test_dir:
+            raise ConfigError("config.data.source='folder' needs config.data.train_dir and config.data.test_dir")
+        train = jdata.ImageFolderSource(config.data.train_dir)
+        # The test split uses the training classes, in the same order, so labels agree.
+        return {"train": train, "test": jdata.ImageFolderSource(config.data.test_dir, train.classes), **transforms}
+    raise ConfigError(f"config.data.source={config.data.source!r} is not supported; known: digits, tfds, folder")
 
 
 def _build_model(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any], dict[str, Any]]:
