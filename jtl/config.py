@@ -146,6 +146,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.test_dir = ""  # folder: the test images, with the same class sub-directories
     c.data.mean = (0.5, 0.5, 0.5)  # normalisation, unless the pretrained model's preprocessor config says
     c.data.std = (0.5, 0.5, 0.5)
+    c.data.text_key = "sentence"  # text models: the example's text field
+    c.data.max_length = 128  # text models: tokens per example (padded, truncated)
+    c.data.tokenizer = ""  # text models: tokenizer source ("": the pretrained model's)
     c.data.crop = True  # train: random resized crop (else resize)
     c.data.flip = True  # train: random horizontal flip
 

@@ -20,7 +20,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from tensorboardX import SummaryWriter
 
@@ -30,7 +29,7 @@ from jtl import models, parallel
 from jtl.cadence import is_time
 from jtl.checkpoint import Checkpointer
 from jtl.config import ConfigError, apply_override, load_config
-from jtl.weights import load_pretrained
+from jtl.weights import load_pretrained, load_tokenizer
 
 
 class TrainingError(RuntimeError):
@@ -52,8 +51,14 @@ def _build_data(config: ml_collections.ConfigDict, model: Any) -> dict[str, Any]
     if config.data.source == "digits":
         splits = jdata.digits_task(config.data.classes, shots=config.data.shots or None, seed=config.data.split_seed)
         return {**splits, "train_transform": None, "eval_transform": None}
-    mean, std = _preprocessing_stats(config)
-    preprocessing = jdata.ImagePreprocessing(model.image_size, mean, std, crop=config.data.crop, flip=config.data.flip)
+    if isinstance(model, models.Bert):
+        tokenizer = load_tokenizer(config.data.tokenizer or config.model.pretrained)
+        preprocessing = jdata.TextPreprocessing(tokenizer, config.data.max_length, config.data.text_key)
+    else:
+        mean, std = _preprocessing_stats(config)
+        preprocessing = jdata.ImagePreprocessing(
+            model.image_size, mean, std, crop=config.data.crop, flip=config.data.flip
+        )
     transforms = {"train_transform": preprocessing.train, "eval_transform": preprocessing.eval}
     if config.data.source == "tfds":
         data_dir = config.data.data_dir or None
@@ -142,17 +147,13 @@ def _optimizer(config: ml_collections.ConfigDict, model: Any, trainable: Any) ->
     return optax.chain(tx, *scaling)
 
 
-def _device_batch(batch: dict[str, np.ndarray], input_key: str) -> dict[str, np.ndarray]:
-    return {input_key: batch["image"], "label": batch["label"], **({"mask": batch["mask"]} if "mask" in batch else {})}
-
-
 def evaluate(
     compiled: parallel.Compiled, state: Any, source: Any, batch_size: int, transform: Any = None
 ) -> dict[str, float]:
     """Loss and accuracy over every example of ``source`` exactly once (padding masked)."""
     totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
     for batch in jdata.eval_batches(source, batch_size, transform):
-        sums = compiled.eval(state, compiled.put_global_batch(_device_batch(batch, "image")))
+        sums = compiled.eval(state, compiled.put_global_batch(batch))
         for key in totals:
             totals[key] += float(sums[key])
     return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
@@ -296,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     try:
         for step in range(start_step + 1, config.total_steps + 1):
-            batch = compiled.put_batch(_device_batch(next(train_iter), "image"))
+            batch = compiled.put_batch(next(train_iter))
             state, train_metrics = compiled.train(state, batch)
             losses_since_check.append(train_metrics["loss"])
             if is_time(step, config.log_every, config.total_steps):
@@ -336,7 +337,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     result = {"step": config.total_steps, **{f"eval/{k}": v for k, v in final.items()}}
     if is_chief:
         (workdir / "final_metrics.json").write_text(json.dumps(result, indent=1))
-    result["params"] = compiled.get_state(state).params
+    final_state = compiled.get_state(state)
+    result["params"], result["batch_stats"] = final_state.params, final_state.batch_stats
     return result
 
 

@@ -4,6 +4,7 @@ folders, image preprocessing, and grain pipelines with checkpointable state."""
 from jtl.data._arrays import ArraySource, digits_task, eval_batches, train_batches
 from jtl.data._folder import ImageFolderSource
 from jtl.data._images import ImagePreprocessing, random_resized_crop, resize_bilinear
+from jtl.data._text import TextPreprocessing
 from jtl.data._tfds import DataError, tfds_source
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "DataError",
     "ImageFolderSource",
     "ImagePreprocessing",
+    "TextPreprocessing",
     "digits_task",
     "eval_batches",
     "random_resized_crop",

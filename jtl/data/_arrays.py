@@ -121,6 +121,6 @@ def eval_batches(
             items = [transform(item) for item in items]
         real = len(items)
         items += [items[-1]] * (batch_size - real)
-        batch = {key: np.stack([item[key] for item in items]) for key in ("image", "label")}
+        batch = {key: np.stack([item[key] for item in items]) for key in items[0]}
         batch["mask"] = np.arange(batch_size) < real
         yield batch

@@ -70,6 +70,11 @@ def test_frozen_backbone_stays_bit_identical_with_fixed_batch_stats(tiny_config,
         jm.named_leaves(initial["params"]), jm.named_leaves(result["params"]), strict=True
     ):
         assert name.startswith("head/") or np.array_equal(before, after), name
+    # BatchNorm statistics stay fixed when the backbone is frozen (the classic Keras trap).
+    for (name, before), (_, after) in zip(
+        jm.named_leaves(initial["batch_stats"]), jm.named_leaves(result["batch_stats"]), strict=True
+    ):
+        assert np.array_equal(before, after), name
 
 
 def test_resume_after_restart_equals_an_uninterrupted_run(tiny_config, tmp_path):
