@@ -159,6 +159,16 @@ def evaluate(
     return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
 
 
+def progress_bar(step: int, total: int, width: int = 30) -> str:
+    """A text progress bar.
+
+    >>> progress_bar(5, 20, width=10)
+    '[##--------] 5/20'
+    """
+    done = width * step // max(total, 1)
+    return f"[{'#' * done}{'-' * (width - done)}] {step}/{total}"
+
+
 class _Preemption:
     """Turns SIGTERM (TPU preemption) into a flag the loop checks, so it can save and exit cleanly."""
 
@@ -264,6 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     # --- Train loop ------------------------------------------------------------------------------------------------
     metrics_file = (workdir / "metrics.jsonl").open("a") if is_chief else None
+    interactive = sys.stdout.isatty()
     tensorboard = SummaryWriter(str(workdir / "tensorboard")) if is_chief else None
     preemption = _Preemption()
     losses_since_check: list[jax.Array] = []
@@ -310,11 +321,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 write(record)
                 if is_chief:
                     print(
-                        f"step {step}/{config.total_steps}  loss {record['train/loss']:.4f}  "
+                        f"\r{progress_bar(step, config.total_steps)}  loss {record['train/loss']:.4f}  "
                         f"{rate:.0f} examples/s  ETA {eta:.0f}s",
                         flush=True,
                     )
                 last_time, last_step = now, step
+            elif is_chief and interactive:
+                # Between log lines a terminal gets an in-place bar; no device sync happens for it.
+                print(f"\r{progress_bar(step, config.total_steps)}", end="", flush=True)
             if is_time(step, config.eval_every, config.total_steps):
                 result = evaluate(compiled, state, splits["test"], config.eval_batch_size, splits["eval_transform"])
                 write({"step": step, **{f"eval/{k}": v for k, v in result.items()}})
