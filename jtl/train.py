@@ -201,6 +201,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     is_chief = jax.process_index() == 0
     if config.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", str(Path(config.compilation_cache).expanduser()))
+        # JAX caches only programs that took over a second to compile by default; on CPU most of ours take
+        # less but add up to most of the start-up time.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     devices = jax.devices()[: config.num_devices] if config.num_devices else jax.devices()
     if config.batch_size % len(devices):
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by {len(devices)} devices")
