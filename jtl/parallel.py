@@ -18,6 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jtl.masking as jm
+from jtl.methods import mixup
 
 AXIS = "data"
 
@@ -38,8 +39,21 @@ def make_mesh(devices: list | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (AXIS,))
 
 
-def _loss_and_metrics(logits: jax.Array, labels: jax.Array, num_classes: int, label_smoothing: float) -> tuple:
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+def model_inputs(batch: dict) -> tuple:
+    """The positional model inputs in a batch: ``(input_ids, attention_mask)`` for text, else ``(image,)``."""
+    return (batch["input_ids"], batch["attention_mask"]) if "input_ids" in batch else (batch["image"],)
+
+
+def _variables(params: Any, batch_stats: Any) -> dict:
+    return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+
+def _loss_and_metrics(logits: jax.Array, batch: dict, num_classes: int, label_smoothing: float) -> tuple:
+    labels = batch["label"]
+    if "targets" in batch:  # soft targets, e.g. from MixUp
+        targets = batch["targets"]
+    else:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
     loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     return loss, accuracy
@@ -54,6 +68,7 @@ def make_train_step(
     label_smoothing: float = 0.0,
     accum_steps: int = 1,
     train_batch_stats: bool = True,
+    mixup_alpha: float = 0.0,
     axis_name: str | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds the pure train step ``(state, batch) -> (state, metrics)``.
@@ -68,6 +83,7 @@ def make_train_step(
         are averaged before one update.
       train_batch_stats: update BatchNorm statistics; False keeps them fixed (and runs BatchNorm in inference
         mode), the right thing when the backbone is frozen.
+      mixup_alpha: > 0: MixUp with this Beta parameter (image batches).
       axis_name: the pmap axis to average gradients and metrics over (None under jit).
 
     Returns:
@@ -75,18 +91,16 @@ def make_train_step(
     """
 
     def forward(params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple:
-        variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-        inputs = (batch["input_ids"], batch["attention_mask"]) if "input_ids" in batch else (batch["image"],)
         update_stats = bool(batch_stats) and train_batch_stats
         out = model.apply(
-            variables,
-            *inputs,
+            _variables(params, batch_stats),
+            *model_inputs(batch),
             train=train_batch_stats,
             rngs={"dropout": rng},
             mutable=["batch_stats"] if update_stats else False,
         )
         logits, new_stats = (out[0], out[1]["batch_stats"]) if update_stats else (out, batch_stats)
-        loss, accuracy = _loss_and_metrics(logits, batch["label"], num_classes, label_smoothing)
+        loss, accuracy = _loss_and_metrics(logits, batch, num_classes, label_smoothing)
         return loss, (new_stats, accuracy)
 
     grad_fn = jm.value_and_grad(forward, trainable, has_aux=True)
@@ -96,6 +110,9 @@ def make_train_step(
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng, step_rng = jax.random.split(state.rng)
+        if mixup_alpha > 0:
+            step_rng, mix_rng = jax.random.split(step_rng)
+            batch = mixup(batch, mix_rng, mixup_alpha, num_classes)
         if accum_steps == 1:
             (loss, (batch_stats, accuracy)), grads = grad_fn(state.params, state.batch_stats, batch, step_rng)
         else:
@@ -128,9 +145,7 @@ def make_eval_step(model: nn.Module, num_classes: int) -> Callable[[TrainState, 
     """Builds ``(state, batch) -> sums`` of loss, correct predictions and examples over the batch's ``mask``."""
 
     def step(state: TrainState, batch: dict) -> dict[str, jax.Array]:
-        variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
-        inputs = (batch["input_ids"], batch["attention_mask"]) if "input_ids" in batch else (batch["image"],)
-        logits = model.apply(variables, *inputs).astype(jnp.float32)
+        logits = model.apply(_variables(state.params, state.batch_stats), *model_inputs(batch)).astype(jnp.float32)
         mask = batch["mask"].astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)

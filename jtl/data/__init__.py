@@ -1,13 +1,14 @@
 """Data for jtl: in-memory arrays and scikit-learn's digits, TFDS through ``tfds.data_source``, image
 folders, image preprocessing, and grain pipelines with checkpointable state."""
 
-from jtl.data._arrays import ArraySource, digits_task, eval_batches, train_batches
+from jtl.data._arrays import SHIFTS, ArraySource, digits_task, eval_batches, shifted, train_batches
 from jtl.data._folder import ImageFolderSource
 from jtl.data._images import ImagePreprocessing, random_resized_crop, resize_bilinear
 from jtl.data._text import TextPreprocessing
 from jtl.data._tfds import DataError, tfds_source
 
 __all__ = [
+    "SHIFTS",
     "ArraySource",
     "DataError",
     "ImageFolderSource",
@@ -17,6 +18,7 @@ __all__ = [
     "eval_batches",
     "random_resized_crop",
     "resize_bilinear",
+    "shifted",
     "tfds_source",
     "train_batches",
 ]

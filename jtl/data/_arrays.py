@@ -124,3 +124,37 @@ def eval_batches(
         batch = {key: np.stack([item[key] for item in items]) for key in items[0]}
         batch["mask"] = np.arange(batch_size) < real
         yield batch
+
+
+SHIFTS = ("rotate", "noise", "invert")
+
+
+def shifted(source: ArraySource, kind: str, seed: int = 0) -> ArraySource:
+    """An out-of-distribution copy of an image set in [0, 1]: ``rotate`` (by 25 degrees), ``noise``
+    (Gaussian, std 0.25, clipped) or ``invert`` (1 - x).
+
+    Args:
+      source: images (N, H, W, C) in [0, 1] and labels.
+      kind: one of ``SHIFTS``.
+      seed: for the noise.
+
+    Returns:
+      The shifted set, same labels.
+
+    >>> task = digits_task([0, 1], shots=2)
+    >>> float(shifted(task["train"], "invert").images.max()) <= 1.0
+    True
+    """
+    images = source.images
+    if kind == "rotate":
+        from scipy.ndimage import rotate
+
+        images = np.clip(rotate(images, 25.0, axes=(1, 2), reshape=False, order=1), 0.0, 1.0)
+    elif kind == "noise":
+        noise = np.random.default_rng(seed).normal(0.0, 0.25, images.shape)
+        images = np.clip(images + noise, 0.0, 1.0)
+    elif kind == "invert":
+        images = 1.0 - images
+    else:
+        raise ValueError(f"unknown shift {kind!r}; known: {', '.join(SHIFTS)}")
+    return ArraySource(images.astype(source.images.dtype), source.labels)

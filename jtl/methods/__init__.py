@@ -1,0 +1,38 @@
+"""Transfer-learning methods on jtl's models and masking: LoRA and BitFit, L2-SP, BiT-HyperRule, BatchNorm
+re-estimation, MixUp, and transferability scores (LogME, LEEP, NCE, H-score)."""
+
+from jtl.methods._finetune import HyperRule, L2SPState, bit_hyperrule, l2_sp, mixup, reestimate_batch_stats
+from jtl.methods._lora import (
+    BITFIT_TRAINABLE,
+    LORA_TRAINABLE,
+    LoRASpec,
+    add_adapters,
+    base_model,
+    load_adapters,
+    merge_adapters,
+    save_adapters,
+    with_lora,
+)
+from jtl.methods._transferability import h_score, leep, logme, nce
+
+__all__ = [
+    "BITFIT_TRAINABLE",
+    "LORA_TRAINABLE",
+    "HyperRule",
+    "L2SPState",
+    "LoRASpec",
+    "add_adapters",
+    "base_model",
+    "bit_hyperrule",
+    "h_score",
+    "l2_sp",
+    "leep",
+    "load_adapters",
+    "logme",
+    "merge_adapters",
+    "mixup",
+    "nce",
+    "reestimate_batch_stats",
+    "save_adapters",
+    "with_lora",
+]

@@ -1,0 +1,187 @@
+"""Fine-tuning recipes as pure pieces: the L2-SP penalty, the BiT-HyperRule schedule, BatchNorm re-estimation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+import jtl.masking as jm
+
+PyTree = Any
+
+
+class L2SPState(NamedTuple):
+    """The starting point each weight is pulled toward (zeros for new layers)."""
+
+    anchor: PyTree
+
+
+def l2_sp(alpha: float, beta: float, new: str | Sequence[str] = ("head/.*",)) -> optax.GradientTransformation:
+    """L2-SP (Li et al., 2018): adds the gradient of ``alpha/2 ||w - w0||^2`` for pretrained weights and of
+    ``beta/2 ||w||^2`` for new layers, ``w0`` being the weights when the optimizer was initialised.
+
+    Put it first in the chain (before clipping and the optimizer), so it acts as the penalty in the loss would.
+    The anchor is optimizer state: it is checkpointed, and wrapped in :func:`jtl.masking.freeze` it is kept only
+    for trainable leaves.
+
+    Args:
+      alpha: the pull toward the pretrained weights.
+      beta: plain L2 on new layers' weights.
+      new: patterns of the new (randomly initialised) leaves.
+
+    Returns:
+      The transformation.
+
+    >>> tx = l2_sp(alpha=0.1, beta=0.0, new="head")
+    >>> params = {"body": jnp.array([1.0]), "head": jnp.array([3.0])}
+    >>> state = tx.init(params)
+    >>> moved = {"body": jnp.array([2.0]), "head": jnp.array([5.0])}
+    >>> updates, _ = tx.update({"body": jnp.zeros(1), "head": jnp.zeros(1)}, state, moved)
+    >>> updates["body"].tolist(), updates["head"].tolist()
+    ([0.1...], [0.0])
+    """
+
+    def init(params: PyTree) -> L2SPState:
+        is_new = jm.select(params, new, allow_unused=True)
+        return L2SPState(jax.tree_util.tree_map(lambda p, n: jnp.zeros_like(p) if n else p, params, is_new))
+
+    def update(updates: PyTree, state: L2SPState, params: PyTree | None = None) -> tuple[PyTree, L2SPState]:
+        if params is None:
+            raise ValueError("l2_sp needs the current params in update()")
+        is_new = jm.select(params, new, allow_unused=True)
+        updates = jax.tree_util.tree_map(
+            lambda g, p, a, n: g + (beta * p if n else alpha * (p - a)).astype(g.dtype),
+            updates,
+            params,
+            state.anchor,
+            is_new,
+        )
+        return updates, state
+
+    return optax.GradientTransformation(init, update)
+
+
+class HyperRule(NamedTuple):
+    """A BiT-HyperRule choice for one dataset: SGD with momentum 0.9 at ``learning_rate``, linear warm-up over
+    ``warmup_steps``, then the rate divided by 10 at each of ``decay_steps``, ending at ``total_steps``."""
+
+    total_steps: int
+    warmup_steps: int
+    decay_steps: tuple[int, ...]
+    learning_rate: float
+    mixup_alpha: float
+    resolution: tuple[int, int] | None
+
+    def schedule(self) -> optax.Schedule:
+        """The learning-rate schedule."""
+        warmup = optax.linear_schedule(0.0, self.learning_rate, self.warmup_steps)
+        steps = optax.piecewise_constant_schedule(self.learning_rate, {s: 0.1 for s in self.decay_steps})
+        return optax.join_schedules([warmup, steps], [self.warmup_steps])
+
+
+def bit_hyperrule(num_examples: int, image_size: tuple[int, int] | None = None, batch_size: int = 512) -> HyperRule:
+    """BiT-HyperRule (Kolesnikov et al., 2020): the fine-tuning schedule picked from the dataset's size.
+
+    Under 20k examples: 500 steps; under 500k: 10k steps; else 20k. Warm-up takes the first 100/500/500 steps,
+    the rate drops 10x at 30%, 60% and 90%, MixUp (alpha 0.1) only from 20k examples, and images are resized to
+    160 and cropped to 128 if under 96x96, else 512 / 480. The steps are BiT's at batch 512 and scale inversely
+    with ``batch_size`` (the same number of epochs).
+
+    Args:
+      num_examples: the target training set's size.
+      image_size: the images' (height, width), for the resolution rule; None leaves resolution out.
+      batch_size: the global batch size that will be used.
+
+    Returns:
+      The :class:`HyperRule`.
+
+    >>> rule = bit_hyperrule(1000, (32, 32))
+    >>> rule.total_steps, rule.warmup_steps, rule.decay_steps, rule.mixup_alpha, rule.resolution
+    (500, 100, (150, 300, 450), 0.0, (160, 128))
+    """
+    if num_examples < 20_000:
+        total, warmup = 500, 100
+    elif num_examples < 500_000:
+        total, warmup = 10_000, 500
+    else:
+        total, warmup = 20_000, 500
+    factor = 512 / batch_size
+    total, warmup = max(int(round(total * factor)), 1), int(round(warmup * factor))
+    decay = tuple(int(total * f) for f in (0.3, 0.6, 0.9))
+    resolution = None
+    if image_size is not None:
+        resolution = (160, 128) if image_size[0] * image_size[1] < 96 * 96 else (512, 480)
+    mixup = 0.0 if num_examples < 20_000 else 0.1
+    return HyperRule(total, warmup, decay, 0.003 * batch_size / 512, mixup, resolution)
+
+
+def reestimate_batch_stats(
+    model: nn.Module, variables: dict, batches: Iterable[dict], rng: jax.Array | None = None
+) -> PyTree:
+    """Recomputes BatchNorm statistics on new data (AdaBN, Li et al. 2016; "precise BN"): the average over
+    ``batches`` of each batch's mean and variance, computed in training mode with the current weights.
+
+    Args:
+      model: a model with a ``bn_momentum`` field (jtl's ResNet).
+      variables: its ``params`` and ``batch_stats``.
+      batches: dicts with ``image`` (full batches; padding would bias the statistics).
+      rng: for dropout, if the model has any.
+
+    Returns:
+      The new ``batch_stats``.
+
+    >>> from jtl import models
+    >>> model = models.create("resnet-testing", num_classes=2)
+    >>> variables = models.init(model)
+    >>> stats = reestimate_batch_stats(model, variables, [{"image": jnp.ones((4, 32, 32, 3))}])
+    >>> sorted(stats) == sorted(variables["batch_stats"])
+    True
+    """
+    if "bn_momentum" not in getattr(model, "__dataclass_fields__", {}):
+        raise TypeError(f"{type(model).__name__} has no bn_momentum field: no BatchNorm statistics to re-estimate")
+    # With momentum 0 a training-mode pass returns exactly this batch's statistics.
+    probe = model.clone(bn_momentum=0.0)
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+
+    @jax.jit
+    def batch_statistics(variables: dict, images: jax.Array, rng: jax.Array) -> PyTree:
+        _, updated = probe.apply(variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+        return updated["batch_stats"]
+
+    total, count = None, 0
+    for i, batch in enumerate(batches):
+        stats = batch_statistics(variables, jnp.asarray(batch["image"]), jax.random.fold_in(rng, i))
+        total = stats if total is None else jax.tree_util.tree_map(jnp.add, total, stats)
+        count += 1
+    if not count:
+        raise ValueError("reestimate_batch_stats got no batches")
+    return jax.tree_util.tree_map(lambda s: s / count, total)
+
+
+def mixup(batch: dict, rng: jax.Array, alpha: float, num_classes: int) -> dict:
+    """MixUp (Zhang et al., 2018): each image blended with the batch's reverse, targets likewise.
+
+    Args:
+      batch: ``image`` and integer ``label``.
+      rng: draws the mixing weight from Beta(alpha, alpha).
+      alpha: the Beta distribution's parameter.
+      num_classes: for the soft targets.
+
+    Returns:
+      The batch with mixed ``image`` and a soft ``targets`` (N, num_classes) entry.
+
+    >>> out = mixup({"image": jnp.ones((2, 4)), "label": jnp.array([0, 1])}, jax.random.PRNGKey(0), 0.1, 2)
+    >>> out["targets"].sum(1).tolist()
+    [1.0, 1.0]
+    """
+    weight = jax.random.beta(rng, alpha, alpha)
+    one_hot = jax.nn.one_hot(batch["label"], num_classes)
+    image = batch["image"]
+    mixed = weight * image + (1 - weight) * image[::-1]
+    return {**batch, "image": mixed.astype(image.dtype), "targets": weight * one_hot + (1 - weight) * one_hot[::-1]}
+
