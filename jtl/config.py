@@ -132,6 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.pretrained = ""  # a hub id, directory or file for jtl.weights.load_pretrained (overrides name)
     c.model.overrides = ml_collections.ConfigDict()  # other model fields, e.g. image_size, dtype
     c.model.drop_pre_logits = False  # pretrained ViT: drop the pre-logits layer, as vit_jax does to fine-tune
+    c.model.reinit = False  # the pretrained architecture, initialised from scratch (the baseline)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "digits"  # or "tfds", or "folder" (root/<class>/*.jpg|png)
@@ -151,14 +152,36 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = ""  # text models: tokenizer source ("": the pretrained model's)
     c.data.crop = True  # train: random resized crop (else resize)
     c.data.flip = True  # train: random horizontal flip
+    c.data.ood_shift = ""  # digits: also evaluate on a shifted test split (rotate, noise, invert)
+
+    # Negative transfer: measure before (transferability scores of the pretrained features on the training
+    # data) and after (the same run from scratch; the final report flags transfer that loses to it).
+    c.transferability = False
+    c.baseline = ml_collections.ConfigDict()
+    c.baseline.scratch = False
+    c.baseline.learning_rate = 0.0  # 0: the run's own
 
     # What trains (through jtl.masking; frozen parameters get no gradient computed). At most one of:
     c.trainable = ()  # regexes of trainable parameters (the rest is frozen)
     c.frozen = ()  # regexes of frozen parameters (the rest trains)
     c.train_last_n = -1  # >= 0: only the last N blocks plus norm/pooler/head train
+    # Gradual unfreezing (ULMFiT): stage k trains the top k+1 layers (head and final norm first, then blocks
+    # downward) from step starts[k]; the last stage trains everything. (0, K) is LP-FT: a linear probe for K
+    # steps, then full fine-tuning.
+    c.unfreeze_starts = ()
     c.lr_mults = ()  # ((regex, multiplier), ...)
-    c.layer_decay = 0.0  # > 0: layer-wise learning-rate decay factor
-    c.train_batch_stats = True  # BatchNorm statistics update only if every BatchNorm layer trains
+    c.layer_decay = 0.0  # > 0: layer-wise learning-rate decay factor (discriminative learning rates)
+    # "train": statistics update (only if every BatchNorm layer trains); "frozen": the source's statistics;
+    # "reestimate": frozen in training, recomputed on the target training data before training and each eval.
+    c.batch_norm = "train"
+    c.lora = ml_collections.ConfigDict()  # rank > 0: LoRA adapters (and the head) train, nothing else
+    c.lora.rank = 0
+    c.lora.alpha = 16.0
+    c.lora.dropout = 0.0
+    c.lora.rslora = False
+    c.lora.targets = (r"encoder/block_\d+/attn/(query|value)",)  # Dense layers to adapt (regexes on names)
+    c.l2sp_alpha = 0.0  # L2-SP: pull toward the pretrained weights (set weight_decay to 0 with it)
+    c.l2sp_beta = 0.0  # L2-SP: plain L2 on the new head
 
     c.optimizer = "adamw"
     c.learning_rate = 1e-3
@@ -168,6 +191,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule = "cosine"
     c.warmup_steps = 0
     c.label_smoothing = 0.0
+    c.mixup_alpha = 0.0
+    c.hyperrule = ""  # "bit": BiT-HyperRule sets steps, schedule, SGD and MixUp from the training set's size
 
     c.total_steps = 100
     c.batch_size = 32  # global, over all devices and hosts

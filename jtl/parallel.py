@@ -18,6 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jtl.masking as jm
+from jtl import models
 from jtl.methods import mixup
 
 AXIS = "data"
@@ -37,11 +38,6 @@ def make_mesh(devices: list | None = None) -> Mesh:
     """A 1-D data-parallel mesh over all (or the given) devices, across hosts."""
     devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (AXIS,))
-
-
-def model_inputs(batch: dict) -> tuple:
-    """The positional model inputs in a batch: ``(input_ids, attention_mask)`` for text, else ``(image,)``."""
-    return (batch["input_ids"], batch["attention_mask"]) if "input_ids" in batch else (batch["image"],)
 
 
 def _variables(params: Any, batch_stats: Any) -> dict:
@@ -94,7 +90,7 @@ def make_train_step(
         update_stats = bool(batch_stats) and train_batch_stats
         out = model.apply(
             _variables(params, batch_stats),
-            *model_inputs(batch),
+            *models.model_inputs(batch),
             train=train_batch_stats,
             rngs={"dropout": rng},
             mutable=["batch_stats"] if update_stats else False,
@@ -145,7 +141,7 @@ def make_eval_step(model: nn.Module, num_classes: int) -> Callable[[TrainState, 
     """Builds ``(state, batch) -> sums`` of loss, correct predictions and examples over the batch's ``mask``."""
 
     def step(state: TrainState, batch: dict) -> dict[str, jax.Array]:
-        logits = model.apply(_variables(state.params, state.batch_stats), *model_inputs(batch)).astype(jnp.float32)
+        logits = model.apply(_variables(state.params, state.batch_stats), *models.model_inputs(batch)).astype(jnp.float32)
         mask = batch["mask"].astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)

@@ -15,11 +15,11 @@ def test_overrides_take_the_type_of_the_current_value(config):
     apply_override(config, "learning_rate", "3e-4")
     apply_override(config, "total_steps", "7")
     apply_override(config, "parallel", "pmap")
-    apply_override(config, "train_batch_stats", "false")
+    apply_override(config, "lora.rslora", "false")
     apply_override(config, "trainable", "('head/.*', 'norm/.*')")
     apply_override(config, "model.pretrained", "google/vit-base-patch16-224-in21k")
     assert (config.learning_rate, config.total_steps, config.parallel) == (3e-4, 7, "pmap")
-    assert config.train_batch_stats is False and config.trainable == ("head/.*", "norm/.*")
+    assert config.lora.rslora is False and config.trainable == ("head/.*", "norm/.*")
     assert config.model.pretrained == "google/vit-base-patch16-224-in21k"
 
 
@@ -34,7 +34,7 @@ def test_learning_rate_accepts_an_integer_literal(config):
         ("learnin_rate", "1", r"unknown config key 'learnin_rate'; closest: learning_rate"),
         ("model.nam", "x", r"unknown config key 'model.nam'; closest: model.name"),
         ("total_steps", "1.5", r"--config.total_steps=1.5: expected a int, got float"),
-        ("train_batch_stats", "maybe", r"--config.train_batch_stats=maybe: expected true or false"),
+        ("lora.rslora", "maybe", r"--config.lora.rslora=maybe: expected true or false"),
     ],
 )
 def test_bad_overrides_name_the_key(config, key, value, message):

@@ -1,6 +1,7 @@
 """Transfer-learning methods on jtl's models and masking: LoRA and BitFit, L2-SP, BiT-HyperRule, BatchNorm
 re-estimation, MixUp, and transferability scores (LogME, LEEP, NCE, H-score)."""
 
+from jtl.methods._features import extract_features, feature_fn
 from jtl.methods._finetune import HyperRule, L2SPState, bit_hyperrule, l2_sp, mixup, reestimate_batch_stats
 from jtl.methods._lora import (
     BITFIT_TRAINABLE,
@@ -24,6 +25,8 @@ __all__ = [
     "add_adapters",
     "base_model",
     "bit_hyperrule",
+    "extract_features",
+    "feature_fn",
     "h_score",
     "l2_sp",
     "leep",

@@ -78,19 +78,22 @@ class HyperRule(NamedTuple):
     resolution: tuple[int, int] | None
 
     def schedule(self) -> optax.Schedule:
-        """The learning-rate schedule."""
+        """The learning-rate schedule (a function of the step)."""
         warmup = optax.linear_schedule(0.0, self.learning_rate, self.warmup_steps)
-        steps = optax.piecewise_constant_schedule(self.learning_rate, {s: 0.1 for s in self.decay_steps})
-        return optax.join_schedules([warmup, steps], [self.warmup_steps])
+        # join_schedules counts the second schedule's steps from the end of warm-up.
+        drops = {s - self.warmup_steps: 0.1 for s in self.decay_steps}
+        return optax.join_schedules(
+            [warmup, optax.piecewise_constant_schedule(self.learning_rate, drops)], [self.warmup_steps]
+        )
 
 
 def bit_hyperrule(num_examples: int, image_size: tuple[int, int] | None = None, batch_size: int = 512) -> HyperRule:
     """BiT-HyperRule (Kolesnikov et al., 2020): the fine-tuning schedule picked from the dataset's size.
 
-    Under 20k examples: 500 steps; under 500k: 10k steps; else 20k. Warm-up takes the first 100/500/500 steps,
-    the rate drops 10x at 30%, 60% and 90%, MixUp (alpha 0.1) only from 20k examples, and images are resized to
-    160 and cropped to 128 if under 96x96, else 512 / 480. The steps are BiT's at batch 512 and scale inversely
-    with ``batch_size`` (the same number of epochs).
+    Under 20k examples: 500 steps, warm-up over 100, the rate divided by 10 at steps 200, 300 and 400; under
+    500k: 10k steps (500; 3k, 6k, 9k); else 20k (500; 6k, 12k, 18k). MixUp (alpha 0.1) only from 20k examples;
+    images resized to 160 and cropped to 128 if under 96x96, else 512 / 480. BiT's base rate 0.003 is for
+    batch 512; it scales linearly with ``batch_size``.
 
     Args:
       num_examples: the target training set's size.
@@ -102,22 +105,20 @@ def bit_hyperrule(num_examples: int, image_size: tuple[int, int] | None = None, 
 
     >>> rule = bit_hyperrule(1000, (32, 32))
     >>> rule.total_steps, rule.warmup_steps, rule.decay_steps, rule.mixup_alpha, rule.resolution
-    (500, 100, (150, 300, 450), 0.0, (160, 128))
+    (500, 100, (200, 300, 400), 0.0, (160, 128))
     """
     if num_examples < 20_000:
-        total, warmup = 500, 100
+        supports = (100, 200, 300, 400, 500)
     elif num_examples < 500_000:
-        total, warmup = 10_000, 500
+        supports = (500, 3000, 6000, 9000, 10_000)
     else:
-        total, warmup = 20_000, 500
-    factor = 512 / batch_size
-    total, warmup = max(int(round(total * factor)), 1), int(round(warmup * factor))
-    decay = tuple(int(total * f) for f in (0.3, 0.6, 0.9))
+        supports = (500, 6000, 12_000, 18_000, 20_000)
+    warmup, *decay, total = supports
     resolution = None
     if image_size is not None:
         resolution = (160, 128) if image_size[0] * image_size[1] < 96 * 96 else (512, 480)
     mixup = 0.0 if num_examples < 20_000 else 0.1
-    return HyperRule(total, warmup, decay, 0.003 * batch_size / 512, mixup, resolution)
+    return HyperRule(total, warmup, tuple(decay), 0.003 * batch_size / 512, mixup, resolution)
 
 
 def reestimate_batch_stats(
@@ -184,4 +185,3 @@ def mixup(batch: dict, rng: jax.Array, alpha: float, num_classes: int) -> dict:
     image = batch["image"]
     mixed = weight * image + (1 - weight) * image[::-1]
     return {**batch, "image": mixed.astype(image.dtype), "targets": weight * one_hot + (1 - weight) * one_hot[::-1]}
-

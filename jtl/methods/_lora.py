@@ -101,8 +101,10 @@ def add_adapters(params: PyTree, spec: LoRASpec, rng: jax.Array) -> PyTree:
     adapted = visit(params, ())
     unused = [t for t, u in zip(spec.targets, used, strict=True) if not u]
     if unused:
-        raise jm.MaskingError(f"LoRA targets {unused} match no 2-D Dense kernel; kernels are named like "
-                              f"{[n.removesuffix('/kernel') for n, _ in jm.named_leaves(params) if n.endswith('kernel')][:4]}")
+        raise jm.MaskingError(
+            f"LoRA targets {unused} match no 2-D Dense kernel; kernels are named like "
+            f"{[n.removesuffix('/kernel') for n, _ in jm.named_leaves(params) if n.endswith('kernel')][:4]}"
+        )
     return adapted
 
 
@@ -280,6 +282,8 @@ def load_adapters(directory: str | Path, base: str | None = None, **overrides: A
             if k in names and saved[k].shape != names[k].shape
         ]
         if problems:
-            raise WeightLoadError(f"{directory / _ADAPTER_FILE} does not fit {meta['base']}:\n  " + "\n  ".join(problems))
+            raise WeightLoadError(
+                f"{directory / _ADAPTER_FILE} does not fit {meta['base']}:\n  " + "\n  ".join(problems)
+            )
         params = jm.map_with_names(lambda name, leaf: jnp.asarray(saved[name]) if name in saved.files else leaf, params)
     return with_lora(model, spec), {**variables, "params": params}

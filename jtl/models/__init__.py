@@ -1,6 +1,6 @@
 """jtl's Flax models, with uniform parameter names (``embed/...``, ``encoder/block_{i}/...``, ``head/...``)."""
 
-from jtl.models._registry import available, create, init, layer_index
+from jtl.models._registry import available, create, init, layer_index, model_inputs
 from jtl.models.bert import Bert, mean_pool
 from jtl.models.resnet import ResNet
 from jtl.models.vgg import VGG, adaptive_avg_pool
@@ -17,4 +17,5 @@ __all__ = [
     "init",
     "layer_index",
     "mean_pool",
+    "model_inputs",
 ]

@@ -152,3 +152,20 @@ def layer_index(model: nn.Module) -> tuple[Callable[[str], int], int]:
 
         return vgg_layer, top
     raise TypeError(f"no layer index for {type(model).__name__}")
+
+
+def model_inputs(batch: dict) -> tuple:
+    """The positional inputs a jtl model takes from a batch: ``(input_ids, attention_mask)`` for text models,
+    else ``(image,)``.
+
+    Args:
+      batch: a dict of arrays.
+
+    Returns:
+      A tuple to unpack into ``model.apply(variables, *inputs)``.
+
+    >>> import numpy as np
+    >>> [x.shape for x in model_inputs({"image": np.zeros((2, 8, 8, 1)), "label": np.zeros(2)})]
+    [(2, 8, 8, 1)]
+    """
+    return (batch["input_ids"], batch["attention_mask"]) if "input_ids" in batch else (batch["image"],)

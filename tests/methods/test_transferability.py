@@ -13,7 +13,9 @@ def leep_reference(probs, labels, num_classes):
     for i in range(n):
         joint[labels[i]] += probs[i] / n
     conditional = joint / joint.sum(0, keepdims=True)
-    return np.mean([np.log(sum(conditional[labels[i], z] * probs[i, z] for z in range(probs.shape[1]))) for i in range(n)])
+    return np.mean(
+        [np.log(sum(conditional[labels[i], z] * probs[i, z] for z in range(probs.shape[1]))) for i in range(n)]
+    )
 
 
 def nce_reference(source_labels, labels):
