@@ -6,6 +6,10 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Many tests compile the same tiny programs (the same model, step and optimizer in several runs); XLA's
+# compile time on CPU dominates them, so the session shares JAX's persistent cache (keyed by program).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/jtl-test-xla-cache")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 _skipped: list[str] = []
 

@@ -141,7 +141,9 @@ def make_eval_step(model: nn.Module, num_classes: int) -> Callable[[TrainState, 
     """Builds ``(state, batch) -> sums`` of loss, correct predictions and examples over the batch's ``mask``."""
 
     def step(state: TrainState, batch: dict) -> dict[str, jax.Array]:
-        logits = model.apply(_variables(state.params, state.batch_stats), *models.model_inputs(batch)).astype(jnp.float32)
+        logits = model.apply(_variables(state.params, state.batch_stats), *models.model_inputs(batch)).astype(
+            jnp.float32
+        )
         mask = batch["mask"].astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)

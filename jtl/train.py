@@ -290,7 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     def stage_of(steps_done: int) -> int:
         return bisect.bisect_right(starts, steps_done) - 1
 
-    def build_stage(stage: int) -> tuple[Any, optax.GradientTransformation, parallel.Compiled]:
+    def build_stage(stage: int) -> tuple[optax.GradientTransformation, parallel.Compiled]:
         trainable = stage_trainables[stage]
         mask = jm.resolve_mask(trainable, params)
         tx = _optimizer(config, model, trainable, schedule)
@@ -320,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             compiled = parallel.compile_pmap(train_step, eval_step)
         else:
             raise ConfigError(f"config.parallel={config.parallel!r}; known: jit, pmap")
-        return trainable, tx, compiled
+        return tx, compiled
 
     if is_chief:
         print(
@@ -333,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     start_step = checkpointer.latest_step() or 0
     # A checkpoint holds the optimizer state of the stage that ran its last step.
     stage = stage_of(max(start_step - 1, 0))
-    trainable, tx, compiled = build_stage(stage)
+    tx, compiled = build_stage(stage)
     state = parallel.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -416,7 +416,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 # carry over.
                 stage = stage_of(step - 1)
                 host_state = compiled.get_state(state)
-                trainable, tx, compiled = build_stage(stage)
+                tx, compiled = build_stage(stage)
                 opt_state = jm.carry_over_state(host_state.opt_state, tx.init(host_state.params))
                 state = compiled.put_state(host_state._replace(opt_state=opt_state))
             batch = compiled.put_batch(next(train_iter))
@@ -480,7 +480,11 @@ def _apply_hyperrule(config: ml_collections.ConfigDict, num_examples: int, is_ch
         raise ConfigError(f"config.hyperrule={config.hyperrule!r}; known: bit")
     rule = methods.bit_hyperrule(num_examples, batch_size=config.batch_size)
     config = ml_collections.ConfigDict(config.to_dict())
-    config.total_steps, config.warmup_steps, config.learning_rate = rule.total_steps, rule.warmup_steps, rule.learning_rate
+    config.total_steps, config.warmup_steps, config.learning_rate = (
+        rule.total_steps,
+        rule.warmup_steps,
+        rule.learning_rate,
+    )
     config.optimizer, config.momentum, config.mixup_alpha, config.schedule = "sgd", 0.9, rule.mixup_alpha, "step"
     config.lock()
     if is_chief:

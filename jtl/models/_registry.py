@@ -105,7 +105,8 @@ def init(model: nn.Module, seed: int = 0) -> dict[str, Any]:
     >>> sorted(init(create("resnet-testing", num_classes=2)))
     ['batch_stats', 'params']
     """
-    return model.init(jax.random.PRNGKey(seed), *model.example_inputs())
+    # One compiled program: run eagerly, every initialiser op would compile on its own (seconds on CPU).
+    return jax.jit(model.init)(jax.random.PRNGKey(seed), *model.example_inputs())
 
 
 _STAGE_BLOCK = re.compile(r"(?:.*/)?stage_(\d+)/block_(\d+)/.*")

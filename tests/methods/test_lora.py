@@ -93,6 +93,7 @@ def test_vit_b_lora_r8_trains_under_one_percent():
         for x, t in zip(
             jax.tree_util.tree_leaves(params),
             jax.tree_util.tree_leaves(jm.select(params, list(methods.LORA_TRAINABLE))),
+            strict=False,
         )
         if t
     )
@@ -146,5 +147,7 @@ def test_adapters_for_another_base_are_a_clear_error(tmp_path):
     save_pretrained(tmp_path / "wide", wide, models.init(wide))
     params = methods.add_adapters(models.init(small)["params"], SPEC, jax.random.PRNGKey(0))
     methods.save_adapters(tmp_path / "adapters", methods.with_lora(small, SPEC), params, base=str(tmp_path / "wide"))
-    with pytest.raises(WeightLoadError, match=r"(?s)adapters.npz does not fit .*encoder/block_0/attn/query/lora_a: shape"):
+    with pytest.raises(
+        WeightLoadError, match=r"(?s)adapters.npz does not fit .*encoder/block_0/attn/query/lora_a: shape"
+    ):
         methods.load_adapters(tmp_path / "adapters")

@@ -44,7 +44,7 @@ def logme_reference(features, labels, num_classes, max_iterations=100):
     scores = []
     for k in range(num_classes):
         y = (labels == k).astype(np.float64)
-        alpha, beta, previous = 1.0, 1.0, np.inf
+        alpha, beta, _previous = 1.0, 1.0, np.inf
         eig = np.linalg.eigvalsh(features.T @ features)
         for _ in range(max_iterations + 1):
             a_matrix = alpha * np.eye(d) + beta * features.T @ features
@@ -81,7 +81,7 @@ def data(request):
 
 
 def test_leep_matches_formula(data):
-    features, labels, classes, probs = data
+    _features, labels, classes, probs = data
     got = jax.jit(methods.leep, static_argnums=2)(probs, labels, classes)
     np.testing.assert_allclose(got, leep_reference(probs.astype(np.float64), labels, classes), rtol=1e-5)
 
