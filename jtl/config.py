@@ -114,6 +114,28 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
             node = node[part]
 
 
+def config_from_args(spec: str, overrides: list[str]) -> ml_collections.ConfigDict:
+    """Loads ``--config spec`` and applies ``--config.key=value`` overrides in order.
+
+    Args:
+      spec: ``path/to/config.py[:arg]``.
+      overrides: command-line items, each ``--config.key=value``.
+
+    Returns:
+      The locked config.
+
+    Raises:
+      ConfigError: naming the file, item or key at fault.
+    """
+    config = load_config(spec)
+    for item in overrides:
+        key, sep, value = item.removeprefix("--config.").partition("=")
+        if not sep:
+            raise ConfigError(f"{item}: expected --config.key=value")
+        apply_override(config, key, value)
+    return config
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Every key the trainer reads, with defaults; config files start from it and change what they need.
 
@@ -200,6 +222,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 64
     c.parallel = "jit"  # or "pmap"
     c.num_devices = 0  # 0: all devices
+
+    # python -m jtl.extract: the feature cache and the linear classifier trained on it.
+    c.extract = ml_collections.ConfigDict()
+    c.extract.shard_size = 1024  # examples per cached shard
+    c.extract.l2_grid = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1)  # L2 strengths tried on a held-out 20%
+    c.extract.epochs = 100
+    c.extract.batch_size = 256
+    c.extract.learning_rate = 1e-2
 
     c.log_every = 10
     c.eval_every = 0

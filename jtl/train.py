@@ -30,7 +30,7 @@ from jtl import data as jdata
 from jtl import methods, models, parallel
 from jtl.cadence import is_time
 from jtl.checkpoint import Checkpointer
-from jtl.config import ConfigError, apply_override, load_config
+from jtl.config import ConfigError, config_from_args
 from jtl.weights import load_pretrained, load_tokenizer
 
 
@@ -542,12 +542,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # automatically when left out.
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     try:
-        config = load_config(args.config)
-        for item in (a for a in argv if a.startswith("--config.")):
-            key, sep, value = item.removeprefix("--config.").partition("=")
-            if not sep:
-                raise ConfigError(f"{item}: expected --config.key=value")
-            apply_override(config, key, value)
+        config = config_from_args(args.config, [a for a in argv if a.startswith("--config.")])
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
     workdir = args.workdir or os.path.join("workdirs", Path(args.config.partition(":")[0]).stem)

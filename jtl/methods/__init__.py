@@ -3,6 +3,7 @@ re-estimation, MixUp, and transferability scores (LogME, LEEP, NCE, H-score)."""
 
 from jtl.methods._features import extract_features, feature_fn
 from jtl.methods._finetune import HyperRule, L2SPState, bit_hyperrule, l2_sp, mixup, reestimate_batch_stats
+from jtl.methods._linear import LinearClassifier, fit_linear, fit_linear_search, linear_epochs
 from jtl.methods._lora import (
     BITFIT_TRAINABLE,
     LORA_TRAINABLE,
@@ -21,15 +22,19 @@ __all__ = [
     "LORA_TRAINABLE",
     "HyperRule",
     "L2SPState",
+    "LinearClassifier",
     "LoRASpec",
     "add_adapters",
     "base_model",
     "bit_hyperrule",
     "extract_features",
     "feature_fn",
+    "fit_linear",
+    "fit_linear_search",
     "h_score",
     "l2_sp",
     "leep",
+    "linear_epochs",
     "load_adapters",
     "logme",
     "merge_adapters",
