@@ -1,5 +1,6 @@
 """Transfer-learning methods on jtl's models and masking: LoRA and BitFit, L2-SP, BiT-HyperRule, BatchNorm
-re-estimation, MixUp, and transferability scores (LogME, LEEP, NCE, H-score)."""
+re-estimation, MixUp, feature extraction and linear classifiers, word vectors, and transferability scores
+(LogME, LEEP, NCE, H-score)."""
 
 from jtl.methods._features import extract_features, feature_fn
 from jtl.methods._finetune import HyperRule, L2SPState, bit_hyperrule, l2_sp, mixup, reestimate_batch_stats
@@ -16,17 +17,34 @@ from jtl.methods._lora import (
     with_lora,
 )
 from jtl.methods._transferability import h_score, leep, logme, nce
+from jtl.methods._word_vectors import (
+    BagOfEmbeddings,
+    TextCNN,
+    Vocabulary,
+    WordVectorError,
+    WordVectors,
+    embedding_table,
+    load_word_vectors,
+    tokenize,
+    with_pretrained_embedding,
+)
 
 __all__ = [
     "BITFIT_TRAINABLE",
     "LORA_TRAINABLE",
+    "BagOfEmbeddings",
     "HyperRule",
     "L2SPState",
     "LinearClassifier",
     "LoRASpec",
+    "TextCNN",
+    "Vocabulary",
+    "WordVectorError",
+    "WordVectors",
     "add_adapters",
     "base_model",
     "bit_hyperrule",
+    "embedding_table",
     "extract_features",
     "feature_fn",
     "fit_linear",
@@ -36,11 +54,14 @@ __all__ = [
     "leep",
     "linear_epochs",
     "load_adapters",
+    "load_word_vectors",
     "logme",
     "merge_adapters",
     "mixup",
     "nce",
     "reestimate_batch_stats",
     "save_adapters",
+    "tokenize",
     "with_lora",
+    "with_pretrained_embedding",
 ]
