@@ -174,6 +174,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = ""  # text models: tokenizer source ("": the pretrained model's)
     c.data.crop = True  # train: random resized crop (else resize)
     c.data.flip = True  # train: random horizontal flip
+    c.data.label_noise = 0.0  # digits: the share of training labels shuffled (a deliberately bad source)
     c.data.ood_shift = ""  # digits: also evaluate on a shifted test split (rotate, noise, invert)
 
     # Negative transfer: measure before (transferability scores of the pretrained features on the training

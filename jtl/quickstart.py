@@ -26,17 +26,18 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.py"
 RUNS = {"from scratch": "scratch", "frozen backbone, new head": "frozen", "full fine-tuning": "full"}
 
 
-def pretrained_source(cache: Path, quiet: bool, steps: int = 0) -> Path:
-    """The source model (digits 0-4) in jtl's format, trained once and cached in ``cache``."""
+def pretrained_source(cache: Path, quiet: bool, steps: int = 0, variant: str = "source") -> Path:
+    """The source model (digits 0-4; ``variant`` of ``configs/quickstart.py``) in jtl's format, trained once
+    and cached in ``cache``."""
     export = cache / "export"
     if export.exists():
         return export
-    config = load_config(f"{CONFIG}:source")
+    config = load_config(f"{CONFIG}:{variant}")
     if steps:
         config.total_steps = steps
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         result = train_and_evaluate(config, cache / "run")
-    print(f"source task (digits 0-4): held-out accuracy {result['eval/accuracy']:.3f}; cached in {export}")
+    print(f"{variant} task (digits 0-4): held-out accuracy {result['eval/accuracy']:.3f}; cached in {export}")
     model = models.create(config.model.name, num_classes=config.num_classes, **dict(config.model.overrides))
     save_pretrained(export, model, {"params": result["params"]})
     return export

@@ -50,10 +50,12 @@ def _preprocessing_stats(config: ml_collections.ConfigDict) -> tuple[tuple, tupl
 
 def _build_data(config: ml_collections.ConfigDict, model: Any) -> dict[str, Any]:
     """Train and test sources, and their transforms (None where the source is already model-ready)."""
-    if config.data.ood_shift and config.data.source != "digits":
-        raise ConfigError("config.data.ood_shift is supported for config.data.source='digits' only")
+    if (config.data.ood_shift or config.data.label_noise) and config.data.source != "digits":
+        raise ConfigError("config.data.ood_shift and config.data.label_noise apply to config.data.source='digits' only")
     if config.data.source == "digits":
         splits = jdata.digits_task(config.data.classes, shots=config.data.shots or None, seed=config.data.split_seed)
+        if config.data.label_noise:
+            splits["train"] = jdata.shuffle_labels(splits["train"], config.data.label_noise, config.data.split_seed)
         if config.data.ood_shift:
             splits["ood"] = jdata.shifted(splits["test"], config.data.ood_shift, seed=config.data.split_seed)
         return {**splits, "train_transform": None, "eval_transform": None}

@@ -1,7 +1,15 @@
 """Data for jtl: in-memory arrays and scikit-learn's digits, TFDS through ``tfds.data_source``, image
 folders, image preprocessing, and grain pipelines with checkpointable state."""
 
-from jtl.data._arrays import SHIFTS, ArraySource, digits_task, eval_batches, shifted, train_batches
+from jtl.data._arrays import (
+    SHIFTS,
+    ArraySource,
+    digits_task,
+    eval_batches,
+    shifted,
+    shuffle_labels,
+    train_batches,
+)
 from jtl.data._folder import ImageFolderSource
 from jtl.data._images import ImagePreprocessing, random_resized_crop, resize_bilinear
 from jtl.data._text import TextPreprocessing
@@ -19,6 +27,7 @@ __all__ = [
     "random_resized_crop",
     "resize_bilinear",
     "shifted",
+    "shuffle_labels",
     "tfds_source",
     "train_batches",
 ]

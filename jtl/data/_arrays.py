@@ -158,3 +158,26 @@ def shifted(source: ArraySource, kind: str, seed: int = 0) -> ArraySource:
     else:
         raise ValueError(f"unknown shift {kind!r}; known: {', '.join(SHIFTS)}")
     return ArraySource(images.astype(source.images.dtype), source.labels)
+
+
+def shuffle_labels(source: ArraySource, fraction: float, seed: int = 0) -> ArraySource:
+    """A copy with ``fraction`` of the examples' labels permuted among themselves (label noise that keeps the
+    class balance): 1.0 breaks every link between image and label.
+
+    Args:
+      source: images and labels.
+      fraction: the share of examples whose labels are shuffled.
+      seed: which examples, and their permutation.
+
+    Returns:
+      The noisy copy.
+
+    >>> noisy = shuffle_labels(ArraySource(np.zeros((4, 1)), np.arange(4)), 1.0, seed=1)
+    >>> sorted(noisy.labels.tolist())
+    [0, 1, 2, 3]
+    """
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(len(source))[: round(fraction * len(source))]
+    labels = source.labels.copy()
+    labels[chosen] = labels[rng.permutation(chosen)]
+    return ArraySource(source.images, labels)
