@@ -1,5 +1,7 @@
 """The benchmark scripts stay runnable: a tiny configuration, no timing assertions."""
 
+import numpy as np
+
 from benchmarks import freezing
 
 
@@ -16,3 +18,32 @@ def test_loading_benchmark_runs_tiny(capsys):
     results = loading.main(["--depth", "1", "--repeats", "1"])
     assert set(results) == {"safetensors", "jtl"} and all(r["seconds"] > 0 for r in results.values())
     assert "jtl.weights.load_pretrained" in capsys.readouterr().out
+
+
+def test_feature_cache_benchmark_runs_tiny(capsys):
+    from benchmarks import feature_cache
+
+    results = feature_cache.main(
+        ["--model", "vit-testing", "--image-size", "16", "--examples", "32", "--batch", "16", "--repeats", "1"]
+    )
+    assert results["ratio"] == results["backbone_seconds"] / results["cached_seconds"]
+    assert "x faster" in capsys.readouterr().out
+
+
+def test_transfer_methods_benchmark_runs_tiny(tmp_path, capsys):
+    from benchmarks import transfer_methods
+
+    tiny = ["--seeds", "0", "--steps", "3", "--source-steps", "3", "--workdir", str(tmp_path)]
+    tables = transfer_methods.main([*tiny, "--section", "lora"])
+    assert [row.split(" | ")[0] for row in tables["lora"][2:]] == [f"| {name}" for name in transfer_methods.PEFT]
+    assert "LoRA r=4" in capsys.readouterr().out
+    scores = transfer_methods.scores_of(tmp_path / "source-steps3" / "export")
+    assert set(scores) == {"LogME", "H-score", "NCE", "LEEP"} and all(np.isfinite(v) for v in scores.values())
+
+
+def test_sentence_transfer_example_runs(capsys):
+    from benchmarks import sentence_transfer
+
+    results = sentence_transfer.main(["--seeds", "0", "--per-class", "4"])
+    assert len(results["MiniLM features + linear classifier"]) == 1
+    assert "never occur in any training sentence" in capsys.readouterr().out
