@@ -30,3 +30,21 @@ def test_readme_opens_with_the_two_commands():
     first_block = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1)
     commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
     assert commands == ["make quickstart", "make test"]
+
+
+def test_lora_example_merges_to_the_same_logits():
+    import jax
+    import numpy as np
+
+    block = next(b for b in _python_blocks() if "methods.LoRASpec" in b)
+    namespace = {}
+    exec(compile(block, str(README), "exec"), namespace)
+    model, lora_model, params, merged = (namespace[k] for k in ("model", "lora_model", "params", "merged"))
+    trained = jax.tree_util.tree_map(lambda x: x + 0.01, params)  # nonzero lora_b, as after training
+    (images,) = model.example_inputs()
+    np.testing.assert_allclose(
+        model.apply({"params": namespace["methods"].merge_adapters(trained, namespace["spec"])}, images),
+        lora_model.apply({"params": trained}, images),
+        atol=1e-5,
+    )
+    assert "lora_a" not in str(jax.tree_util.tree_structure(merged))
