@@ -138,6 +138,7 @@ def negative(seeds: list[int], workdir: Path, source_steps: int, steps: int, ver
         "| source | LogME | H-score | NCE | LEEP | fine-tuned accuracy | from scratch | guard |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    by_source = {}
     for name, variant in SOURCES.items():
         cache = workdir / (f"{variant}-steps{source_steps}" if source_steps else variant)
         with contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext():
@@ -147,12 +148,20 @@ def negative(seeds: list[int], workdir: Path, source_steps: int, steps: int, ver
         guard = {"baseline.scratch": True, "baseline.learning_rate": 3e-3}
         results = [run("full", seed, workdir / variant, source, steps, **guard) for seed in seeds]
         flagged = sum(r["negative_transfer"] for r in results)
+        by_source[name] = (scores, np.mean([r["eval/accuracy"] for r in results]))
         rows.append(
             f"| {name} | {scores['LogME']:.3f} | {scores['H-score']:.3f} | {scores['NCE']:.3f} | {scores['LEEP']:.3f} "
             f"| {_mean_std([r['eval/accuracy'] for r in results])} "
             f"| {_mean_std([r['baseline/eval/accuracy'] for r in results])} "
             f"| negative transfer flagged in {flagged}/{len(results)} seeds |"
         )
+    by_accuracy = sorted(by_source, key=lambda n: -by_source[n][1])
+    rows.append("")
+    rows.append(f"Sources by fine-tuned accuracy: {' > '.join(by_accuracy)}.")
+    for score in ("LogME", "H-score", "NCE", "LEEP"):
+        order = sorted(by_source, key=lambda n: -by_source[n][0][score])
+        verdict = "the same order" if order == by_accuracy else "a different order: " + " > ".join(order)
+        rows.append(f"{score} ranks them in {verdict}.")
     return rows
 
 
