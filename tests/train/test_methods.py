@@ -49,23 +49,27 @@ def _start(path):
     return variables["params"]
 
 
-def test_gradual_unfreezing_trains_top_layers_first(tiny_config, source, tmp_path):
-    start = _start(source)
-    changes = {}
-    for steps in (2, 4, 6):
-        result = _run(
-            tiny_config,
-            tmp_path / str(steps),
-            total_steps=steps,
-            unfreeze_starts=(0, 2, 4),
-            **{"model.pretrained": str(source)},
-        )
-        changes[steps] = _changed(start, result["params"])
+def test_gradual_unfreezing_stages_train_top_layers_first(tiny_config):
+    from jtl.train import _stages
+
+    config = tiny_config.copy_and_resolve_references()
+    config.unfreeze_starts = (0, 2, 4)
+    model = models.create("vit-testing", num_classes=3, **dict(config.model.overrides))
+    params = models.init(model)["params"]
+    starts, trainables = _stages(config, model)
+    assert starts == (0, 2, 4)
+    trained = [{n for n, t in jm.named_leaves(jm.resolve_mask(spec, params)) if t} for spec in trainables]
+    everything = {n for n, _ in jm.named_leaves(params)}
     # vit-testing has 2 blocks: stage 0 trains norm + head, stage 1 adds block_1, stage 2 everything.
-    assert {n.split("/")[0] for n in changes[2]} == {"head", "norm"}
-    assert {n.split("/")[1] for n in changes[4] if n.startswith("encoder/")} == {"block_1"}
-    assert not any(n.startswith("embed/") for n in changes[4])
-    assert any(n.startswith("embed/") for n in changes[6]) and any("block_0" in n for n in changes[6])
+    assert {n.split("/")[0] for n in trained[0]} == {"head", "norm"}
+    assert trained[1] - trained[0] == {n for n in everything if n.startswith("encoder/block_1/")}
+    assert trained[2] == everything
+
+
+def test_gradual_unfreezing_run_moves_each_group_from_its_stage(tiny_config, source, tmp_path):
+    start = _start(source)
+    result = _run(tiny_config, tmp_path, total_steps=6, unfreeze_starts=(0, 2, 4), **{"model.pretrained": str(source)})
+    assert _changed(start, result["params"]) == {n for n, _ in jm.named_leaves(start)}
 
 
 def test_lp_ft_resumed_at_the_stage_change_equals_uninterrupted(tiny_config, source, tmp_path):
@@ -177,13 +181,9 @@ def test_mixup_blends_images_and_targets_alike():
     np.testing.assert_allclose(out["targets"][0], [weight, 0, 1 - weight], rtol=1e-6)
 
 
-def test_mixup_from_a_config_runs(tiny_config, tmp_path):
-    result = _run(tiny_config, tmp_path, mixup_alpha=0.2)
+def test_ood_split_is_evaluated_alongside_a_mixup_run(tiny_config, tmp_path):
+    result = _run(tiny_config, tmp_path, mixup_alpha=0.2, **{"data.ood_shift": "invert", "eval_every": 4})
     assert np.isfinite(result["eval/loss"])
-
-
-def test_ood_split_is_evaluated_alongside(tiny_config, tmp_path):
-    result = _run(tiny_config, tmp_path, **{"data.ood_shift": "invert", "eval_every": 4})
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "eval_ood/accuracy" in r] == [4, 8]
     assert result["eval_ood/accuracy"] != result["eval/accuracy"]
