@@ -126,6 +126,9 @@ def config_from_args(spec: str, overrides: list[str]) -> ml_collections.ConfigDi
 
     Raises:
       ConfigError: naming the file, item or key at fault.
+
+    >>> config_from_args("configs/quickstart.py:lora", ["--config.lora.rank=8"]).lora.rank
+    8
     """
     config = load_config(spec)
     for item in overrides:

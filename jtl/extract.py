@@ -108,6 +108,12 @@ def load_features(directory: str | Path, expected: int | None = None) -> tuple[n
 
     Returns:
       ``(features, labels)``.
+
+    >>> import tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> np.savez(f"{directory}/shard_00000.npz", features=np.ones((2, 3)), labels=np.array([0, 1]))
+    >>> [x.shape for x in load_features(directory, expected=2)]
+    [(2, 3), (2,)]
     """
     files = sorted(Path(directory).glob("shard_*.npz"))
     if not files:
@@ -137,6 +143,21 @@ def extract_and_fit(
 
     Returns:
       The results: test accuracy, the chosen L2 strength and the validation accuracy of each.
+
+    >>> import contextlib, io, tempfile
+    >>> from jtl import models
+    >>> from jtl.config import base_config
+    >>> from jtl.weights import save_pretrained
+    >>> root = tempfile.mkdtemp()
+    >>> vit = models.create("vit-testing", num_classes=2, image_size=8, patch_size=4, num_channels=1)
+    >>> _ = save_pretrained(f"{root}/backbone", vit, models.init(vit))
+    >>> config = base_config()
+    >>> config.num_classes, config.data.classes, config.data.shots = 2, (0, 1), 5
+    >>> config.model.pretrained, config.extract.epochs = f"{root}/backbone", 5
+    >>> with contextlib.redirect_stdout(io.StringIO()):
+    ...     result = extract_and_fit(config, f"{root}/run")
+    >>> result["train_examples"], result["feature_dim"]
+    (10, 16)
     """
     from jtl.train import _build_data, _build_model
 

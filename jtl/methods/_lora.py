@@ -223,6 +223,19 @@ def save_adapters(
 
     Returns:
       The directory.
+
+    >>> import tempfile
+    >>> from jtl import models
+    >>> from jtl.weights import save_pretrained
+    >>> root = tempfile.mkdtemp()
+    >>> vit = models.create("vit-testing", num_classes=3)
+    >>> _ = save_pretrained(f"{root}/base", vit, models.init(vit))
+    >>> spec = LoRASpec(rank=2)
+    >>> params = add_adapters(models.init(vit)["params"], spec, jax.random.PRNGKey(0))
+    >>> _ = save_adapters(f"{root}/adapters", with_lora(vit, spec), params, base=f"{root}/base")
+    >>> model, variables = load_adapters(f"{root}/adapters", verbose=False)
+    >>> type(model).__name__, model.lora.rank
+    ('LoRAViT', 2)
     """
     if not hasattr(model, "lora"):
         raise TypeError(f"save_adapters needs a model from with_lora, got {type(model).__name__}")
@@ -261,7 +274,7 @@ def load_adapters(directory: str | Path, base: str | None = None, **overrides: A
       **overrides: model fields for :func:`jtl.weights.load_pretrained`.
 
     Returns:
-      ``(model, variables)`` with the LoRA-wrapped model.
+      ``(model, variables)`` with the LoRA-wrapped model (:func:`save_adapters` shows both in use).
     """
     from jtl.weights import WeightLoadError, load_pretrained
 
