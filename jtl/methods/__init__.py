@@ -1,7 +1,17 @@
 """Transfer-learning methods on jtl's models and masking: LoRA and BitFit, L2-SP, BiT-HyperRule, BatchNorm
 re-estimation, MixUp, feature extraction and linear classifiers, word vectors, and transferability scores
-(LogME, LEEP, NCE, H-score)."""
+(LogME, LEEP, NCE, H-score), and domain-adaptation losses (gradient reversal, MMD, CORAL, CDAN, MCC)."""
 
+from jtl.methods._domain import (
+    cdan_inputs,
+    coral,
+    dann_coefficient,
+    domain_adversarial_loss,
+    entropy,
+    gradient_reversal,
+    mcc,
+    mmd,
+)
 from jtl.methods._features import extract_features, feature_fn
 from jtl.methods._finetune import HyperRule, L2SPState, bit_hyperrule, l2_sp, mixup, reestimate_batch_stats
 from jtl.methods._linear import LinearClassifier, fit_linear, fit_linear_search, linear_epochs
@@ -44,11 +54,17 @@ __all__ = [
     "add_adapters",
     "base_model",
     "bit_hyperrule",
+    "cdan_inputs",
+    "coral",
+    "dann_coefficient",
+    "domain_adversarial_loss",
     "embedding_table",
+    "entropy",
     "extract_features",
     "feature_fn",
     "fit_linear",
     "fit_linear_search",
+    "gradient_reversal",
     "h_score",
     "l2_sp",
     "leep",
@@ -56,8 +72,10 @@ __all__ = [
     "load_adapters",
     "load_word_vectors",
     "logme",
+    "mcc",
     "merge_adapters",
     "mixup",
+    "mmd",
     "nce",
     "reestimate_batch_stats",
     "save_adapters",
