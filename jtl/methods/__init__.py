@@ -1,6 +1,7 @@
 """Transfer-learning methods on jtl's models and masking: LoRA and BitFit, L2-SP, BiT-HyperRule, BatchNorm
 re-estimation, MixUp, feature extraction and linear classifiers, word vectors, and transferability scores
-(LogME, LEEP, NCE, H-score), and domain-adaptation losses (gradient reversal, MMD, CORAL, CDAN, MCC)."""
+(LogME, LEEP, NCE, H-score), and domain-adaptation losses (gradient reversal, MMD, CORAL, CDAN, MCC), and multi-task
+weighting (uncertainty, DWA, PCGrad)."""
 
 from jtl.methods._domain import (
     cdan_inputs,
@@ -26,6 +27,7 @@ from jtl.methods._lora import (
     save_adapters,
     with_lora,
 )
+from jtl.methods._multitask import dwa_weights, pcgrad, uncertainty_weighted_loss
 from jtl.methods._transferability import h_score, leep, logme, nce
 from jtl.methods._word_vectors import (
     BagOfEmbeddings,
@@ -58,6 +60,7 @@ __all__ = [
     "coral",
     "dann_coefficient",
     "domain_adversarial_loss",
+    "dwa_weights",
     "embedding_table",
     "entropy",
     "extract_features",
@@ -77,9 +80,11 @@ __all__ = [
     "mixup",
     "mmd",
     "nce",
+    "pcgrad",
     "reestimate_batch_stats",
     "save_adapters",
     "tokenize",
+    "uncertainty_weighted_loss",
     "with_lora",
     "with_pretrained_embedding",
 ]
