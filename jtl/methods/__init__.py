@@ -1,7 +1,7 @@
 """Transfer-learning methods on jtl's models and masking: LoRA and BitFit, L2-SP, BiT-HyperRule, BatchNorm
 re-estimation, MixUp, feature extraction and linear classifiers, word vectors, and transferability scores
 (LogME, LEEP, NCE, H-score), and domain-adaptation losses (gradient reversal, MMD, CORAL, CDAN, MCC), and multi-task
-weighting (uncertainty, DWA, PCGrad)."""
+weighting (uncertainty, DWA, GradNorm, PCGrad)."""
 
 from jtl.methods._domain import (
     cdan_inputs,
@@ -27,7 +27,7 @@ from jtl.methods._lora import (
     save_adapters,
     with_lora,
 )
-from jtl.methods._multitask import dwa_weights, pcgrad, uncertainty_weighted_loss
+from jtl.methods._multitask import dwa_weights, gradnorm_loss, pcgrad, uncertainty_weighted_loss
 from jtl.methods._transferability import h_score, leep, logme, nce
 from jtl.methods._word_vectors import (
     BagOfEmbeddings,
@@ -68,6 +68,7 @@ __all__ = [
     "fit_linear",
     "fit_linear_search",
     "gradient_reversal",
+    "gradnorm_loss",
     "h_score",
     "l2_sp",
     "leep",

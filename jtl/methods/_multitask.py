@@ -1,5 +1,6 @@
 """Multi-task loss weighting: uncertainty weighting (Kendall et al., 2018), Dynamic Weight Average (Liu et al.,
-2019), and PCGrad's projection of conflicting per-task gradients (Yu et al., 2020)."""
+2019), GradNorm's weight objective (Chen et al., 2018), and PCGrad's projection of conflicting per-task
+gradients (Yu et al., 2020)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,37 @@ def pcgrad(task_gradients: PyTree, rng: jax.Array | None = None) -> PyTree:
         pieces.append(combined[start : start + size].reshape(leaf.shape[1:]).astype(leaf.dtype))
         start += size
     return jax.tree_util.tree_unflatten(treedef, pieces)
+
+
+def gradnorm_loss(
+    task_weights: jax.Array,
+    unweighted_gradient_norms: jax.Array,
+    losses: jax.Array,
+    initial_losses: jax.Array,
+    alpha: float = 1.5,
+) -> jax.Array:
+    """GradNorm's objective for the task weights (Chen et al., 2018): ``sum_i |G_i - mean(G) r_i^alpha|`` with
+    ``G_i = w_i ||grad_W L_i||`` at the last shared layer ``W`` and ``r_i`` task ``i``'s relative inverse training
+    rate ``(L_i / L_i(0)) / mean_j (L_j / L_j(0))``. The target ``mean(G) r_i^alpha`` is a constant, as in the paper.
+
+    Differentiate it with respect to ``task_weights`` only, step them, then renormalise them to sum to the
+    number of tasks.
+
+    Args:
+      task_weights: (T,) the current loss weights ``w_i``.
+      unweighted_gradient_norms: (T,) ``||grad_W L_i||`` (e.g. from ``jax.jacrev`` of the per-task losses).
+      losses: (T,) the current losses.
+      initial_losses: (T,) the losses at the first step.
+      alpha: the asymmetry strength.
+
+    Returns:
+      The scalar objective.
+
+    >>> float(gradnorm_loss(jnp.ones(2), jnp.array([1.0, 1.0]), jnp.ones(2), jnp.ones(2)))
+    0.0
+    """
+    norms = task_weights * unweighted_gradient_norms
+    ratios = losses / initial_losses
+    relative = ratios / jnp.mean(ratios)
+    target = jax.lax.stop_gradient(jnp.mean(norms) * relative**alpha)
+    return jnp.sum(jnp.abs(norms - target))

@@ -53,3 +53,20 @@ def test_dwa_weights_follow_the_formula():
     ratios = previous / before
     expected = 3 * np.exp(ratios / 2.0) / np.exp(ratios / 2.0).sum()
     np.testing.assert_allclose(methods.dwa_weights(jnp.asarray(previous), jnp.asarray(before)), expected, rtol=1e-6)
+
+
+def test_gradnorm_weight_gradient_follows_the_formula():
+    weights = jnp.array([1.0, 1.0, 1.0])
+    norms = jnp.array([2.0, 1.0, 0.5])
+    losses, initial = jnp.array([0.5, 0.9, 0.6]), jnp.array([1.0, 1.0, 1.0])
+    alpha = 1.5
+    g = np.asarray(weights * norms)
+    r = np.asarray(losses / initial)
+    target = g.mean() * (r / r.mean()) ** alpha
+    np.testing.assert_allclose(
+        methods.gradnorm_loss(weights, norms, losses, initial, alpha), np.abs(g - target).sum(), rtol=1e-6
+    )
+    grad = jax.grad(methods.gradnorm_loss)(weights, norms, losses, initial, alpha)
+    np.testing.assert_allclose(grad, np.sign(g - target) * np.asarray(norms), rtol=1e-6)
+    # The task whose gradient is too large for its (fast) progress is down-weighted; the slow one up-weighted.
+    assert grad[0] > 0 and grad[1] < 0
