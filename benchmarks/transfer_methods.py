@@ -24,10 +24,10 @@ import numpy as np
 from absl import logging as absl_logging
 
 import jtl.masking as jm
-from jtl import data, methods
+from jtl import data, methods, models
 from jtl.config import load_config
 from jtl.quickstart import CONFIG, pretrained_source
-from jtl.train import train_and_evaluate
+from jtl.train import _trainable, train_and_evaluate
 from jtl.weights import load_pretrained
 
 STRATEGIES = {
@@ -64,29 +64,12 @@ def run(variant: str, seed: int, workdir: Path, source: Path | None, steps: int,
     records = [json.loads(line) for line in (workdir / tag / "metrics.jsonl").read_text().splitlines()]
     rates = [r["train/examples_per_second"] for r in records if "train/examples_per_second" in r][1:]
     result["ms_per_step"] = 1000 * config.batch_size / np.mean(rates) if rates else float("nan")
-    result["trainable"] = int(
-        sum(
-            x.size
-            for x, t in zip(
-                jax.tree_util.tree_leaves(result["params"]),
-                jax.tree_util.tree_leaves(_trainable_mask(config, result["params"])),
-                strict=True,
-            )
-            if t
-        )
-    )
-    result["total"] = int(sum(x.size for x in jax.tree_util.tree_leaves(result["params"])))
+    model = models.create(config.model.name, num_classes=config.num_classes, **dict(config.model.overrides))
+    mask = jm.resolve_mask(_trainable(config, model), result["params"])
+    leaves, trainable = jax.tree_util.tree_leaves(result["params"]), jax.tree_util.tree_leaves(mask)
+    result["trainable"] = sum(x.size for x, t in zip(leaves, trainable, strict=True) if t)
+    result["total"] = sum(x.size for x in leaves)
     return result
-
-
-def _trainable_mask(config, params):
-    if config.lora.rank:
-        return jm.select(params, list(methods.LORA_TRAINABLE))
-    if config.trainable:
-        return jm.select(params, list(config.trainable))
-    if config.train_last_n >= 0:
-        return jm.map_with_names(lambda n, _: not n.startswith(("embed/", "encoder/block_0/")), params)
-    return jax.tree_util.tree_map(lambda _: True, params)
 
 
 def _mean_std(values: list[float]) -> str:

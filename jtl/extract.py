@@ -69,6 +69,7 @@ def cache_features(
     directory.mkdir(parents=True, exist_ok=True)
     total = len(source)
     num_shards = max(-(-total // shard_size), 1)
+    fn = methods.feature_fn(model)  # one compiled forward pass for every shard
     done = []
     for shard in range(process_index, num_shards, process_count):
         path = directory / SHARD.format(shard)
@@ -76,7 +77,7 @@ def cache_features(
             start, stop = shard * shard_size, min((shard + 1) * shard_size, total)
             part = _Slice(source, start, stop)
             features, labels = methods.extract_features(
-                model, variables, jdata.eval_batches(part, batch_size, transform)
+                model, variables, jdata.eval_batches(part, batch_size, transform), fn
             )
             tmp = path.with_suffix(".tmp")
             with tmp.open("wb") as f:

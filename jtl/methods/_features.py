@@ -34,13 +34,16 @@ def feature_fn(model: nn.Module) -> Callable[[dict, dict], jax.Array]:
     return features
 
 
-def extract_features(model: nn.Module, variables: dict, batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(
+    model: nn.Module, variables: dict, batches: Iterable[dict], fn: Callable | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Runs the backbone over ``batches`` and returns the features and labels of the real (unmasked) examples.
 
     Args:
       model: a jtl model.
       variables: its variables (a head in them is ignored).
       batches: batches with ``label`` and optionally ``mask`` (as :func:`jtl.data.eval_batches` yields).
+      fn: ``feature_fn(model)`` built once by a caller that extracts several times, so it compiles once.
 
     Returns:
       ``(features (N, D), labels (N,))`` as NumPy arrays.
@@ -52,7 +55,7 @@ def extract_features(model: nn.Module, variables: dict, batches: Iterable[dict])
     >>> features.shape, labels.shape
     ((6, 16), (6,))
     """
-    fn = feature_fn(model)
+    fn = fn or feature_fn(model)
     features, labels = [], []
     for batch in batches:
         keep = np.asarray(batch.get("mask", np.ones(len(batch["label"]), bool)))
