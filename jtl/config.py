@@ -139,6 +139,64 @@ def config_from_args(spec: str, overrides: list[str]) -> ml_collections.ConfigDi
     return config
 
 
+def data_config() -> ml_collections.ConfigDict:
+    """The keys of one dataset (``config.data``, ``config.target``, each task's ``data``), with defaults.
+
+    Returns:
+      An unlocked ``ConfigDict``.
+
+    >>> data_config().source
+    'digits'
+    """
+    d = ml_collections.ConfigDict()
+    d.source = "digits"  # or "tfds", or "folder" (root/<class>/*.jpg|png)
+    d.classes = tuple(range(10))  # digits: the classes to keep
+    d.shots = 0  # digits: labelled examples per class; 0: a seeded 80/20 split
+    d.split_seed = 0
+    d.name = ""  # tfds: the dataset, e.g. "cifar10"
+    d.train_split = "train"
+    d.test_split = "test"
+    d.data_dir = ""  # tfds: where prepared datasets live ("": TFDS's default)
+    d.train_dir = ""  # folder: the training images, one sub-directory per class
+    d.test_dir = ""  # folder: the test images, with the same class sub-directories
+    d.mean = (0.5, 0.5, 0.5)  # normalisation, unless the pretrained model's preprocessor config says
+    d.std = (0.5, 0.5, 0.5)
+    d.text_key = "sentence"  # text models: the example's text field
+    d.max_length = 128  # text models: tokens per example (padded, truncated)
+    d.tokenizer = ""  # text models: tokenizer source ("": the pretrained model's)
+    d.crop = True  # train: random resized crop (else resize)
+    d.flip = True  # train: random horizontal flip
+    d.label_noise = 0.0  # digits: the share of training labels shuffled (a deliberately bad source)
+    d.ood_shift = ""  # digits: also evaluate on a shifted test split (rotate, noise, invert)
+    d.shift = ""  # digits: shifts applied to every split, in order, e.g. "invert,rotate" (a shifted domain)
+    d.half = -1  # digits: 0 or 1 keeps that half of each digit's images (domains that share no image)
+    d.labels = "class"  # digits: "class", "parity" or "value" (a regression target; multi-task)
+
+    return d
+
+
+def task_config(kind: str = "classification", num_classes: int = 10, weight: float = 1.0) -> ml_collections.ConfigDict:
+    """One task of a multi-task run: its data (:func:`data_config`), kind, output size and static loss weight.
+
+    Args:
+      kind: ``"classification"`` (cross-entropy, accuracy) or ``"regression"`` (squared error, MSE).
+      num_classes: the classes (classification); a regression head has one output.
+      weight: the task's loss weight under ``multitask.weighting="equal"`` (static weights).
+
+    Returns:
+      An unlocked ``ConfigDict``; set ``.data`` fields as for ``config.data``.
+
+    >>> task_config("regression").kind
+    'regression'
+    """
+    t = ml_collections.ConfigDict()
+    t.kind = kind
+    t.num_classes = num_classes
+    t.weight = weight
+    t.data = data_config()
+    return t
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Every key the trainer reads, with defaults; config files start from it and change what they need.
 
@@ -159,26 +217,31 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.drop_pre_logits = False  # pretrained ViT: drop the pre-logits layer, as vit_jax does to fine-tune
     c.model.reinit = False  # the pretrained architecture, initialised from scratch (the baseline)
 
-    c.data = ml_collections.ConfigDict()
-    c.data.source = "digits"  # or "tfds", or "folder" (root/<class>/*.jpg|png)
-    c.data.classes = tuple(range(10))  # digits: the classes to keep
-    c.data.shots = 0  # digits: labelled examples per class; 0: a seeded 80/20 split
-    c.data.split_seed = 0
-    c.data.name = ""  # tfds: the dataset, e.g. "cifar10"
-    c.data.train_split = "train"
-    c.data.test_split = "test"
-    c.data.data_dir = ""  # tfds: where prepared datasets live ("": TFDS's default)
-    c.data.train_dir = ""  # folder: the training images, one sub-directory per class
-    c.data.test_dir = ""  # folder: the test images, with the same class sub-directories
-    c.data.mean = (0.5, 0.5, 0.5)  # normalisation, unless the pretrained model's preprocessor config says
-    c.data.std = (0.5, 0.5, 0.5)
-    c.data.text_key = "sentence"  # text models: the example's text field
-    c.data.max_length = 128  # text models: tokens per example (padded, truncated)
-    c.data.tokenizer = ""  # text models: tokenizer source ("": the pretrained model's)
-    c.data.crop = True  # train: random resized crop (else resize)
-    c.data.flip = True  # train: random horizontal flip
-    c.data.label_noise = 0.0  # digits: the share of training labels shuffled (a deliberately bad source)
-    c.data.ood_shift = ""  # digits: also evaluate on a shifted test split (rotate, noise, invert)
+    c.data = data_config()
+
+    # Domain adaptation: a labelled source (config.data) and an unlabelled target domain read side by side, one
+    # batch of each per step; evaluation is on the target's test split. Off while target.source is "".
+    c.target = data_config()
+    c.target.source = ""
+    c.adaptation = ml_collections.ConfigDict()
+    c.adaptation.method = "none"  # none (source only), dann, cdan, mmd, coral, mcc
+    c.adaptation.weight = 1.0  # the transfer loss's weight
+    c.adaptation.gamma = 10.0  # DANN/CDAN: how fast the gradient-reversal coefficient warms up to 1
+    c.adaptation.temperature = 2.5  # MCC
+    c.adaptation.entropy_conditioning = True  # CDAN+E
+    c.adaptation.discriminator_width = 256
+    c.adaptation.dev = True  # deep embedded validation at each evaluation (model selection without target labels)
+    c.adaptation.dev_examples = 2000  # DEV: at most this many examples of each set (seeded sample)
+
+    # Multi-task learning: name -> task_config(); the model is a shared backbone with one head per task
+    # (params["heads"][name]), each task with its own data, loss and metrics. Off while empty.
+    c.tasks = ml_collections.ConfigDict()
+    c.multitask = ml_collections.ConfigDict()
+    c.multitask.weighting = "equal"  # equal (the tasks' static weights), uncertainty, dwa, gradnorm, pcgrad
+    c.multitask.dwa_temperature = 2.0
+    c.multitask.dwa_period = 50  # DWA: steps per "epoch" whose mean losses set the next weights
+    c.multitask.gradnorm_alpha = 1.5
+    c.multitask.gradnorm_learning_rate = 0.025
 
     # Negative transfer: measure before (transferability scores of the pretrained features on the training
     # data) and after (the same run from scratch; the final report flags transfer that loses to it).

@@ -166,7 +166,7 @@ def extract_and_fit(
         raise ConfigError("jtl.extract needs config.model.pretrained: the backbone whose features are cached")
     workdir = Path(workdir)
     model, variables, _ = _build_model(config)
-    splits = _build_data(config, model)
+    splits = _build_data(config.data, model, config.model.pretrained)
     sizes = {}
     for split in ("train", "test"):
         sizes[split] = len(splits[split])

@@ -19,19 +19,37 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jtl.masking as jm
 from jtl import models
-from jtl.methods import mixup
+from jtl.methods import AdaptationSpec, features_and_logits, mixup, transfer_loss
 
 AXIS = "data"
+# Top-level entries of the params that belong to the training objective rather than to the model: the domain
+# discriminator, multi-task heads and learnable loss weights. The model ignores them; they always train.
+DISCRIMINATOR = "domain_discriminator"
+HEADS = "heads"
+LOSS_WEIGHTS = "loss_weights"
+AUXILIARY = (DISCRIMINATOR, HEADS, LOSS_WEIGHTS)
+TARGET = "target/"
 
 
 class TrainState(NamedTuple):
-    """Everything a step updates; checkpointed whole."""
+    """Everything a step updates; checkpointed whole (``extra``: state of the objective, e.g. multi-task loss
+    weights)."""
 
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
     rng: jax.Array
+    extra: Any = ()
+
+
+def target_part(batch: dict) -> dict:
+    """The unlabelled target batch inside a domain-adaptation batch: its ``target/`` keys, unprefixed.
+
+    >>> sorted(target_part({"image": 0, "label": 0, "target/image": 1}))
+    ['image']
+    """
+    return {key.removeprefix(TARGET): value for key, value in batch.items() if key.startswith(TARGET)}
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -65,6 +83,7 @@ def make_train_step(
     accum_steps: int = 1,
     train_batch_stats: bool = True,
     mixup_alpha: float = 0.0,
+    adaptation: AdaptationSpec | None = None,
     axis_name: str | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds the pure train step ``(state, batch) -> (state, metrics)``.
@@ -80,24 +99,51 @@ def make_train_step(
       train_batch_stats: update BatchNorm statistics; False keeps them fixed (and runs BatchNorm in inference
         mode), the right thing when the backbone is frozen.
       mixup_alpha: > 0: MixUp with this Beta parameter (image batches).
+      adaptation: domain adaptation: the batch also holds an unlabelled target batch under ``target/`` keys,
+        and the method's :func:`jtl.methods.transfer_loss` is added (the discriminator's params, if any, are
+        ``params["domain_discriminator"]``).
       axis_name: the pmap axis to average gradients and metrics over (None under jit).
 
     Returns:
       The step function (not yet compiled).
     """
 
-    def forward(params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple:
+    def forward(params: Any, batch_stats: Any, batch: dict, rng: jax.Array, step: jax.Array) -> tuple:
         update_stats = bool(batch_stats) and train_batch_stats
-        out = model.apply(
-            _variables(params, batch_stats),
-            *models.model_inputs(batch),
-            train=train_batch_stats,
-            rngs={"dropout": rng},
-            mutable=["batch_stats"] if update_stats else False,
-        )
-        logits, new_stats = (out[0], out[1]["batch_stats"]) if update_stats else (out, batch_stats)
+        apply_kwargs = {
+            "train": train_batch_stats,
+            "rngs": {"dropout": rng},
+            "mutable": ["batch_stats"] if update_stats else False,
+        }
+        variables = _variables(params, batch_stats)
+        metrics = {}
+        if adaptation is None:
+            out = model.apply(variables, *models.model_inputs(batch), **apply_kwargs)
+            logits, new_stats = (out[0], out[1]["batch_stats"]) if update_stats else (out, batch_stats)
+            transfer = 0.0
+        else:
+            # Source and target go through the model together, as one batch (BatchNorm sees both domains).
+            inputs = models.model_inputs(batch)
+            if adaptation.method != "none":
+                target = models.model_inputs(target_part(batch))
+                inputs = tuple(jnp.concatenate(pair) for pair in zip(inputs, target, strict=True))
+            features, all_logits, updates = features_and_logits(model, variables, *inputs, **apply_kwargs)
+            new_stats = updates.get("batch_stats", batch_stats)
+            n = batch["label"].shape[0]
+            logits = all_logits[:n]
+            transfer, metrics = transfer_loss(
+                adaptation,
+                params.get(DISCRIMINATOR),
+                features[:n],
+                features[n:],
+                logits,
+                all_logits[n:],
+                step,
+            )
         loss, accuracy = _loss_and_metrics(logits, batch, num_classes, label_smoothing)
-        return loss, (new_stats, accuracy)
+        if adaptation is not None:
+            metrics["classification_loss"] = loss
+        return loss + transfer, (new_stats, {"accuracy": accuracy, **metrics})
 
     grad_fn = jm.value_and_grad(forward, trainable, has_aux=True)
 
@@ -110,29 +156,36 @@ def make_train_step(
             step_rng, mix_rng = jax.random.split(step_rng)
             batch = mixup(batch, mix_rng, mixup_alpha, num_classes)
         if accum_steps == 1:
-            (loss, (batch_stats, accuracy)), grads = grad_fn(state.params, state.batch_stats, batch, step_rng)
+            (loss, (batch_stats, metrics)), grads = grad_fn(
+                state.params, state.batch_stats, batch, step_rng, state.step
+            )
         else:
 
             def accumulate(carry: tuple, micro: tuple) -> tuple:
-                grads_sum, stats, loss_sum, acc_sum = carry
+                grads_sum, stats, loss_sum, metrics_sum = carry
                 micro_batch, micro_rng = micro
-                (loss, (stats, accuracy)), grads = grad_fn(state.params, stats, micro_batch, micro_rng)
+                (loss, (stats, metrics)), grads = grad_fn(state.params, stats, micro_batch, micro_rng, state.step)
                 grads_sum = jax.tree_util.tree_map(jnp.add, grads_sum, grads)
-                return (grads_sum, stats, loss_sum + loss, acc_sum + accuracy), None
+                metrics_sum = jax.tree_util.tree_map(jnp.add, metrics_sum, metrics)
+                return (grads_sum, stats, loss_sum + loss, metrics_sum), None
 
             zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-            init = (zeros, state.batch_stats, jnp.zeros(()), jnp.zeros(()))
+            first_micro = jax.tree_util.tree_map(lambda x: x[0], micro_batches(batch))
+            metric_shapes = jax.eval_shape(grad_fn, state.params, state.batch_stats, first_micro, step_rng, state.step)
+            metric_zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes[0][1][1])
+            init = (zeros, state.batch_stats, jnp.zeros(()), metric_zeros)
             micro_rngs = jax.random.split(step_rng, accum_steps)
-            (grads, batch_stats, loss, accuracy), _ = jax.lax.scan(accumulate, init, (micro_batches(batch), micro_rngs))
-            grads = jax.tree_util.tree_map(lambda g: g / accum_steps, grads)
-            loss, accuracy = loss / accum_steps, accuracy / accum_steps
+            (grads, batch_stats, loss, metrics), _ = jax.lax.scan(accumulate, init, (micro_batches(batch), micro_rngs))
+            grads, loss, metrics = jax.tree_util.tree_map(lambda x: x / accum_steps, (grads, loss, metrics))
         if axis_name is not None:
-            grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
+            grads, loss, metrics = jax.lax.pmean((grads, loss, metrics), axis_name)
             batch_stats = jax.lax.pmean(batch_stats, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
-        return TrainState(state.step + 1, params, batch_stats, opt_state, rng), metrics
+        metrics = {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads)}
+        return state._replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, rng=rng
+        ), metrics
 
     return step
 

@@ -17,17 +17,18 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from tensorboardX import SummaryWriter
 
 import jtl.masking as jm
 from jtl import data as jdata
-from jtl import methods, models, parallel
+from jtl import methods, models, multitask, parallel
 from jtl.cadence import is_time
 from jtl.checkpoint import Checkpointer
 from jtl.config import ConfigError, config_from_args
@@ -38,67 +39,81 @@ class TrainingError(RuntimeError):
     """The run cannot go on (a non-finite loss, ...); the message says why and what was kept."""
 
 
-def _preprocessing_stats(config: ml_collections.ConfigDict) -> tuple[tuple, tuple]:
+def _preprocessing_stats(data: ml_collections.ConfigDict, pretrained: str) -> tuple[tuple, tuple]:
     """Normalisation from the pretrained model's ``preprocessor_config.json`` if it has one, else the config's."""
-    processor = Path(config.model.pretrained or "-") / "preprocessor_config.json"
+    processor = Path(pretrained or "-") / "preprocessor_config.json"
     if processor.is_file():
         stats = json.loads(processor.read_text())
         if "image_mean" in stats and "image_std" in stats:
             return tuple(stats["image_mean"]), tuple(stats["image_std"])
-    return tuple(config.data.mean), tuple(config.data.std)
+    return tuple(data.mean), tuple(data.std)
 
 
-def _build_data(config: ml_collections.ConfigDict, model: Any) -> dict[str, Any]:
-    """Train and test sources, and their transforms (None where the source is already model-ready)."""
-    if (config.data.ood_shift or config.data.label_noise) and config.data.source != "digits":
-        raise ConfigError("config.data.ood_shift and config.data.label_noise apply to config.data.source='digits' only")
-    if config.data.source == "digits":
-        splits = jdata.digits_task(config.data.classes, shots=config.data.shots or None, seed=config.data.split_seed)
-        if config.data.label_noise:
-            splits["train"] = jdata.shuffle_labels(splits["train"], config.data.label_noise, config.data.split_seed)
-        if config.data.ood_shift:
-            splits["ood"] = jdata.shifted(splits["test"], config.data.ood_shift, seed=config.data.split_seed)
+def _build_data(data: ml_collections.ConfigDict, model: Any, pretrained: str = "") -> dict[str, Any]:
+    """Train and test sources of one dataset config (``config.data``, ``config.target`` or a task's ``data``), and
+    their transforms (None where the source is already model-ready)."""
+    digits_only = data.ood_shift or data.label_noise or data.shift or data.half >= 0 or data.labels != "class"
+    if digits_only and data.source != "digits":
+        raise ConfigError(
+            "data.ood_shift, data.label_noise, data.shift, data.half and data.labels apply to data.source='digits' "
+            f"only, not {data.source!r}"
+        )
+    if data.source == "digits":
+        splits = jdata.digits_task(
+            data.classes,
+            shots=data.shots or None,
+            seed=data.split_seed,
+            half=data.half if data.half >= 0 else None,
+            labels=data.labels,
+        )
+        if data.label_noise:
+            splits["train"] = jdata.shuffle_labels(splits["train"], data.label_noise, data.split_seed)
+        for index, kind in enumerate(k.strip() for k in data.shift.split(",") if k.strip()):
+            for offset, split in enumerate(("train", "test")):
+                splits[split] = jdata.shifted(splits[split], kind, seed=data.split_seed + 2 * index + offset)
+        if data.ood_shift:
+            splits["ood"] = jdata.shifted(splits["test"], data.ood_shift, seed=data.split_seed)
         return {**splits, "train_transform": None, "eval_transform": None}
     if isinstance(model, models.Bert):
-        tokenizer = load_tokenizer(config.data.tokenizer or config.model.pretrained)
-        preprocessing = jdata.TextPreprocessing(tokenizer, config.data.max_length, config.data.text_key)
+        tokenizer = load_tokenizer(data.tokenizer or pretrained)
+        preprocessing = jdata.TextPreprocessing(tokenizer, data.max_length, data.text_key)
     else:
-        mean, std = _preprocessing_stats(config)
-        preprocessing = jdata.ImagePreprocessing(
-            model.image_size, mean, std, crop=config.data.crop, flip=config.data.flip
-        )
+        mean, std = _preprocessing_stats(data, pretrained)
+        preprocessing = jdata.ImagePreprocessing(model.image_size, mean, std, crop=data.crop, flip=data.flip)
     transforms = {"train_transform": preprocessing.train, "eval_transform": preprocessing.eval}
-    if config.data.source == "tfds":
-        data_dir = config.data.data_dir or None
+    if data.source == "tfds":
+        data_dir = data.data_dir or None
         return {
-            "train": jdata.tfds_source(config.data.name, config.data.train_split, data_dir),
-            "test": jdata.tfds_source(config.data.name, config.data.test_split, data_dir),
+            "train": jdata.tfds_source(data.name, data.train_split, data_dir),
+            "test": jdata.tfds_source(data.name, data.test_split, data_dir),
             **transforms,
         }
-    if config.data.source == "folder":
-        if not config.data.train_dir or not config.data.test_dir:
-            raise ConfigError("config.data.source='folder' needs config.data.train_dir and config.data.test_dir")
-        train = jdata.ImageFolderSource(config.data.train_dir)
+    if data.source == "folder":
+        if not data.train_dir or not data.test_dir:
+            raise ConfigError("data.source='folder' needs data.train_dir and data.test_dir")
+        train = jdata.ImageFolderSource(data.train_dir)
         # The test split uses the training classes, in the same order, so labels agree.
-        return {"train": train, "test": jdata.ImageFolderSource(config.data.test_dir, train.classes), **transforms}
-    raise ConfigError(f"config.data.source={config.data.source!r} is not supported; known: digits, tfds, folder")
+        return {"train": train, "test": jdata.ImageFolderSource(data.test_dir, train.classes), **transforms}
+    raise ConfigError(f"data.source={data.source!r} is not supported; known: digits, tfds, folder")
 
 
 def _build_model(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Returns (model, variables, description); pretrained weights when ``config.model.pretrained`` is set."""
     overrides = dict(config.model.overrides)
+    # Multi-task: the shared backbone returns features; the tasks' heads live in params["heads"].
+    num_classes = 0 if config.tasks else config.num_classes
     if isinstance(overrides.get("dtype"), str):
         overrides["dtype"] = jnp.dtype(overrides["dtype"])  # e.g. "bfloat16": compute dtype, params stay float32
     if config.model.pretrained:
         if config.model.drop_pre_logits:
             overrides["drop_pre_logits"] = True
         model, variables, _ = load_pretrained(
-            config.model.pretrained, num_classes=config.num_classes, verbose=jax.process_index() == 0, **overrides
+            config.model.pretrained, num_classes=num_classes, verbose=jax.process_index() == 0, **overrides
         )
         if config.model.reinit:
             variables = models.init(model, seed=config.seed)
     else:
-        model = models.create(config.model.name, num_classes=config.num_classes, **overrides)
+        model = models.create(config.model.name, num_classes=num_classes, **overrides)
         variables = models.init(model, seed=config.seed)
     if config.lora.rank:
         spec = methods.LoRASpec(
@@ -112,6 +127,58 @@ def _build_model(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]
         **{k: repr(getattr(model, k)) for k in model.__dataclass_fields__ if k not in ("parent", "name")},
     }
     return model, variables, description
+
+
+def _feature_dim(model: Any, variables: dict) -> int:
+    """The width of the model's pooled features (its head's input)."""
+    backbone = model.clone(num_classes=0)
+    return jax.eval_shape(lambda v: backbone.apply(v, *model.example_inputs()), variables).shape[-1]
+
+
+def _adaptation_spec(config: ml_collections.ConfigDict) -> methods.AdaptationSpec | None:
+    """The domain-adaptation method from ``config.adaptation`` when ``config.target`` names a target domain."""
+    if not config.target.source:
+        if config.adaptation.method != "none":
+            raise ConfigError(
+                f"config.adaptation.method={config.adaptation.method!r} needs an unlabelled target domain: "
+                "set config.target.source (and its other data fields)"
+            )
+        return None
+    if config.adaptation.method not in methods.METHODS:
+        raise ConfigError(f"config.adaptation.method={config.adaptation.method!r}; known: {', '.join(methods.METHODS)}")
+    a = config.adaptation
+    return methods.AdaptationSpec(
+        a.method, a.weight, config.total_steps, a.gamma, a.temperature, a.entropy_conditioning, a.discriminator_width
+    )
+
+
+def _multitask_setup(config: ml_collections.ConfigDict) -> tuple[list[multitask.Task], multitask.Weighting] | None:
+    """The tasks and their weighting from ``config.tasks`` / ``config.multitask`` (None: one task)."""
+    if not config.tasks:
+        return None
+    tasks = [multitask.Task(name, t.kind, t.num_classes, t.weight) for name, t in config.tasks.items()]
+    m = config.multitask
+    weighting = multitask.Weighting(
+        m.weighting, m.dwa_temperature, m.dwa_period, m.gradnorm_alpha, m.gradnorm_learning_rate
+    )
+    try:
+        multitask.check(tasks, weighting)
+    except ValueError as e:
+        raise ConfigError(f"config.tasks / config.multitask: {e}") from e
+    return tasks, weighting
+
+
+def _with_auxiliary(trainable: Any) -> Any:
+    """The mask spec applied to the model's own params, with the objective's entries (domain discriminator,
+    task heads, loss weights) always trainable."""
+
+    def mask(params: dict) -> dict:
+        own = {k: v for k, v in params.items() if k not in parallel.AUXILIARY}
+        resolved = jm.resolve_mask(trainable, own)
+        extra = {k: jax.tree_util.tree_map(lambda _: True, v) for k, v in params.items() if k in parallel.AUXILIARY}
+        return {k: {**resolved, **extra}[k] for k in params}
+
+    return mask
 
 
 def _trainable(config: ml_collections.ConfigDict, model: Any) -> Any:
@@ -206,6 +273,98 @@ def evaluate(
     return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
 
 
+def _evaluate_task(compiled: parallel.Compiled, state: Any, task: multitask.Task, split: dict, batch_size: int) -> dict:
+    """One task's loss and metric (accuracy or MSE) over its whole test split."""
+    totals = {"loss": 0.0, "metric": 0.0, "count": 0.0}
+    for batch in jdata.eval_batches(split["test"], batch_size, split["eval_transform"]):
+        prefixed = {f"{task.name}/{k}": v for k, v in batch.items() if k != "mask"}
+        sums = compiled.eval(state, compiled.put_global_batch({**prefixed, "mask": batch["mask"]}))
+        for key in totals:
+            totals[key] += float(sums[f"{task.name}/{key}"])
+    return {"loss": totals["loss"] / totals["count"], multitask.metric_name(task): totals["metric"] / totals["count"]}
+
+
+class _Subset(NamedTuple):
+    source: Any
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.source[int(self.indices[index])]
+
+
+def _sample(source: Any, limit: int, seed: int) -> Any:
+    """At most ``limit`` examples of ``source``, a seeded random subset."""
+    if len(source) <= limit:
+        return source
+    return _Subset(source, np.sort(np.random.default_rng(seed).permutation(len(source))[:limit]))
+
+
+def _host_variables(state: parallel.TrainState) -> dict:
+    """The model's variables as host arrays (a replicated array's local copy)."""
+
+    def local(x: Any) -> Any:
+        return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+
+    params = {k: v for k, v in state.params.items() if k not in parallel.AUXILIARY}
+    return jax.tree_util.tree_map(local, {"params": params, "batch_stats": state.batch_stats})
+
+
+def _dev_risk(
+    outputs: Any, splits: dict, target_train: Any, target: dict, config: ml_collections.ConfigDict, variables: dict
+) -> float:
+    """Deep embedded validation of the current model: source validation losses importance-weighted toward the
+    target domain in feature space (no target label is read)."""
+
+    def run(source: Any, transform: Any) -> tuple:
+        features, logits, labels = [], [], []
+        for batch in jdata.eval_batches(_sample(source, config.adaptation.dev_examples, config.seed), 256, transform):
+            keep = batch["mask"]
+            f, z = outputs(variables, {k: v for k, v in batch.items() if k not in ("label", "mask")})
+            features.append(np.asarray(f)[keep])
+            logits.append(np.asarray(z, np.float64)[keep])
+            labels.append(batch["label"][keep] if "label" in batch else None)
+        return np.concatenate(features), np.concatenate(logits), labels
+
+    source_features, _, _ = run(splits["train"], splits["eval_transform"])
+    target_features, _, _ = run(target_train, target["eval_transform"])
+    validation_features, logits, labels = run(splits["test"], splits["eval_transform"])
+    labels = np.concatenate(labels)
+    log_probs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    losses = -log_probs[np.arange(len(labels)), labels]
+    return methods.deep_embedded_validation(source_features, target_features, validation_features, losses)
+
+
+def _model_selection(history: list[dict], final: dict, workdir: Path, is_chief: bool) -> dict:
+    """Which evaluation each criterion picks, and the target accuracy there: source validation accuracy and DEV
+    (no target label read) beside the oracle (the best target accuracy, which peeks at target labels)."""
+    records = {}
+    logged = workdir / "metrics.jsonl"
+    earlier = [json.loads(line) for line in logged.read_text().splitlines()] if logged.is_file() else []
+    for record in [*earlier, *history, final]:
+        if "eval/accuracy" in record:
+            records[record["step"]] = record  # a resumed run re-evaluates some steps: the latest counts
+    candidates = list(records.values())
+    chosen = {"source_validation": max(candidates, key=lambda r: r["eval_source/accuracy"])}
+    if "selection/dev_risk" in final:
+        chosen["dev"] = min(candidates, key=lambda r: r["selection/dev_risk"])
+    chosen["oracle"] = max(candidates, key=lambda r: r["eval/accuracy"])
+    chosen["last"] = final
+    result = {}
+    for name, record in chosen.items():
+        result[f"selected/{name}/step"] = record["step"]
+        result[f"selected/{name}/accuracy"] = record["eval/accuracy"]
+    if is_chief:
+        print(
+            "model selection, target accuracy at the chosen evaluation: "
+            + ", ".join(f"{name} {r['eval/accuracy']:.4f} (step {r['step']})" for name, r in chosen.items())
+            + "; only the oracle reads target labels"
+        )
+    return result
+
+
 def progress_bar(step: int, total: int, width: int = 30) -> str:
     """A text progress bar.
 
@@ -258,17 +417,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     # --- Model and weights -----------------------------------------------------------------------------------------
     model, variables, description = _build_model(config)
 
+    # --- Objective: one task, domain adaptation (source + unlabelled target) or several tasks ----------------
+    adaptation = _adaptation_spec(config)
+    tasks_setup = _multitask_setup(config)
+    if (adaptation or tasks_setup) and (config.mixup_alpha or config.hyperrule or config.baseline.scratch):
+        raise ConfigError(
+            "config.mixup_alpha, config.hyperrule and config.baseline.scratch apply to single-task training, "
+            "not with config.target (domain adaptation) or config.tasks (multi-task)"
+        )
+    if adaptation and tasks_setup:
+        raise ConfigError("config.target (domain adaptation) and config.tasks (multi-task) cannot be combined")
+    if tasks_setup and (config.accum_steps > 1 or config.transferability):
+        raise ConfigError("config.accum_steps > 1 and config.transferability do not apply with config.tasks")
+    params = variables["params"]
+    if adaptation:
+        discriminator = methods.init_discriminator(
+            adaptation, _feature_dim(model, variables), config.num_classes, jax.random.PRNGKey(config.seed + 1)
+        )
+        params = params if discriminator is None else {**params, parallel.DISCRIMINATOR: discriminator}
+    if tasks_setup:
+        tasks, weighting = tasks_setup
+        heads = multitask.init_heads(tasks, _feature_dim(model, variables), jax.random.PRNGKey(config.seed + 1))
+        params = {**params, parallel.HEADS: heads}
+        loss_weights = multitask.init_loss_weights(tasks, weighting)
+        params = params if loss_weights is None else {**params, parallel.LOSS_WEIGHTS: loss_weights}
+
     # --- Data: each host reads only its shard --------------------------------------------------------------------
-    splits = _build_data(config, model)
     host_batch = config.batch_size // jax.process_count()
-    train_iter = jdata.train_batches(
-        splits["train"],
-        host_batch,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        transform=splits["train_transform"],
-    )
+
+    def stream(source: Any, transform: Any, seed: int) -> Any:
+        return jdata.train_batches(
+            source,
+            host_batch,
+            seed=seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            transform=transform,
+        )
+
+    if tasks_setup:
+        # Each task reads its own dataset; one batch of each per step.
+        task_splits = {
+            name: _build_data(task.data, model, config.model.pretrained) for name, task in config.tasks.items()
+        }
+        train_iter = jdata.ZippedBatches(
+            {
+                name: stream(split["train"], split["train_transform"], config.seed + i)
+                for i, (name, split) in enumerate(task_splits.items())
+            }
+        )
+        splits = next(iter(task_splits.values()))
+    else:
+        splits = _build_data(config.data, model, config.model.pretrained)
+        train_iter = stream(splits["train"], splits["train_transform"], config.seed)
+    if adaptation:
+        # The target domain's training split is read without its labels.
+        target = _build_data(config.target, model, config.model.pretrained)
+        target_train = jdata.Unlabelled(target["train"])
+        target_iter = stream(target_train, target["train_transform"], config.seed + 1)
+        train_iter = jdata.ZippedBatches({"source": train_iter, "target": target_iter}, unprefixed="source")
 
     # --- Schedule: the config's, or BiT-HyperRule's choice from the training set's size -------------------------
     if config.hyperrule:
@@ -285,7 +492,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         print("transferability of the starting features: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
     # --- What trains, stage by stage (one stage unless gradual unfreezing / LP-FT) -----------------------------
-    params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     starts, stage_trainables = _stages(config, model)
 
@@ -293,7 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return bisect.bisect_right(starts, steps_done) - 1
 
     def build_stage(stage: int) -> tuple[optax.GradientTransformation, parallel.Compiled]:
-        trainable = stage_trainables[stage]
+        trainable = _with_auxiliary(stage_trainables[stage])
         mask = jm.resolve_mask(trainable, params)
         tx = _optimizer(config, model, trainable, schedule)
         all_bn_trainable = all(m for name, m in jm.named_leaves(mask) if "/bn" in name or name.startswith("bn"))
@@ -303,6 +509,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             print(jm.report(params, trainable=mask, optimizer=tx))
 
         def train_step(axis_name: str | None) -> Any:
+            if tasks_setup:
+                return multitask.make_train_step(
+                    model,
+                    tasks,
+                    tx,
+                    trainable,
+                    weighting=weighting,
+                    train_batch_stats=config.batch_norm == "train" and all_bn_trainable,
+                    axis_name=axis_name,
+                )
             return parallel.make_train_step(
                 model,
                 tx,
@@ -312,10 +528,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 accum_steps=config.accum_steps,
                 train_batch_stats=config.batch_norm == "train" and all_bn_trainable,
                 mixup_alpha=config.mixup_alpha,
+                adaptation=adaptation,
                 axis_name=axis_name,
             )
 
-        eval_step = parallel.make_eval_step(model, config.num_classes)
+        if tasks_setup:
+            eval_step = multitask.make_eval_step(model, tasks)
+        else:
+            eval_step = parallel.make_eval_step(model, config.num_classes)
         if config.parallel == "jit":
             compiled = parallel.compile_jit(train_step(None), eval_step, parallel.make_mesh(devices))
         elif config.parallel == "pmap":
@@ -342,6 +562,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         batch_stats=batch_stats,
         opt_state=tx.init(params),
         rng=jax.random.PRNGKey(config.seed),
+        extra=multitask.init_extra(tasks, weighting) if tasks_setup else (),
     )
     if start_step:
         state, data_state, start_step = checkpointer.restore(state, description)
@@ -366,13 +587,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return compiled.put_state(host_state._replace(batch_stats=stats))
 
     def evaluate_all(state: parallel.TrainState) -> dict[str, float]:
-        result = evaluate(compiled, state, splits["test"], config.eval_batch_size, splits["eval_transform"])
+        if tasks_setup:
+            return {
+                f"eval/{name}/{key}": value
+                for task, (name, split) in zip(tasks, task_splits.items(), strict=True)
+                for key, value in _evaluate_task(compiled, state, task, split, config.eval_batch_size).items()
+            }
+        # Domain adaptation evaluates on the target domain; the source's test split is its validation set.
+        test = target if adaptation else splits
+        result = evaluate(compiled, state, test["test"], config.eval_batch_size, test["eval_transform"])
         metrics = {f"eval/{k}": v for k, v in result.items()}
-        if "ood" in splits:
-            shifted = evaluate(compiled, state, splits["ood"], config.eval_batch_size, splits["eval_transform"])
+        if adaptation:
+            source = evaluate(compiled, state, splits["test"], config.eval_batch_size, splits["eval_transform"])
+            metrics.update({f"eval_source/{k}": v for k, v in source.items()})
+            if config.adaptation.dev:
+                variables = _host_variables(compiled.get_state(state))
+                metrics["selection/dev_risk"] = _dev_risk(dev_outputs, splits, target_train, target, config, variables)
+        if "ood" in test:
+            shifted = evaluate(compiled, state, test["ood"], config.eval_batch_size, test["eval_transform"])
             metrics.update({f"eval_ood/{k}": v for k, v in shifted.items()})
         return metrics
 
+    # Features and logits in one pass, for deep embedded validation.
+    dev_outputs = jax.jit(lambda v, batch: methods.features_and_logits(model, v, *models.model_inputs(batch))[:2])
     reestimate = config.batch_norm == "reestimate" and bool(batch_stats)
     if reestimate and start_step == 0:
         state = reestimate_batch_stats(state)
@@ -464,6 +701,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if reestimate:
         state = reestimate_batch_stats(state)
     result = {"step": config.total_steps, **evaluate_all(state), **scores}
+    if adaptation:
+        result.update(_model_selection(history, result, workdir, is_chief))
     final_state = compiled.get_state(state)
     if config.lora.rank and config.model.pretrained and is_chief:
         # Only the adapters and the head: a small checkpoint that points at the base weights.

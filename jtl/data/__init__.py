@@ -2,8 +2,11 @@
 folders, image preprocessing, and grain pipelines with checkpointable state."""
 
 from jtl.data._arrays import (
+    LABELS,
     SHIFTS,
     ArraySource,
+    Unlabelled,
+    ZippedBatches,
     digits_task,
     eval_batches,
     shifted,
@@ -16,12 +19,15 @@ from jtl.data._text import TextPreprocessing
 from jtl.data._tfds import DataError, tfds_source
 
 __all__ = [
+    "LABELS",
     "SHIFTS",
     "ArraySource",
     "DataError",
     "ImageFolderSource",
     "ImagePreprocessing",
     "TextPreprocessing",
+    "Unlabelled",
+    "ZippedBatches",
     "digits_task",
     "eval_batches",
     "random_resized_crop",

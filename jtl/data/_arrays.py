@@ -22,7 +22,17 @@ class ArraySource(NamedTuple):
         return {"image": self.images[index], "label": self.labels[index]}
 
 
-def digits_task(classes: Sequence[int], *, shots: int | None = None, seed: int = 0) -> dict[str, ArraySource]:
+LABELS = ("class", "parity", "value")
+
+
+def digits_task(
+    classes: Sequence[int],
+    *,
+    shots: int | None = None,
+    seed: int = 0,
+    half: int | None = None,
+    labels: str = "class",
+) -> dict[str, ArraySource]:
     """scikit-learn's bundled digits (offline): the given classes, relabelled ``0..len(classes)-1``.
 
     Args:
@@ -30,6 +40,10 @@ def digits_task(classes: Sequence[int], *, shots: int | None = None, seed: int =
       shots: labelled training examples per class; the rest of those classes is the test split. ``None``: a
         seeded 80/20 split.
       seed: the seed of the split.
+      half: 0 or 1: only that half of each digit's images (split by a fixed seed, whatever ``seed`` is), so
+        that two domains built from the digits share no image; None: all of them.
+      labels: ``"class"`` (the position in ``classes``), ``"parity"`` (the digit modulo 2) or ``"value"``
+        (the digit as a float32 regression target).
 
     Returns:
       ``{"train": ArraySource, "test": ArraySource}`` with images (N, 8, 8, 1) in [0, 1].
@@ -37,24 +51,35 @@ def digits_task(classes: Sequence[int], *, shots: int | None = None, seed: int =
     >>> task = digits_task(range(5, 10), shots=10)
     >>> len(task["train"]), task["train"].images.shape[1:], sorted(set(task["train"].labels.tolist()))
     (50, (8, 8, 1), [0, 1, 2, 3, 4])
+    >>> sorted(set(digits_task([2, 3], shots=4, half=1, labels="parity")["train"].labels.tolist()))
+    [0, 1]
     """
     from sklearn.datasets import load_digits
 
+    if labels not in LABELS:
+        raise ValueError(f"labels={labels!r}; known: {', '.join(LABELS)}")
+    if half not in (None, 0, 1):
+        raise ValueError(f"half={half!r}; expected 0, 1 or None")
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[..., None]
     rng = np.random.default_rng(seed)
     train, test = [], []
-    for new_label, digit in enumerate(classes):
-        index = rng.permutation(np.flatnonzero(digits.target == digit))
+    for position, digit in enumerate(classes):
+        index = np.flatnonzero(digits.target == digit)
+        if half is not None:
+            halves = np.random.default_rng(digit).permutation(index)
+            index = np.sort(halves[: len(index) // 2] if half == 0 else halves[len(index) // 2 :])
+        index = rng.permutation(index)
+        new_label = {"class": position, "parity": digit % 2, "value": float(digit)}[labels]
         cut = shots if shots is not None else int(0.8 * len(index))
         train.extend((i, new_label) for i in index[:cut])
         test.extend((i, new_label) for i in index[cut:])
 
-    def source(pairs: list[tuple[int, int]]) -> ArraySource:
+    def source(pairs: list[tuple[int, float]]) -> ArraySource:
         order = rng.permutation(len(pairs))
         index = np.array([pairs[i][0] for i in order], dtype=np.int64)
-        labels = np.array([pairs[i][1] for i in order], dtype=np.int32)
-        return ArraySource(images[index], labels)
+        targets = np.array([pairs[i][1] for i in order], dtype=np.float32 if labels == "value" else np.int32)
+        return ArraySource(images[index], targets)
 
     return {"train": source(train), "test": source(test)}
 
@@ -181,3 +206,57 @@ def shuffle_labels(source: ArraySource, fraction: float, seed: int = 0) -> Array
     labels = source.labels.copy()
     labels[chosen] = labels[rng.permutation(chosen)]
     return ArraySource(source.images, labels)
+
+
+class Unlabelled(NamedTuple):
+    """A view of a source without its labels: what a domain-adaptation run may read of its target domain.
+
+    >>> sorted(Unlabelled(ArraySource(np.zeros((3, 2)), np.arange(3)))[0])
+    ['image']
+    """
+
+    source: Any
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {key: value for key, value in self.source[index].items() if key != "label"}
+
+
+class ZippedBatches:
+    """One batch from each of several named streams per step, merged into one dict with keys ``name/key``
+    (the ``unprefixed`` stream keeps its own keys); its state is every stream's state, so it checkpoints
+    exactly like one stream.
+
+    Args:
+      streams: name -> an iterator with ``get_state``/``set_state`` (e.g. from :func:`train_batches`).
+      unprefixed: the stream whose keys stay as they are (the labelled source of domain adaptation).
+
+    >>> task = digits_task([0, 1], shots=4)
+    >>> zipped = ZippedBatches({"source": train_batches(task["train"], 2, seed=0),
+    ...                         "target": train_batches(Unlabelled(task["test"]), 2, seed=1)}, unprefixed="source")
+    >>> sorted(next(zipped))
+    ['image', 'label', 'target/image']
+    """
+
+    def __init__(self, streams: dict[str, Any], unprefixed: str | None = None):
+        self.streams = streams
+        self.unprefixed = unprefixed
+
+    def __iter__(self) -> ZippedBatches:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = {}
+        for name, stream in self.streams.items():
+            prefix = "" if name == self.unprefixed else f"{name}/"
+            batch.update({prefix + key: value for key, value in next(stream).items()})
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return {name: stream.get_state() for name, stream in self.streams.items()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for name, stream in self.streams.items():
+            stream.set_state(state[name])

@@ -61,7 +61,8 @@ def random_resized_crop(
 
 
 class ImagePreprocessing(NamedTuple):
-    """Train/eval preprocessing of ``{"image": uint8 HWC, "label": int}`` examples into model inputs.
+    """Train/eval preprocessing of ``{"image": uint8 HWC, "label": int}`` examples into model inputs (an example
+    without a label, e.g. of an unlabelled target domain, stays without one).
 
     Train: random resized crop and horizontal flip (each switchable); eval: resize. Both scale to [0, 1] and
     normalise with ``mean``/``std`` (per channel), taken from the pretrained model's preprocessing config
@@ -78,7 +79,8 @@ class ImagePreprocessing(NamedTuple):
         channels = image.shape[-1]
         mean = np.asarray(self.mean[:channels], np.float32)
         std = np.asarray(self.std[:channels], np.float32)
-        return {"image": ((image / 255.0 - mean) / std).astype(np.float32), "label": np.int32(label)}
+        out = {"image": ((image / 255.0 - mean) / std).astype(np.float32)}
+        return out if label is None else {**out, "label": np.int32(label)}
 
     def train(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         """The training transform (for grain's ``random_map``)."""
@@ -86,8 +88,8 @@ class ImagePreprocessing(NamedTuple):
         image = random_resized_crop(rng, image, self.size) if self.crop else resize_bilinear(image, self.size)
         if self.flip and rng.random() < 0.5:
             image = image[:, ::-1]
-        return self._finish(image, example["label"])
+        return self._finish(image, example.get("label"))
 
     def eval(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
         """The evaluation transform."""
-        return self._finish(resize_bilinear(example["image"], self.size), example["label"])
+        return self._finish(resize_bilinear(example["image"], self.size), example.get("label"))

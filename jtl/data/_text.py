@@ -22,11 +22,12 @@ class TextPreprocessing(NamedTuple):
         encoded = self.tokenizer(
             str(text), max_length=self.max_length, padding="max_length", truncation=True, return_tensors="np"
         )
-        return {
+        out = {
             "input_ids": encoded["input_ids"][0].astype(np.int32),
             "attention_mask": encoded["attention_mask"][0].astype(np.int32),
-            "label": np.int32(example["label"]),
         }
+        # An unlabelled example (a domain-adaptation target) stays without a label.
+        return {**out, "label": np.int32(example["label"])} if "label" in example else out
 
     def train(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         """The training transform (for grain's ``random_map``; no augmentation)."""

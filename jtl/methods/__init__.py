@@ -3,6 +3,16 @@ re-estimation, MixUp, feature extraction and linear classifiers, word vectors, a
 (LogME, LEEP, NCE, H-score), and domain-adaptation losses (gradient reversal, MMD, CORAL, CDAN, MCC), and multi-task
 weighting (uncertainty, DWA, GradNorm, PCGrad)."""
 
+from jtl.methods._adaptation import (
+    METHODS,
+    AdaptationSpec,
+    DomainDiscriminator,
+    deep_embedded_validation,
+    density_ratios,
+    dev_risk,
+    init_discriminator,
+    transfer_loss,
+)
 from jtl.methods._domain import (
     cdan_inputs,
     coral,
@@ -13,7 +23,7 @@ from jtl.methods._domain import (
     mcc,
     mmd,
 )
-from jtl.methods._features import extract_features, feature_fn
+from jtl.methods._features import extract_features, feature_fn, features_and_logits
 from jtl.methods._finetune import HyperRule, L2SPState, bit_hyperrule, l2_sp, mixup, reestimate_batch_stats
 from jtl.methods._linear import LinearClassifier, fit_linear, fit_linear_search, linear_epochs
 from jtl.methods._lora import (
@@ -44,7 +54,10 @@ from jtl.methods._word_vectors import (
 __all__ = [
     "BITFIT_TRAINABLE",
     "LORA_TRAINABLE",
+    "METHODS",
+    "AdaptationSpec",
     "BagOfEmbeddings",
+    "DomainDiscriminator",
     "HyperRule",
     "L2SPState",
     "LinearClassifier",
@@ -59,17 +72,22 @@ __all__ = [
     "cdan_inputs",
     "coral",
     "dann_coefficient",
+    "deep_embedded_validation",
+    "density_ratios",
+    "dev_risk",
     "domain_adversarial_loss",
     "dwa_weights",
     "embedding_table",
     "entropy",
     "extract_features",
     "feature_fn",
+    "features_and_logits",
     "fit_linear",
     "fit_linear_search",
     "gradient_reversal",
     "gradnorm_loss",
     "h_score",
+    "init_discriminator",
     "l2_sp",
     "leep",
     "linear_epochs",
@@ -85,6 +103,7 @@ __all__ = [
     "reestimate_batch_stats",
     "save_adapters",
     "tokenize",
+    "transfer_loss",
     "uncertainty_weighted_loss",
     "with_lora",
     "with_pretrained_embedding",

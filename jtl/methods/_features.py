@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -32,6 +33,31 @@ def feature_fn(model: nn.Module) -> Callable[[dict, dict], jax.Array]:
         return backbone.apply(variables, *models.model_inputs(batch)).astype(np.float32)
 
     return features
+
+
+def features_and_logits(model: nn.Module, variables: dict, *inputs: jax.Array, **apply_kwargs: Any) -> tuple:
+    """One forward pass that returns both the pooled features and the head's logits (what domain adaptation's
+    losses take), and the updated collections when ``apply_kwargs`` asks for ``mutable`` ones.
+
+    Args:
+      model: a jtl model with a ``head``.
+      variables: its variables.
+      *inputs: the model's positional inputs (:func:`jtl.models.model_inputs`).
+      **apply_kwargs: passed to ``apply`` (``train``, ``rngs``, ``mutable``).
+
+    Returns:
+      ``(features (N, D), logits (N, C), updated collections ({} unless mutable))``.
+
+    >>> model = models.create("vit-testing", num_classes=3)
+    >>> variables = models.init(model)
+    >>> features, logits, _ = features_and_logits(model, variables, *model.example_inputs())
+    >>> bool(np.allclose(logits, model.apply(variables, *model.example_inputs()), atol=1e-6)), features.shape
+    (True, (1, 16))
+    """
+    out = model.clone(num_classes=0).apply(variables, *inputs, **apply_kwargs)
+    features, updates = out if apply_kwargs.get("mutable") else (out, {})
+    head = nn.Dense(model.num_classes, dtype=getattr(model, "dtype", None))
+    return features, head.apply({"params": variables["params"]["head"]}, features), updates
 
 
 def extract_features(

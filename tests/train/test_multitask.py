@@ -1,0 +1,205 @@
+"""Multi-task learning: the step's weightings against their formulas (uncertainty's update, PCGrad's projected
+update, GradNorm's weight step, DWA's weights), and the trainer's multi-task runs from a config."""
+
+import json
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jtl import data, models, multitask, parallel
+from jtl.config import ConfigError, task_config
+from jtl.train import train_and_evaluate
+
+TASKS = [multitask.Task("digit", "classification", 3), multitask.Task("value", "regression", 1)]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = models.create("vit-testing", num_classes=0, image_size=8, patch_size=4, num_channels=1, dropout_rate=0.0)
+    params = models.init(model)["params"]
+    params = {**params, "heads": multitask.init_heads(TASKS, 16, jax.random.PRNGKey(1))}
+    digits = data.digits_task((0, 1, 2), shots=8)["train"]
+    values = data.digits_task((0, 1, 2), shots=8, labels="value", half=1)["train"]
+    batch = {
+        "digit/image": digits.images[:8],
+        "digit/label": digits.labels[:8],
+        "value/image": values.images[:8],
+        "value/label": values.labels[:8],
+    }
+    return model, params, batch
+
+
+def _state(params, extra=(), learning_rate=1.0):
+    tx = optax.sgd(learning_rate)
+    state = parallel.TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(0), extra)
+    return tx, state
+
+
+def _task_losses(model, params, batch):
+    """Each task's loss, written out directly."""
+    losses = []
+    for task in TASKS:
+        features = model.apply(
+            {"params": {k: v for k, v in params.items() if k != "heads"}}, batch[f"{task.name}/image"]
+        )
+        out = nn.Dense(task.outputs).apply({"params": params["heads"][task.name]}, features)
+        labels = batch[f"{task.name}/label"]
+        if task.kind == "classification":
+            losses.append(optax.softmax_cross_entropy_with_integer_labels(out, labels).mean())
+        else:
+            losses.append(jnp.mean((out[:, 0] - labels) ** 2))
+    return losses
+
+
+def _flat(tree):
+    return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
+
+
+def test_uncertainty_weights_update_by_the_formula(setup):
+    model, params, batch = setup
+    params = {**params, "loss_weights": multitask.init_loss_weights(TASKS, multitask.Weighting("uncertainty"))}
+    tx, state = _state(params)
+    step = jax.jit(multitask.make_train_step(model, TASKS, tx, lambda t: jax.tree.map(lambda _: True, t),
+                                             weighting=multitask.Weighting("uncertainty")))  # fmt: skip
+    new_state, metrics = step(state, batch)
+    losses = np.array([metrics["digit/loss"], metrics["value/loss"]])
+    # d/ds [exp(-s) L + s] = 1 - exp(-s) L; at s = 0 one SGD step with rate 1 gives s = L - 1.
+    np.testing.assert_allclose(new_state.params["loss_weights"]["log_variance"], losses - 1.0, rtol=1e-5)
+    np.testing.assert_allclose(losses, [float(x) for x in _task_losses(model, params, batch)], rtol=1e-5)
+
+
+def test_pcgrad_update_is_the_projected_sum_of_the_task_gradients(setup):
+    model, params, batch = setup
+    tx, state = _state(params)
+    step = jax.jit(multitask.make_train_step(model, TASKS, tx, lambda t: jax.tree.map(lambda _: True, t),
+                                             weighting=multitask.Weighting("pcgrad")))  # fmt: skip
+    new_state, _ = step(state, batch)
+    grads = [jax.grad(lambda p, i=i: _task_losses(model, p, batch)[i])(params) for i in range(2)]
+    shared = [_flat({k: v for k, v in g.items() if k != "heads"}) for g in grads]
+    projected = []
+    for i, j in ((0, 1), (1, 0)):
+        g, other = shared[i].astype(np.float64), shared[j].astype(np.float64)
+        dot = g @ other
+        projected.append(g - dot / (other @ other) * other if dot < 0 else g)
+    assert shared[0] @ shared[1] < 0, "this batch should make the two tasks' gradients conflict"
+    new_shared = _flat({k: v for k, v in new_state.params.items() if k != "heads"})
+    old_shared = _flat({k: v for k, v in params.items() if k != "heads"})
+    np.testing.assert_allclose(old_shared - new_shared, projected[0] + projected[1], rtol=1e-3, atol=1e-6)
+    for task, g in zip(TASKS, grads, strict=True):  # each head gets its own task's gradient
+        np.testing.assert_allclose(
+            _flat(params["heads"][task.name]) - _flat(new_state.params["heads"][task.name]),
+            _flat(g["heads"][task.name]),
+            rtol=1e-4,
+            atol=1e-6,
+        )
+
+
+def test_gradnorm_steps_the_weights_by_its_objective(setup):
+    model, params, batch = setup
+    weighting = multitask.Weighting("gradnorm", gradnorm_learning_rate=0.1)
+    tx, state = _state(params, multitask.init_extra(TASKS, weighting))
+    step = jax.jit(multitask.make_train_step(model, TASKS, tx, lambda t: jax.tree.map(lambda _: True, t),
+                                             weighting=weighting))  # fmt: skip
+    new_state, _ = step(state, batch)
+    grads = [jax.grad(lambda p, i=i: _task_losses(model, p, batch)[i])(params) for i in range(2)]
+    norms = np.array([np.linalg.norm(_flat({k: v for k, v in g.items() if k != "heads"})) for g in grads])
+    # Step 0: the losses are their own initial values, so every r_i is 1 and the target is mean(G) for both.
+    weights = np.ones(2)
+    gradient = np.sign(weights * norms - np.mean(weights * norms)) * norms
+    expected = np.maximum(weights - 0.1 * gradient, 1e-3)
+    expected = expected * 2 / expected.sum()
+    np.testing.assert_allclose(new_state.extra["weights"], expected, rtol=1e-4)
+    np.testing.assert_allclose(new_state.extra["initial_losses"], _task_losses(model, params, batch), rtol=1e-5)
+
+
+def test_dwa_weights_follow_the_last_two_periods(setup):
+    model, params, batch = setup
+    weighting = multitask.Weighting("dwa", dwa_period=1, dwa_temperature=2.0)
+    tx, state = _state(params, multitask.init_extra(TASKS, weighting), learning_rate=0.01)
+    step = jax.jit(multitask.make_train_step(model, TASKS, tx, lambda t: jax.tree.map(lambda _: True, t),
+                                             weighting=weighting))  # fmt: skip
+    history = []
+    for _ in range(3):
+        state, metrics = step(state, batch)
+        history.append(metrics)
+    for metrics in history[:2]:  # fewer than two periods seen: equal weights
+        assert [float(metrics[f"{t.name}/weight"]) for t in TASKS] == [1.0, 1.0]
+    first, second = (np.array([m[f"{t.name}/loss"] for t in TASKS]) for m in history[:2])
+    ratios = second / first
+    expected = 2 * np.exp(ratios / 2.0) / np.exp(ratios / 2.0).sum()
+    np.testing.assert_allclose([history[2][f"{t.name}/weight"] for t in TASKS], expected, rtol=1e-5)
+
+
+@pytest.fixture
+def mt_config(tiny_config):
+    c = tiny_config.copy_and_resolve_references()
+    c.unlock()
+    c.tasks = {"digit": task_config("classification", 3), "parity": task_config("classification", 2),
+               "value": task_config("regression")}  # fmt: skip
+    for name, task in c.tasks.items():
+        task.data.classes, task.data.shots = (0, 1, 2), 16
+        task.data.half = 0 if name == "digit" else 1
+        task.data.labels = {"digit": "class", "parity": "parity", "value": "value"}[name]
+    c.total_steps = 4
+    c.checkpoint_every = 0
+    c.lock()
+    return c
+
+
+def _with(config, **changes):
+    config = config.copy_and_resolve_references()
+    for key, value in changes.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+def _losses(workdir):
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train/loss"] for r in records if "train/loss" in r]
+
+
+def test_trainer_runs_the_tasks_from_the_config_with_per_task_metrics(mt_config, tmp_path):
+    result = train_and_evaluate(_with(mt_config, **{"multitask.weighting": "pcgrad"}), tmp_path / "jit")
+    heads = result["params"]["heads"]
+    assert {k: v["kernel"].shape for k, v in heads.items()} == {"digit": (16, 3), "parity": (16, 2), "value": (16, 1)}
+    assert "head" not in result["params"]
+    digit_test = data.digits_task((0, 1, 2), shots=16, half=0)["test"]
+    assert result["eval/digit/accuracy"] * len(digit_test) == pytest.approx(
+        round(result["eval/digit/accuracy"] * len(digit_test)), abs=1e-6
+    )
+    assert 0.0 <= result["eval/parity/accuracy"] <= 1.0 and result["eval/value/mse"] > 0.0
+    records = [json.loads(line) for line in (tmp_path / "jit" / "metrics.jsonl").read_text().splitlines()]
+    assert all(f"train/{t}/loss" in records[0] for t in ("digit", "parity", "value"))
+    # The Jacobian step is sharded like any other: pmap over 4 devices gives the jit losses.
+    train_and_evaluate(_with(mt_config, parallel="pmap", **{"multitask.weighting": "pcgrad"}), tmp_path / "pmap")
+    np.testing.assert_allclose(_losses(tmp_path / "pmap"), _losses(tmp_path / "jit"), rtol=1e-5, atol=1e-6)
+
+
+def test_resume_keeps_the_weighting_state(mt_config, tmp_path):
+    config = _with(mt_config, total_steps=6, **{"multitask.weighting": "gradnorm"})
+    uninterrupted = train_and_evaluate(config, tmp_path / "a")
+    train_and_evaluate(_with(config, checkpoint_every=3), tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "6")
+    resumed = train_and_evaluate(_with(config, checkpoint_every=3), tmp_path / "b")
+    for x, y in zip(
+        jax.tree_util.tree_leaves(uninterrupted["params"]), jax.tree_util.tree_leaves(resumed["params"]), strict=True
+    ):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_config_errors_name_the_field(mt_config, tmp_path):
+    with pytest.raises(ConfigError, match=r"weighting 'mgda'; known: equal, uncertainty"):
+        train_and_evaluate(_with(mt_config, **{"multitask.weighting": "mgda"}), tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"task 'value': kind='ranking'"):
+        train_and_evaluate(_with(mt_config, **{"tasks.value.kind": "ranking"}), tmp_path / "b")
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        train_and_evaluate(_with(mt_config, **{"target.source": "digits"}), tmp_path / "c")
