@@ -53,7 +53,23 @@ EQUAL = Weighting()
 
 
 def check(tasks: Sequence[Task], weighting: Weighting) -> None:
-    """Raises ``ValueError`` naming the task or setting at fault."""
+    """Checks the tasks and their weighting.
+
+    Args:
+      tasks: the tasks.
+      weighting: how their losses combine.
+
+    Returns:
+      None.
+
+    Raises:
+      ValueError: naming the task or setting at fault.
+
+    >>> check([Task("digit"), Task("size", "ordinal")], EQUAL)
+    Traceback (most recent call last):
+    ...
+    ValueError: task 'size': kind='ordinal'; known: classification, regression
+    """
     if not tasks:
         raise ValueError("multi-task learning needs at least one task")
     for task in tasks:
@@ -137,7 +153,17 @@ def _per_example(task: Task, outputs: jax.Array, labels: jax.Array) -> tuple[jax
 
 
 def metric_name(task: Task) -> str:
-    """``accuracy`` for classification, ``mse`` for regression."""
+    """The task's evaluation metric.
+
+    Args:
+      task: the task.
+
+    Returns:
+      ``accuracy`` for classification, ``mse`` for regression.
+
+    >>> metric_name(Task("value", "regression"))
+    'mse'
+    """
     return "accuracy" if task.kind == "classification" else "mse"
 
 
@@ -205,6 +231,19 @@ def make_train_step(
     Returns:
       The step; its metrics are ``loss`` (the combined loss), ``name/loss``, ``name/accuracy`` or
       ``name/mse``, ``name/weight`` per task, and ``grad_norm``.
+
+    >>> model = models.create("vit-testing", num_classes=0, image_size=8, patch_size=4, num_channels=1)
+    >>> tasks = [Task("digit", num_classes=2), Task("value", "regression")]
+    >>> params = {**models.init(model)["params"], "heads": init_heads(tasks, 16, jax.random.PRNGKey(0))}
+    >>> tx = optax.sgd(0.1)
+    >>> state = TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(0))
+    >>> batch = {"digit/image": jnp.zeros((2, 8, 8, 1)), "digit/label": jnp.array([0, 1]),
+    ...          "value/image": jnp.ones((2, 8, 8, 1)), "value/label": jnp.array([0.5, 2.0])}
+    >>> everything = lambda tree: jax.tree.map(lambda _: True, tree)
+    >>> step = jax.jit(make_train_step(model, tasks, tx, everything, weighting=Weighting("pcgrad")))
+    >>> state, metrics = step(state, batch)
+    >>> int(state.step), sorted(k for k in metrics if k.startswith("value/"))
+    (1, ['value/loss', 'value/mse', 'value/weight'])
     """
     check(tasks, weighting)
     count = len(tasks)
@@ -305,7 +344,23 @@ def make_train_step(
 
 def make_eval_step(model: nn.Module, tasks: Sequence[Task]) -> Callable[[TrainState, dict], dict]:
     """Builds ``(state, batch) -> sums``: for each task with ``name/label`` in the batch, the sums of its loss
-    and metric (``name/loss``, ``name/metric``) and ``name/count`` over the batch's ``mask``."""
+    and metric (``name/loss``, ``name/metric``) and ``name/count`` over the batch's ``mask``.
+
+    Args:
+      model: the shared backbone.
+      tasks: the tasks (a batch may hold any of them).
+
+    Returns:
+      The step (not yet compiled).
+
+    >>> model = models.create("vit-testing", num_classes=0, image_size=8, patch_size=4, num_channels=1)
+    >>> tasks = [Task("value", "regression")]
+    >>> params = {**models.init(model)["params"], "heads": init_heads(tasks, 16, jax.random.PRNGKey(0))}
+    >>> state = TrainState(jnp.zeros((), jnp.int32), params, {}, (), jax.random.PRNGKey(0))
+    >>> batch = {"value/image": jnp.ones((3, 8, 8, 1)), "value/label": jnp.ones(3), "mask": jnp.array([1, 1, 0])}
+    >>> float(make_eval_step(model, tasks)(state, batch)["value/count"])
+    2.0
+    """
 
     def step(state: TrainState, batch: dict) -> dict:
         sums = {}

@@ -48,3 +48,21 @@ def test_lora_example_merges_to_the_same_logits():
         atol=1e-5,
     )
     assert "lora_a" not in str(jax.tree_util.tree_structure(merged))
+
+
+def test_domain_adaptation_example_gives_the_discriminators_loss():
+    import numpy as np
+
+    block = next(b for b in _python_blocks() if "methods.AdaptationSpec" in b)
+    namespace = {}
+    exec(compile(block, str(README), "exec"), namespace)
+    # Both domains' features are constant, so the discriminator gives one logit z to the source and one to the
+    # target: the loss is the mean of softplus(-z_source) and softplus(z_target).
+    from jtl import methods
+
+    d = methods.DomainDiscriminator(256)
+    z_source = d.apply({"params": namespace["discriminator"]}, namespace["source_features"])[0]
+    z_target = d.apply({"params": namespace["discriminator"]}, namespace["target_features"])[0]
+    expected = 0.5 * (np.logaddexp(0, -z_source) + np.logaddexp(0, z_target))
+    np.testing.assert_allclose(namespace["loss"], expected, rtol=1e-5)
+    assert 0.0 < float(namespace["metrics"]["reversal"]) < 1.0

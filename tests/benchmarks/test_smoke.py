@@ -49,3 +49,24 @@ def test_sentence_transfer_example_runs(capsys):
     results = sentence_transfer.main(["--seeds", "0", "--per-class", "4"])
     assert len(results["MiniLM features + linear classifier"]) == 1
     assert "never occur in any training sentence" in capsys.readouterr().out
+
+
+def test_domain_adaptation_benchmark_runs_tiny(tmp_path, capsys):
+    from benchmarks import domain_adaptation
+
+    tiny = ["--seeds", "0", "--steps", "2", "--methods", "none,cdan", "--workdir", str(tmp_path)]
+    results = domain_adaptation.main(tiny)
+    assert set(results) == {"none", "cdan"}
+    for (run,) in results.values():
+        assert 0.0 <= run["selected/dev/accuracy"] <= run["selected/oracle/accuracy"] <= 1.0
+    assert "| CDAN+E |" in capsys.readouterr().out
+
+
+def test_multitask_benchmark_runs_tiny(tmp_path, capsys):
+    from benchmarks import multitask
+
+    results = multitask.main(["--seeds", "0", "--steps", "2", "--weightings", "equal", "--workdir", str(tmp_path)])
+    (multi,), (single,) = results["equal"]["runs"], results["single task"]["runs"]
+    assert set(multi) == set(single) == {"digit", "parity", "value"}
+    assert results["equal"]["delta_m"] == [multitask.relative_change(multi, single)]
+    assert "| equal |" in capsys.readouterr().out
