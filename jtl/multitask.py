@@ -4,7 +4,9 @@ PCGrad) inside one step that ``jit`` or ``pmap`` compiles like any other (:mod:`
 
 GradNorm and PCGrad need each task's own gradient: the step takes the Jacobian of the vector of task losses
 (``jax.jacrev``: one forward pass, one backward pass per task, batched by ``vmap``), over the trainable
-parameters only.
+parameters only. PCGrad projects the shared parameters' gradients and sums the heads' (each head has only its
+own task's gradient). GradNorm's gradient norms ``G_i`` are taken over all the shared trainable parameters: the
+paper uses the last shared layer to save a backward pass per task, which the Jacobian has already paid for.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 One sectioned ``train_and_evaluate`` that reads top to bottom: set-up, data, model and weights, what trains,
 optimizer, state (resumed from the workdir's latest checkpoint if there is one), compiled steps, the loop
-(log / eval / checkpoint on their own cadences, SIGTERM saves and exits), final evaluation.
+(log / eval / checkpoint on their own cadences, SIGTERM saves and exits), final evaluation. The objective is
+one task, domain adaptation (``config.target``: a labelled source and an unlabelled target, model selection
+without target labels) or several tasks on a shared backbone (``config.tasks``).
 """
 
 from __future__ import annotations

@@ -54,19 +54,18 @@ def test_sentence_transfer_example_runs(capsys):
 def test_domain_adaptation_benchmark_runs_tiny(tmp_path, capsys):
     from benchmarks import domain_adaptation
 
-    tiny = ["--seeds", "0", "--steps", "2", "--methods", "none,cdan", "--workdir", str(tmp_path)]
-    results = domain_adaptation.main(tiny)
-    assert set(results) == {"none", "cdan"}
-    for (run,) in results.values():
-        assert 0.0 <= run["selected/dev/accuracy"] <= run["selected/oracle/accuracy"] <= 1.0
+    results = domain_adaptation.main(["--seeds", "0", "--steps", "2", "--methods", "cdan", "--workdir", str(tmp_path)])
+    ((run,),) = results.values()
+    assert 0.0 <= run["selected/dev/accuracy"] <= run["selected/oracle/accuracy"] <= 1.0
     assert "| CDAN+E |" in capsys.readouterr().out
 
 
-def test_multitask_benchmark_runs_tiny(tmp_path, capsys):
+def test_multitask_benchmark_runs_tiny(tmp_path, capsys, monkeypatch):
     from benchmarks import multitask
 
+    monkeypatch.setattr(multitask, "TASKS", {"value": "mse"})  # the single-task runs: only this one
     results = multitask.main(["--seeds", "0", "--steps", "2", "--weightings", "equal", "--workdir", str(tmp_path)])
     (multi,), (single,) = results["equal"]["runs"], results["single task"]["runs"]
-    assert set(multi) == set(single) == {"digit", "parity", "value"}
+    assert set(multi) == set(single) == {"value"}
     assert results["equal"]["delta_m"] == [multitask.relative_change(multi, single)]
     assert "| equal |" in capsys.readouterr().out

@@ -185,11 +185,12 @@ def test_trainer_runs_the_tasks_from_the_config_with_per_task_metrics(mt_config,
 
 
 def test_resume_keeps_the_weighting_state(mt_config, tmp_path):
-    config = _with(mt_config, total_steps=6, **{"multitask.weighting": "gradnorm"})
+    config = _with(mt_config, total_steps=4, **{"multitask.weighting": "gradnorm"})
     uninterrupted = train_and_evaluate(config, tmp_path / "a")
-    train_and_evaluate(_with(config, checkpoint_every=3), tmp_path / "b")
-    shutil.rmtree(tmp_path / "b" / "checkpoints" / "6")
-    resumed = train_and_evaluate(_with(config, checkpoint_every=3), tmp_path / "b")
+    # Killed after its step-2 checkpoint (the step-4 one never written), then restarted in the same workdir.
+    train_and_evaluate(_with(config, checkpoint_every=2), tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
+    resumed = train_and_evaluate(_with(config, checkpoint_every=2), tmp_path / "b")
     for x, y in zip(
         jax.tree_util.tree_leaves(uninterrupted["params"]), jax.tree_util.tree_leaves(resumed["params"]), strict=True
     ):
