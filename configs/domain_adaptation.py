@@ -21,18 +21,7 @@ def get_config(arg=None):
         raise ValueError(f"configs/domain_adaptation.py:{method}: expected one of {METHODS}")
     c = base_config()
     c.num_classes = 10
-    c.model.name = "vit-testing"
-    c.model.overrides = {
-        "image_size": 8,
-        "patch_size": 2,
-        "num_channels": 1,
-        "hidden_size": 32,
-        "num_heads": 2,
-        "mlp_dim": 64,
-        "num_layers": 2,
-        "dropout_rate": 0.1,
-        "head_zero_init": False,
-    }
+    c.model.name = "vit-digits"  # 2 blocks, width 32, 2x2 patches of the 8x8 digits
     c.data.half = 0
     c.target.source = "digits"
     c.target.half = 1

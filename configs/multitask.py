@@ -38,17 +38,7 @@ def get_config(arg=None):
     if variant not in VARIANTS:
         raise ValueError(f"configs/multitask.py:{variant}: expected one of {VARIANTS}")
     c = base_config()
-    c.model.name = "vit-testing"
-    c.model.overrides = {
-        "image_size": 8,
-        "patch_size": 2,
-        "num_channels": 1,
-        "hidden_size": 32,
-        "num_heads": 2,
-        "mlp_dim": 64,
-        "num_layers": 2,
-        "dropout_rate": 0.1,
-    }
+    c.model.name = "vit-digits"  # 2 blocks, width 32, 2x2 patches of the 8x8 digits
     names = (variant.removeprefix("single-"),) if variant.startswith("single-") else TASKS
     c.tasks = {name: _task(name) for name in names}
     c.multitask.weighting = "equal" if variant.startswith("single-") else variant

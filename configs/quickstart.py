@@ -31,18 +31,7 @@ def get_config(arg=None):
     source = variant in SOURCES
     c = base_config()
     c.num_classes = 5
-    c.model.name = "vit-testing"
-    c.model.overrides = {
-        "image_size": 8,
-        "patch_size": 2,
-        "num_channels": 1,
-        "hidden_size": 32,
-        "num_heads": 2,
-        "mlp_dim": 64,
-        "num_layers": 2,
-        "dropout_rate": 0.1,
-        "head_zero_init": False,
-    }
+    c.model.name = "vit-digits"  # 2 blocks, width 32, 2x2 patches of the 8x8 digits
     c.data.classes = (0, 1, 2, 3, 4) if source else (5, 6, 7, 8, 9)
     c.data.shots = 0 if source else 10
     c.optimizer = "adamw"

@@ -40,8 +40,28 @@ TESTING = {
 }
 
 
+# The offline testbeds' model (configs/quickstart.py, domain_adaptation.py, multitask.py): a small ViT over
+# scikit-learn's 8x8 one-channel digits, 2x2 patches, 18k parameters.
+DIGITS = {
+    "vit-digits": (
+        vit.ViT,
+        {
+            "image_size": 8,
+            "patch_size": 2,
+            "num_channels": 1,
+            "hidden_size": 32,
+            "num_heads": 2,
+            "mlp_dim": 64,
+            "num_layers": 2,
+            "dropout_rate": 0.1,
+            "head_zero_init": False,
+        },
+    ),
+}
+
+
 def _registry() -> dict[str, tuple[type[nn.Module], dict[str, Any]]]:
-    entries: dict[str, tuple[type[nn.Module], dict[str, Any]]] = dict(TESTING)
+    entries: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {**TESTING, **DIGITS}
     for size in vit.SIZES:
         for patch in vit.PATCHES:
             name = f"vit-{size}{patch}"

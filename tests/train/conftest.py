@@ -22,3 +22,15 @@ def tiny_config():
     c.compilation_cache = ""
     c.lock()
     return c
+
+
+def with_changes(config, **changes):
+    """A copy of ``config`` with dotted keys changed (``**{"adaptation.method": "mmd"}``)."""
+    config = config.copy_and_resolve_references()
+    for key, value in changes.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config

@@ -12,6 +12,7 @@ import pytest
 from jtl import data, parallel
 from jtl.config import ConfigError
 from jtl.train import train_and_evaluate
+from tests.train.conftest import with_changes
 
 
 @pytest.fixture
@@ -33,21 +34,11 @@ def da_config(tiny_config):
     return c
 
 
-def _with(config, **changes):
-    config = config.copy_and_resolve_references()
-    for key, value in changes.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return config
-
-
 def test_every_method_trains_from_the_config_and_evaluates_on_the_target(da_config, tmp_path):
     target_test = data.digits_task((0, 1, 2), half=1)["test"]
-    for method in ("none", "cdan", "mmd", "coral", "mcc"):
-        config = _with(da_config, eval_every=0, **{"adaptation.method": method, "adaptation.dev": False})
+    # MMD runs in the BatchNorm test below, DANN in the selection test; CORAL's wiring is MMD's.
+    for method in ("none", "cdan", "mcc"):
+        config = with_changes(da_config, eval_every=0, **{"adaptation.method": method, "adaptation.dev": False})
         result = train_and_evaluate(config, tmp_path / method)
         records = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
         train = [r for r in records if "train/loss" in r]
@@ -62,7 +53,9 @@ def test_every_method_trains_from_the_config_and_evaluates_on_the_target(da_conf
 
 
 def test_dann_learns_its_discriminator_and_selection_reads_no_target_label(da_config, tmp_path):
-    result = train_and_evaluate(_with(da_config, total_steps=6, log_every=1, **{"adaptation.gamma": 10.0}), tmp_path)
+    result = train_and_evaluate(
+        with_changes(da_config, total_steps=6, log_every=1, **{"adaptation.gamma": 10.0}), tmp_path
+    )
     assert parallel.DISCRIMINATOR in result["params"]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     reversal = [r["train/reversal"] for r in records if "train/reversal" in r]
@@ -82,23 +75,21 @@ def test_dann_learns_its_discriminator_and_selection_reads_no_target_label(da_co
     assert result["selected/last/accuracy"] == result["eval/accuracy"] == evals[6]["eval/accuracy"]
 
 
-def test_the_same_seed_gives_the_same_run_and_another_seed_another(da_config, tmp_path):
+def test_the_same_seed_gives_the_same_run(da_config, tmp_path):
     a = train_and_evaluate(da_config, tmp_path / "a")
     b = train_and_evaluate(da_config, tmp_path / "b")
-    c = train_and_evaluate(_with(da_config, seed=1, eval_every=0, **{"adaptation.dev": False}), tmp_path / "c")
     for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"]), strict=True):
         np.testing.assert_array_equal(x, y)
     assert a["eval/accuracy"] == b["eval/accuracy"] and a["selection/dev_risk"] == b["selection/dev_risk"]
-    assert not np.array_equal(a["params"]["head"]["kernel"], c["params"]["head"]["kernel"])
 
 
 def test_resume_equals_an_uninterrupted_run(da_config, tmp_path):
-    config = _with(da_config, total_steps=6, eval_every=0, **{"adaptation.dev": False})
+    config = with_changes(da_config, total_steps=6, eval_every=0, **{"adaptation.dev": False})
     uninterrupted = train_and_evaluate(config, tmp_path / "a")
     # The same run, killed after its step-3 checkpoint (its step-6 checkpoint never written), then restarted.
-    train_and_evaluate(_with(config, checkpoint_every=3), tmp_path / "b")
+    train_and_evaluate(with_changes(config, checkpoint_every=3), tmp_path / "b")
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "6")
-    resumed = train_and_evaluate(_with(config, checkpoint_every=3), tmp_path / "b")
+    resumed = train_and_evaluate(with_changes(config, checkpoint_every=3), tmp_path / "b")
     for x, y in zip(
         jax.tree_util.tree_leaves(uninterrupted["params"]), jax.tree_util.tree_leaves(resumed["params"]), strict=True
     ):
@@ -126,8 +117,28 @@ def test_the_target_stream_carries_no_labels():
 
 def test_config_errors_name_the_field(da_config, tmp_path):
     with pytest.raises(ConfigError, match=r"adaptation.method='dann' needs an unlabelled target domain"):
-        train_and_evaluate(_with(da_config, **{"target.source": ""}), tmp_path / "a")
+        train_and_evaluate(with_changes(da_config, **{"target.source": ""}), tmp_path / "a")
     with pytest.raises(ConfigError, match=r"config.adaptation.method='adda'; known: none, dann"):
-        train_and_evaluate(_with(da_config, **{"adaptation.method": "adda"}), tmp_path / "b")
+        train_and_evaluate(with_changes(da_config, **{"adaptation.method": "adda"}), tmp_path / "b")
     with pytest.raises(ConfigError, match=r"data.shift.*digits"):
-        train_and_evaluate(_with(da_config, **{"target.source": "tfds", "target.name": "x"}), tmp_path / "c")
+        train_and_evaluate(with_changes(da_config, **{"target.source": "tfds", "target.name": "x"}), tmp_path / "c")
+
+
+def test_a_batchnorm_model_adapts_and_its_statistics_train(da_config, tmp_path):
+    # ResNet: source and target pass through BatchNorm together (one batch), and its running statistics update.
+    config = with_changes(
+        da_config,
+        eval_every=0,
+        **{
+            "model.name": "resnet-testing",
+            "model.overrides": {"image_size": 8, "num_channels": 1},
+            "adaptation.method": "mmd",
+            "adaptation.dev": False,
+        },
+    )
+    start = train_and_evaluate(with_changes(config, total_steps=1), tmp_path / "one")
+    result = train_and_evaluate(config, tmp_path / "four")
+    assert not np.array_equal(
+        jax.tree_util.tree_leaves(start["batch_stats"])[0], jax.tree_util.tree_leaves(result["batch_stats"])[0]
+    )
+    assert np.isfinite(result["eval/loss"]) and 0.0 <= result["eval/accuracy"] <= 1.0

@@ -7,6 +7,7 @@ import pytest
 import jtl.masking as jm
 from jtl.checkpoint import CheckpointError
 from jtl.train import TrainingError, train_and_evaluate
+from tests.train.conftest import with_changes
 
 
 def _losses(workdir):
@@ -15,14 +16,7 @@ def _losses(workdir):
 
 
 def _run(config, workdir, **changes):
-    config = config.copy_and_resolve_references()
-    for key, value in changes.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return train_and_evaluate(config, workdir)
+    return train_and_evaluate(with_changes(config, **changes), workdir)
 
 
 def test_one_device_jit_four_devices_and_pmap_give_the_same_losses(tiny_config, tmp_path):
