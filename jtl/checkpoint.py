@@ -22,7 +22,17 @@ class CheckpointError(ValueError):
 
 
 def describe(state: Any) -> dict[str, list]:
-    """``{leaf name: [shape, dtype]}`` of a train state: what a checkpoint must match to be restored into it."""
+    """``{leaf name: [shape, dtype]}`` of a train state: what a checkpoint must match to be restored into it.
+
+    Args:
+      state: any pytree of arrays (the train state).
+
+    Returns:
+      The description, JSON-ready.
+
+    >>> describe({"head": {"kernel": np.zeros((4, 2), np.float32)}, "step": np.int32(3)})
+    {'head/kernel': [[4, 2], 'float32'], 'step': [[], 'int32']}
+    """
     return {name: [list(np.shape(x)), str(np.dtype(x.dtype))] for name, x in named_leaves(state)}
 
 

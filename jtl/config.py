@@ -49,7 +49,18 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    """All dotted keys of a config, nested ones included."""
+    """All dotted keys of a config, nested ones included.
+
+    Args:
+      config: the config.
+      prefix: prepended to every key (used for the nested ones).
+
+    Returns:
+      The keys (ConfigDict iterates its keys sorted).
+
+    >>> flat_keys(ml_collections.ConfigDict({"lr": 0.1, "data": {"name": "digits"}}))
+    ['data', 'data.name', 'lr']
+    """
     keys = []
     for key, value in config.items():
         keys.append(prefix + key)

@@ -53,7 +53,17 @@ def target_part(batch: dict) -> dict:
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D data-parallel mesh over all (or the given) devices, across hosts."""
+    """A 1-D data-parallel mesh over all (or the given) devices, across hosts.
+
+    Args:
+      devices: the devices (default: every device of every host).
+
+    Returns:
+      A ``Mesh`` with one axis, ``"data"``.
+
+    >>> dict(make_mesh(jax.devices()[:2]).shape)
+    {'data': 2}
+    """
     devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (AXIS,))
 
@@ -106,6 +116,17 @@ def make_train_step(
 
     Returns:
       The step function (not yet compiled).
+
+    >>> model = models.create("vit-testing", num_classes=2, image_size=8, patch_size=4, num_channels=1)
+    >>> params = models.init(model)["params"]
+    >>> tx = jm.freeze(optax.sgd(0.1), trainable=["head/.*"])
+    >>> state = TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(0))
+    >>> step = jax.jit(make_train_step(model, tx, ["head/.*"], num_classes=2))
+    >>> batch = {"image": np.ones((4, 8, 8, 1), np.float32), "label": np.array([0, 1, 0, 1])}
+    >>> new_state, metrics = step(state, batch)
+    >>> patch = params["embed"]["patch"]["kernel"]  # frozen: bit-identical after the step
+    >>> sorted(metrics), bool((new_state.params["embed"]["patch"]["kernel"] == patch).all())
+    (['accuracy', 'grad_norm', 'loss'], True)
     """
 
     def forward(params: Any, batch_stats: Any, batch: dict, rng: jax.Array, step: jax.Array) -> tuple:
@@ -191,7 +212,22 @@ def make_train_step(
 
 
 def make_eval_step(model: nn.Module, num_classes: int) -> Callable[[TrainState, dict], dict[str, jax.Array]]:
-    """Builds ``(state, batch) -> sums`` of loss, correct predictions and examples over the batch's ``mask``."""
+    """Builds ``(state, batch) -> sums`` of loss, correct predictions and examples over the batch's ``mask``.
+
+    Args:
+      model: a jtl model.
+      num_classes: its classes.
+
+    Returns:
+      The step (not yet compiled); padding rows (``mask`` False) count nowhere.
+
+    >>> model = models.create("vit-testing", num_classes=2, image_size=8, patch_size=4, num_channels=1)
+    >>> state = TrainState(jnp.zeros((), jnp.int32), models.init(model)["params"], {}, (), jax.random.PRNGKey(0))
+    >>> batch = {"image": np.zeros((3, 8, 8, 1), np.float32), "label": np.array([0, 1, 1]),
+    ...          "mask": np.array([True, True, False])}
+    >>> float(make_eval_step(model, 2)(state, batch)["count"])
+    2.0
+    """
 
     def step(state: TrainState, batch: dict) -> dict[str, jax.Array]:
         logits = model.apply(_variables(state.params, state.batch_stats), *models.model_inputs(batch)).astype(
@@ -226,6 +262,18 @@ def compile_jit(train_step: Callable, eval_step: Callable, mesh: Mesh) -> Compil
     """Data parallelism with ``jax.jit`` over ``mesh``: state replicated, batches split on the data axis.
 
     Batches are host-local; ``put_batch`` assembles the global batch from every host's part.
+
+    Args:
+      train_step: ``(state, batch) -> (state, metrics)``, e.g. from :func:`make_train_step`.
+      eval_step: ``(state, batch) -> sums``, e.g. from :func:`make_eval_step`.
+      mesh: the device mesh (:func:`make_mesh`).
+
+    Returns:
+      The compiled pair and the placement helpers.
+
+    >>> compiled = compile_jit(lambda s, b: (s, {}), lambda s, b: {"n": b["x"].sum()}, make_mesh())
+    >>> float(compiled.eval({}, compiled.put_batch({"x": np.ones(8)}))["n"]), compiled.num_devices
+    (8.0, 4)
     """
     replicated = NamedSharding(mesh, PartitionSpec())
     sharded = NamedSharding(mesh, PartitionSpec(AXIS))
@@ -249,6 +297,13 @@ def compile_pmap(train_step_fn: Callable[[str], Callable], eval_step: Callable) 
     Args:
       train_step_fn: builds the train step given the pmap axis name.
       eval_step: the eval step.
+
+    Returns:
+      The compiled pair and the placement helpers (state replicated along a leading device axis).
+
+    >>> compiled = compile_pmap(lambda axis: lambda s, b: (s, {}), lambda s, b: {"n": b["x"].sum()})
+    >>> float(compiled.eval(compiled.put_state({}), compiled.put_batch({"x": np.ones(8)}))["n"])
+    8.0
     """
     devices = jax.local_devices()
     train = jax.pmap(train_step_fn(AXIS), axis_name=AXIS, donate_argnums=0)

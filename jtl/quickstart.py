@@ -44,6 +44,22 @@ def pretrained_source(cache: Path, quiet: bool, steps: int = 0, variant: str = "
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
+    """``python -m jtl.quickstart``: pretrains the source model once, runs the three target trainings per seed and
+    prints the table.
+
+    Args:
+      argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+      Target accuracy per method, one value per seed.
+
+    An unknown option exits with status 2, naming it:
+
+    >>> main(["--epochs", "3"])
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="workdirs/quickstart", help="runs and the cached source model")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the target runs")

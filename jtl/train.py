@@ -770,6 +770,21 @@ def _scratch_baseline(config: ml_collections.ConfigDict, workdir: Path, accuracy
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``python -m jtl.train``: parses the command line, loads the config and runs.
+
+    Args:
+      argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+      The run's final metrics.
+
+    A config that does not load exits with status 2 and a message naming it:
+
+    >>> main(["--config", "no/such/config.py"])
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m jtl.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="path/to/config.py[:arg]")

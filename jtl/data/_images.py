@@ -48,6 +48,9 @@ def random_resized_crop(
 
     Returns:
       (size, size, C) float32 array.
+
+    >>> random_resized_crop(np.random.default_rng(0), np.zeros((32, 48, 3), np.uint8), 16).shape
+    (16, 16, 3)
     """
     height, width = image.shape[:2]
     for _ in range(10):

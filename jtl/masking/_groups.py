@@ -65,7 +65,24 @@ def lr_multipliers(rules: Rules, *, default: float = 1.0, allow_unused: bool = F
 def layerwise_multipliers(
     names: Sequence[str], layer_of: Callable[[str], int | None], num_layers: int, decay: float
 ) -> list[float]:
-    """Returns ``decay ** (num_layers - layer_of(name))`` for each name; errors name unplaceable leaves."""
+    """Each name's learning-rate multiplier under layer-wise decay: ``decay ** (num_layers - layer_of(name))``.
+
+    Args:
+      names: leaf names.
+      layer_of: name -> layer index in ``[0, num_layers]``.
+      num_layers: the top layer's index (multiplier 1).
+      decay: the factor per layer.
+
+    Returns:
+      One multiplier per name.
+
+    Raises:
+      MaskingError: naming the leaves ``layer_of`` cannot place.
+
+    >>> layer_of = {"embed/w": 0, "block_0/w": 1, "head/w": 2}.get
+    >>> layerwise_multipliers(["embed/w", "block_0/w", "head/w"], layer_of, 2, 0.5)
+    [0.25, 0.5, 1.0]
+    """
     layers = [layer_of(n) for n in names]
     bad = [f"{n} -> {layer!r}" for n, layer in zip(names, layers, strict=True) if not _valid_layer(layer, num_layers)]
     if bad:

@@ -82,7 +82,21 @@ class ViT(nn.Module):
 
 
 def classifier_head(num_classes: int, zero_init: bool, dtype: jnp.dtype) -> nn.Dense:
-    """The ``head`` Dense layer; zero-initialised by default, as vit_jax does for fine-tuning."""
+    """The ``head`` Dense layer every jtl model ends with; zero-initialised by default, as vit_jax does for
+    fine-tuning.
+
+    Args:
+      num_classes: its outputs.
+      zero_init: zero kernel (else LeCun normal).
+      dtype: the compute dtype.
+
+    Returns:
+      The (unbound) ``nn.Dense`` named ``head``.
+
+    >>> head = classifier_head(3, True, jnp.float32)
+    >>> head.name, head.features
+    ('head', 3)
+    """
     kernel_init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
     return nn.Dense(num_classes, kernel_init=kernel_init, dtype=dtype, name="head")
 
@@ -127,7 +141,20 @@ class Encoder(nn.Module):
 
 
 def transformer_encoder(config: nn.Module, *, mlp_dim: int, pre_norm: bool) -> Encoder:
-    """The ``encoder`` of a ViT or BERT module, built from the fields both share."""
+    """The ``encoder`` of a ViT or BERT module, built from the fields both share.
+
+    Args:
+      config: the ViT or BERT module whose fields (heads, layers, norms, dropout, dtype) it takes.
+      mlp_dim: the blocks' MLP width.
+      pre_norm: LayerNorm before attention/MLP (ViT) or after the residual (BERT).
+
+    Returns:
+      The ``Encoder`` named ``encoder``.
+
+    >>> encoder = transformer_encoder(ViT(num_layers=3, num_heads=2), mlp_dim=8, pre_norm=True)
+    >>> encoder.name, encoder.num_layers
+    ('encoder', 3)
+    """
     block = EncoderBlock(
         num_heads=config.num_heads,
         mlp_dim=mlp_dim,

@@ -41,7 +41,18 @@ class Rule(NamedTuple):
 
 
 def linear(source: str, target: str) -> list[Rule]:
-    """Rules for a PyTorch ``Linear`` (``.weight``/``.bias``) -> a Flax ``Dense`` under ``params/``."""
+    """Rules for a PyTorch ``Linear`` (``.weight``/``.bias``) -> a Flax ``Dense`` under ``params/``.
+
+    Args:
+      source: the PyTorch module's key, a regex (``classifier``, ``layer\\.(\\d+)\\.fc``).
+      target: the Flax path, a template (``head``, ``encoder/block_\\1/fc``).
+
+    Returns:
+      The rules (the kernel is transposed).
+
+    >>> [rule.target for rule in linear("classifier", "head")]
+    ['params/head/kernel', 'params/head/bias']
+    """
     return [
         Rule(source + r"\.weight", f"params/{target}/kernel", transpose),
         Rule(source + r"\.bias", f"params/{target}/bias"),
@@ -49,7 +60,18 @@ def linear(source: str, target: str) -> list[Rule]:
 
 
 def layer_norm(source: str, target: str) -> list[Rule]:
-    """Rules for a PyTorch ``LayerNorm`` (``weight``/``bias``, or old BERT's ``gamma``/``beta``)."""
+    """Rules for a PyTorch ``LayerNorm`` (``weight``/``bias``, or old BERT's ``gamma``/``beta``).
+
+    Args:
+      source: the PyTorch module's key (a regex).
+      target: the Flax path (a template).
+
+    Returns:
+      The rules.
+
+    >>> [rule.target for rule in layer_norm("encoder\\.ln", "norm")]
+    ['params/norm/scale', 'params/norm/bias']
+    """
     return [
         Rule(source + r"\.(?:weight|gamma)", f"params/{target}/scale"),
         Rule(source + r"\.(?:bias|beta)", f"params/{target}/bias"),
@@ -57,7 +79,18 @@ def layer_norm(source: str, target: str) -> list[Rule]:
 
 
 def conv(source: str, target: str) -> list[Rule]:
-    """Rules for a PyTorch ``Conv2d`` -> a Flax ``Conv`` (HWIO kernel)."""
+    """Rules for a PyTorch ``Conv2d`` -> a Flax ``Conv`` (HWIO kernel).
+
+    Args:
+      source: the PyTorch module's key (a regex).
+      target: the Flax path (a template).
+
+    Returns:
+      The rules (the kernel goes from OIHW to HWIO).
+
+    >>> conv("conv1", "embed/conv")[0].transform(np.zeros((8, 3, 7, 7))).shape
+    (7, 7, 3, 8)
+    """
     return [
         Rule(source + r"\.weight", f"params/{target}/kernel", conv_oihw_to_hwio),
         Rule(source + r"\.bias", f"params/{target}/bias"),
@@ -65,7 +98,18 @@ def conv(source: str, target: str) -> list[Rule]:
 
 
 def batch_norm(source: str, target: str) -> list[Rule]:
-    """Rules for a PyTorch ``BatchNorm2d``: affine params to ``params/``, running stats to ``batch_stats/``."""
+    """Rules for a PyTorch ``BatchNorm2d``: affine params to ``params/``, running stats to ``batch_stats/``.
+
+    Args:
+      source: the PyTorch module's key (a regex).
+      target: the Flax path (a template).
+
+    Returns:
+      The rules (``num_batches_tracked`` is skipped).
+
+    >>> [rule.target for rule in batch_norm("bn1", "embed/bn")][:4]
+    ['params/embed/bn/scale', 'params/embed/bn/bias', 'batch_stats/embed/bn/mean', 'batch_stats/embed/bn/var']
+    """
     return [
         Rule(source + r"\.weight", f"params/{target}/scale"),
         Rule(source + r"\.bias", f"params/{target}/bias"),

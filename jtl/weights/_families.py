@@ -33,7 +33,18 @@ class Family(NamedTuple):
 
 def resample_pos_embedding(num_prefix_tokens: int) -> Callable[[np.ndarray, tuple], np.ndarray]:
     """Resamples ViT position embeddings to a new patch grid, keeping the class token's embedding, as
-    vit_jax and big_vision do when fine-tuning at a new resolution (bilinear on the grid)."""
+    vit_jax and big_vision do when fine-tuning at a new resolution (bilinear on the grid).
+
+    Args:
+      num_prefix_tokens: tokens before the patch grid (1 for a class token).
+
+    Returns:
+      ``resize(pos (1, prefix + n*n, D), target_shape) -> (1, prefix + m*m, D)``.
+
+    >>> resize = resample_pos_embedding(1)
+    >>> resize(np.ones((1, 1 + 4 * 4, 8), np.float32), (1, 1 + 6 * 6, 8)).shape
+    (1, 37, 8)
+    """
 
     def resize(pos: np.ndarray, target_shape: tuple) -> np.ndarray:
         prefix, grid = pos[:, :num_prefix_tokens], pos[0, num_prefix_tokens:]

@@ -93,6 +93,12 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
 
     Returns:
       ``{tensor name: array}``; bfloat16 tensors come back as ``ml_dtypes.bfloat16`` arrays.
+
+    >>> import tempfile, safetensors.numpy
+    >>> path = Path(tempfile.mkdtemp()) / "model.safetensors"
+    >>> safetensors.numpy.save_file({"fc.weight": np.ones((2, 3), np.float32)}, str(path))
+    >>> {name: x.shape for name, x in read_safetensors(path).items()}
+    {'fc.weight': (2, 3)}
     """
     path = Path(path)
     entries, start = _safetensors_header(path)
@@ -113,6 +119,15 @@ def read_sharded(index_path: str | Path) -> dict[str, np.ndarray]:
 
     Returns:
       The union of the shards' tensors.
+
+    >>> import tempfile, safetensors.numpy
+    >>> root = Path(tempfile.mkdtemp())
+    >>> safetensors.numpy.save_file({"a": np.ones(2, np.float32)}, str(root / "part-1.safetensors"))
+    >>> safetensors.numpy.save_file({"b": np.ones(3, np.float32)}, str(root / "part-2.safetensors"))
+    >>> index = {"weight_map": {"a": "part-1.safetensors", "b": "part-2.safetensors"}}
+    >>> _ = (root / "model.safetensors.index.json").write_text(json.dumps(index))
+    >>> sorted(read_sharded(root / "model.safetensors.index.json"))
+    ['a', 'b']
     """
     index_path = Path(index_path)
     try:
@@ -179,6 +194,12 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
 
     Returns:
       ``{name: array}``.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "vit.npz"
+    >>> np.savez(path, **{"head/kernel": np.zeros((4, 2))})
+    >>> sorted(read_npz(path))
+    ['head/kernel']
     """
     try:
         with np.load(str(path), allow_pickle=False) as data:
