@@ -266,7 +266,26 @@ def _optimizer(
 def evaluate(
     compiled: parallel.Compiled, state: Any, source: Any, batch_size: int, transform: Any = None
 ) -> dict[str, float]:
-    """Loss and accuracy over every example of ``source`` exactly once (padding masked)."""
+    """Loss and accuracy over every example of ``source`` exactly once (padding masked).
+
+    Args:
+      compiled: the compiled steps (:func:`jtl.parallel.compile_jit` or ``compile_pmap``).
+      state: the placed train state.
+      source: a random-access source of ``{"image" | "input_ids", ..., "label"}`` examples.
+      batch_size: examples per evaluation batch (the last one padded).
+      transform: per-example preprocessing.
+
+    Returns:
+      ``{"loss", "accuracy"}``, means over the examples.
+
+    >>> model = models.create("vit-testing", num_classes=2, image_size=8, patch_size=4, num_channels=1)
+    >>> params = models.init(model)["params"]
+    >>> state = parallel.TrainState(jnp.zeros((), jnp.int32), params, {}, (), jax.random.PRNGKey(0))
+    >>> compiled = parallel.compile_jit(lambda s, b: (s, {}), parallel.make_eval_step(model, 2), parallel.make_mesh())
+    >>> result = evaluate(compiled, compiled.put_state(state), jdata.digits_task([0, 1], shots=5)["test"], 64)
+    >>> sorted(result), 0.0 <= result["accuracy"] <= 1.0
+    (['accuracy', 'loss'], True)
+    """
     totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
     for batch in jdata.eval_batches(source, batch_size, transform):
         sums = compiled.eval(state, compiled.put_global_batch(batch))
@@ -401,7 +420,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         ``final_metrics.json`` go.
 
     Returns:
-      The final metrics (also written to ``workdir/final_metrics.json``).
+      The final metrics (also written to ``workdir/final_metrics.json``), and the final ``params`` and
+      ``batch_stats``.
+
+    >>> import contextlib, io, tempfile
+    >>> from jtl.config import base_config
+    >>> config = base_config()
+    >>> config.model.name, config.num_classes, config.data.classes = "vit-digits", 2, (0, 1)
+    >>> config.total_steps, config.checkpoint_every, config.compilation_cache = 5, 0, ""
+    >>> with contextlib.redirect_stdout(io.StringIO()):  # the report and the progress lines
+    ...     result = train_and_evaluate(config, tempfile.mkdtemp())
+    >>> result["step"], 0.0 <= result["eval/accuracy"] <= 1.0
+    (5, True)
     """
     # --- Set-up ------------------------------------------------------------------------------------------------
     workdir = Path(workdir)

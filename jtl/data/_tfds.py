@@ -22,6 +22,12 @@ def tfds_source(name: str, split: str, data_dir: str | None = None) -> Any:
 
     Raises:
       DataError: when the split is not prepared in the ArrayRecord format, saying how to prepare it.
+
+    >>> import tempfile
+    >>> tfds_source("mnist", "train", data_dir=tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    jtl.data._tfds.DataError: TFDS dataset 'mnist' split 'train' is not prepared for random access in ...
     """
     import tensorflow_datasets as tfds
 

