@@ -177,8 +177,9 @@ def _with_auxiliary(trainable: Any) -> Any:
     def mask(params: dict) -> dict:
         own = {k: v for k, v in params.items() if k not in parallel.AUXILIARY}
         resolved = jm.resolve_mask(trainable, own)
-        extra = {k: jax.tree_util.tree_map(lambda _: True, v) for k, v in params.items() if k in parallel.AUXILIARY}
-        return {k: {**resolved, **extra}[k] for k in params}
+        always = {k: jax.tree_util.tree_map(lambda _: True, v) for k, v in params.items() if k in parallel.AUXILIARY}
+        merged = {**resolved, **always}
+        return {k: merged[k] for k in params}  # the params' own key order
 
     return mask
 
@@ -640,8 +641,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             metrics.update({f"eval_ood/{k}": v for k, v in shifted.items()})
         return metrics
 
-    # Features and logits in one pass, for deep embedded validation.
-    dev_outputs = jax.jit(lambda v, batch: methods.features_and_logits(model, v, *models.model_inputs(batch))[:2])
+    if adaptation and config.adaptation.dev:
+        # Features and logits in one pass, for deep embedded validation.
+        dev_outputs = jax.jit(lambda v, batch: methods.features_and_logits(model, v, *models.model_inputs(batch))[:2])
     reestimate = config.batch_norm == "reestimate" and bool(batch_stats)
     if reestimate and start_step == 0:
         state = reestimate_batch_stats(state)
