@@ -86,6 +86,14 @@ def check(tasks: Sequence[Task], weighting: Weighting) -> None:
 def init_heads(tasks: Sequence[Task], feature_dim: int, rng: jax.Array) -> dict:
     """Each task's head, a Dense layer on the backbone's features: ``{name: {"kernel", "bias"}}``.
 
+    Args:
+      tasks: the tasks, in order.
+      feature_dim: the backbone's feature width.
+      rng: the initialisation key.
+
+    Returns:
+      The heads' params, one entry per task.
+
     >>> heads = init_heads([Task("a", num_classes=3), Task("b", "regression")], 4, jax.random.PRNGKey(0))
     >>> heads["a"]["kernel"].shape, heads["b"]["kernel"].shape
     ((4, 3), (4, 1))
@@ -100,6 +108,13 @@ def init_heads(tasks: Sequence[Task], feature_dim: int, rng: jax.Array) -> dict:
 def init_loss_weights(tasks: Sequence[Task], weighting: Weighting) -> dict | None:
     """The learnable loss weights that train with the model (uncertainty weighting's log variances), or None.
 
+    Args:
+      tasks: the tasks, in order.
+      weighting: the loss weighting.
+
+    Returns:
+      ``{"log_variance": (T,) zeros}`` for uncertainty weighting, else None.
+
     >>> init_loss_weights([Task("a"), Task("b")], Weighting("uncertainty"))["log_variance"].tolist()
     [0.0, 0.0]
     """
@@ -111,6 +126,13 @@ def init_loss_weights(tasks: Sequence[Task], weighting: Weighting) -> dict | Non
 def init_extra(tasks: Sequence[Task], weighting: Weighting) -> dict:
     """The weighting's own state, kept in ``TrainState.extra``: DWA's per-period mean losses, GradNorm's weights
     and first losses.
+
+    Args:
+      tasks: the tasks, in order.
+      weighting: the loss weighting.
+
+    Returns:
+      ``{name: array}`` (empty for weightings without state).
 
     >>> sorted(init_extra([Task("a"), Task("b")], Weighting("gradnorm")))
     ['initial_losses', 'weights']
@@ -132,6 +154,13 @@ def init_extra(tasks: Sequence[Task], weighting: Weighting) -> dict:
 
 def task_batch(batch: dict, name: str) -> dict:
     """The part of a multi-task batch that belongs to task ``name`` (its ``name/`` keys, unprefixed).
+
+    Args:
+      batch: the multi-task batch, keys ``task/field``.
+      name: the task.
+
+    Returns:
+      ``{field: value}`` for that task.
 
     >>> task_batch({"a/image": 1, "a/label": 2, "b/image": 3}, "a")
     {'image': 1, 'label': 2}

@@ -46,6 +46,12 @@ class TrainState(NamedTuple):
 def target_part(batch: dict) -> dict:
     """The unlabelled target batch inside a domain-adaptation batch: its ``target/`` keys, unprefixed.
 
+    Args:
+      batch: the batch, source keys plus ``target/`` keys.
+
+    Returns:
+      ``{field: value}`` of the target domain.
+
     >>> sorted(target_part({"image": 0, "label": 0, "target/image": 1}))
     ['image']
     """

@@ -28,7 +28,24 @@ RUNS = {"from scratch": "scratch", "frozen backbone, new head": "frozen", "full 
 
 def pretrained_source(cache: Path, quiet: bool, steps: int = 0, variant: str = "source") -> Path:
     """The source model (digits 0-4; ``variant`` of ``configs/quickstart.py``) in jtl's format, trained once
-    and cached in ``cache``."""
+    and cached in ``cache``.
+
+    Args:
+      cache: the directory that holds the training run and, in ``cache/export``, the exported model.
+      quiet: if True, the training run's log is not printed.
+      steps: training steps (0: the config's ``total_steps``).
+      variant: the config variant that defines the source task.
+
+    Returns:
+      The exported model's directory (``config.json`` and weights), loadable with
+      ``jtl.weights.load_pretrained``. A cache that already holds an export is returned as it is:
+
+    >>> import tempfile
+    >>> cache = Path(tempfile.mkdtemp())
+    >>> (cache / "export").mkdir()
+    >>> pretrained_source(cache, quiet=True) == cache / "export"
+    True
+    """
     export = cache / "export"
     if export.exists():
         return export

@@ -390,6 +390,14 @@ def _model_selection(history: list[dict], final: dict, workdir: Path, is_chief: 
 def progress_bar(step: int, total: int, width: int = 30) -> str:
     """A text progress bar.
 
+    Args:
+      step: steps done.
+      total: steps in all.
+      width: characters in the bar.
+
+    Returns:
+      The bar and the count, e.g. ``[##--] 5/10``.
+
     >>> progress_bar(5, 20, width=10)
     '[##--------] 5/20'
     """

@@ -149,6 +149,12 @@ def domain_adversarial_loss(
 def entropy(probs: jax.Array) -> jax.Array:
     """Per-example entropy of class probabilities (N, C).
 
+    Args:
+      probs: class probabilities, shape (N, C).
+
+    Returns:
+      The entropies, shape (N,), in nats.
+
     >>> round(float(entropy(jnp.array([[0.5, 0.5]]))[0]), 4)
     0.6931
     """

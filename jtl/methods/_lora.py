@@ -165,6 +165,12 @@ def with_lora(model: nn.Module, spec: LoRASpec) -> nn.Module:
 def base_model(model: nn.Module) -> nn.Module:
     """The model without its LoRA wrapper (itself when not wrapped).
 
+    Args:
+      model: a model, possibly wrapped by ``with_lora``.
+
+    Returns:
+      The wrapped model.
+
     >>> from jtl import models
     >>> vit = models.create("vit-testing", num_classes=3)
     >>> base_model(with_lora(vit, LoRASpec())) == vit

@@ -35,6 +35,12 @@ class WordVectors(NamedTuple):
 def tokenize(text: str) -> list[str]:
     """Lower-cased word tokens.
 
+    Args:
+      text: the text.
+
+    Returns:
+      The tokens, in order.
+
     >>> tokenize("It's GOOD, really good!")
     ["it's", 'good', 'really', 'good']
     """
@@ -230,6 +236,13 @@ class TextCNN(nn.Module):
 
 def with_pretrained_embedding(params: dict, table: np.ndarray) -> dict:
     """``params`` with ``embed/embedding`` replaced by ``table`` (shapes must agree).
+
+    Args:
+      params: the model's params, with an ``embed/embedding`` table.
+      table: the pretrained vectors, shape (vocab size, dim).
+
+    Returns:
+      A new params tree; ``params`` is not changed.
 
     >>> model = BagOfEmbeddings(vocab_size=3, dim=2, num_classes=2)
     >>> params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4)))["params"]

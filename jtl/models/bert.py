@@ -146,6 +146,12 @@ class Bert(nn.Module):
 def bert_config(name: str) -> dict:
     """Architecture fields for the names in ``SIZES``.
 
+    Args:
+      name: a key of ``SIZES``, e.g. ``bert-base`` or ``minilm-l6``.
+
+    Returns:
+      The architecture fields, as ``Bert``'s keyword arguments.
+
     >>> bert_config("minilm-l6")["hidden_size"]
     384
     """

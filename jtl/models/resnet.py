@@ -198,6 +198,12 @@ class ResNet(nn.Module):
 def resnet_config(name: str) -> dict:
     """Architecture fields for ``resnet-{18,34,50,101,152}``.
 
+    Args:
+      name: ``resnet-18``, ``resnet-34``, ``resnet-50``, ``resnet-101`` or ``resnet-152``.
+
+    Returns:
+      The architecture fields, as ``ResNet``'s keyword arguments.
+
     >>> resnet_config("resnet-50")["layer_type"]
     'bottleneck'
     """

@@ -122,6 +122,12 @@ class VGG(nn.Module):
 def vgg_config(name: str) -> dict:
     """Architecture fields for ``vgg16`` and ``vgg19``.
 
+    Args:
+      name: ``vgg16`` or ``vgg19``.
+
+    Returns:
+      The architecture fields, as ``VGG``'s keyword arguments.
+
     >>> len([layer for layer in vgg_config("vgg16")["layers"] if layer != "M"])
     13
     """

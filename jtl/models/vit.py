@@ -172,6 +172,12 @@ def transformer_encoder(config: nn.Module, *, mlp_dim: int, pre_norm: bool) -> E
 def vit_config(name: str) -> dict:
     """Architecture fields for ``vit-{ti,s,b,l}{8,14,16,32}``, e.g. ``vit-b16``.
 
+    Args:
+      name: the size (``ti``, ``s``, ``b``, ``l``) and patch size, e.g. ``vit-b16``.
+
+    Returns:
+      The architecture fields, as ``ViT``'s keyword arguments.
+
     >>> vit_config("vit-s16")["hidden_size"]
     384
     """

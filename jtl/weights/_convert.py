@@ -212,6 +212,22 @@ def merge_into(
     Raises:
       WeightLoadError: listing every shape mismatch (key, source key, expected and found shapes) and, when
         strict, every missing variable.
+
+    A checkpoint with a backbone and a 1000-class head, merged into a model whose new head has 2 classes:
+
+    >>> shape = lambda *dims: jax.ShapeDtypeStruct(dims, np.float32)
+    >>> init_shapes = {"params": {"body": {"kernel": shape(3, 4)}, "head": {"kernel": shape(4, 2)}}}
+    >>> converted = {"params/body/kernel": (np.ones((3, 4)), "body.weight"),
+    ...              "params/head/kernel": (np.ones((4, 1000)), "head.weight")}
+    >>> fresh_init = lambda names: {name: np.zeros((4, 2)) for name in names}
+    >>> variables, report = merge_into(
+    ...     init_shapes, fresh_init, converted, [], source="ckpt", reinitialise="params/head/.*"
+    ... )
+    >>> print(report)
+    loaded ckpt: 1 loaded, 0 missing, 0 unexpected, 1 re-initialised, 0 resized
+      re-initialised: params/head/kernel (4, 2) (replaced; checkpoint had (4, 1000))
+    >>> variables["params"]["head"]["kernel"].sum(), variables["params"]["body"]["kernel"].dtype
+    (np.float64(0.0), dtype('float32'))
     """
     names_and_leaves = named_leaves(init_shapes)
     leaves, treedef = jax.tree_util.tree_flatten(init_shapes)

@@ -242,6 +242,12 @@ def hf_flax_to_torch_layout(state: dict[str, np.ndarray]) -> dict[str, np.ndarra
     the tables read: ``a/b/kernel`` -> ``a.b.weight`` (transposed back), LayerNorm ``scale`` -> ``weight``,
     ``embedding`` -> ``weight``.
 
+    Args:
+      state: ``{slash-joined Flax key: array}``.
+
+    Returns:
+      ``{PyTorch-style key: array}``.
+
     >>> hf_flax_to_torch_layout({"pooler/dense/kernel": np.zeros((2, 3))})["pooler.dense.weight"].shape
     (3, 2)
     """

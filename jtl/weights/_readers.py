@@ -242,6 +242,13 @@ def read_msgpack(path: str | Path) -> dict[str, np.ndarray]:
 def flatten_nested(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     """Flattens nested dicts into ``{"a/b/c": array}``.
 
+    Args:
+      tree: nested dicts of arrays.
+      prefix: prepended to every key.
+
+    Returns:
+      ``{slash-joined path: array}``.
+
     >>> flatten_nested({"a": {"b": np.ones(1)}})
     {'a/b': array([1.])}
     """
