@@ -22,21 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import jtl.masking as jm
+from benchmarks._steps import TrainStep, everything, flops_of, time_median
 from jtl import methods, models
-from jtl.parallel import TrainState, make_train_step
 
 MODES = ("full", "last2", "frozen", "lora", "forward")
 NUM_CLASSES = 10
@@ -50,18 +47,6 @@ XLA_ATTEMPTS = {
     "thunks off (--xla_cpu_use_thunk_runtime=false)": "--xla_cpu_use_thunk_runtime=false",
     "fast math (--xla_cpu_enable_fast_math)": "--xla_cpu_enable_fast_math=true",
 }
-
-
-def time_median(run: Callable[[], Any], warmup: int, iters: int) -> float:
-    """Median wall seconds of ``run()`` (which must block until its results exist) after ``warmup`` calls."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def random_inputs(family: str, batch: int, image_size: int, seq_len: int, vocab: int) -> dict[str, np.ndarray]:
@@ -82,7 +67,7 @@ def random_inputs(family: str, batch: int, image_size: int, seq_len: int, vocab:
 def jtl_trainable(model: Any, mode: str) -> Any:
     """What trains in each mode, as the trainer's ``trainable`` / ``train_last_n`` / ``lora`` set it."""
     if mode == "full":
-        return lambda tree: jax.tree_util.tree_map(lambda _: True, tree)
+        return everything
     if mode == "frozen":
         return ("head/.*",)
     if mode == "lora":
@@ -112,27 +97,9 @@ def jtl_runs(name: str, inputs: dict, modes: list[str], dtype: str) -> dict[str,
         if mode == "lora":
             mode_model = methods.with_lora(model, LORA)
             mode_params = methods.add_adapters(params, LORA, jax.random.PRNGKey(1))
-        trainable = jtl_trainable(model, mode)
-        tx = jm.freeze(optax.adamw(1e-4), trainable=trainable)
-        step = jax.jit(make_train_step(mode_model, tx, trainable, num_classes=NUM_CLASSES), donate_argnums=0)
-        mode_params = jax.tree_util.tree_map(jnp.array, mode_params)  # the step donates them
-        state = TrainState(jnp.zeros((), jnp.int32), mode_params, {}, tx.init(mode_params), jax.random.PRNGKey(0))
-        compiled = step.lower(state, batch).compile()
-        holder = [state]
-
-        def run(compiled: Any = compiled, holder: list = holder) -> None:
-            holder[0], metrics = compiled(holder[0], batch)
-            jax.block_until_ready((holder[0], metrics))
-
-        runs[mode] = (run, flops_of(compiled))
+        step = TrainStep(mode_model, mode_params, batch, jtl_trainable(model, mode), NUM_CLASSES)
+        runs[mode] = (lambda step=step: step.run(batch), flops_of(step.compiled))
     return runs
-
-
-def flops_of(compiled: Any) -> float:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, list | tuple):  # older jax: one dict per computation
-        analysis = analysis[0]
-    return float((analysis or {}).get("flops", 0.0))
 
 
 # ---------------------------------------------------------------------------------------------- PyTorch

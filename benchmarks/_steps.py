@@ -1,0 +1,57 @@
+"""What the benchmark scripts share: jtl's compiled train step on a fixed batch, and a median timer."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jtl.masking as jm
+from jtl.parallel import TrainState, make_train_step
+
+
+def time_median(run: Callable[[], Any], warmup: int, iters: int) -> float:
+    """Median wall seconds of ``run()`` (which must block until its results exist) after ``warmup`` calls."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def everything(tree: Any) -> Any:
+    """The ``trainable`` spec of full fine-tuning."""
+    return jax.tree_util.tree_map(lambda _: True, tree)
+
+
+def flops_of(compiled: Any) -> float:
+    """FLOPs of one call of a compiled program, from XLA's cost analysis (0 where it gives none)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list | tuple):  # older jax: one dict per computation
+        analysis = analysis[0]
+    return float((analysis or {}).get("flops", 0.0))
+
+
+class TrainStep:
+    """The trainer's step (``jtl.parallel.make_train_step``, AdamW, state donated) compiled for ``batch``'s
+    shapes; ``run(batch)`` takes one step and, with ``wait``, blocks until the new state exists."""
+
+    def __init__(self, model: Any, params: Any, batch: dict, trainable: Any, num_classes: int) -> None:
+        tx = jm.freeze(optax.adamw(1e-4), trainable=trainable)
+        step = jax.jit(make_train_step(model, tx, trainable, num_classes=num_classes), donate_argnums=0)
+        params = jax.tree_util.tree_map(jnp.array, params)  # donated: never the caller's arrays
+        self.state = TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(0))
+        self.compiled = step.lower(self.state, batch).compile()
+
+    def run(self, batch: dict, wait: bool = True) -> None:
+        self.state, metrics = self.compiled(self.state, batch)
+        if wait:
+            jax.block_until_ready((self.state, metrics))
