@@ -1,12 +1,25 @@
 """The benchmark scripts stay runnable: a tiny configuration, no timing assertions."""
 
+import os
+
 import numpy as np
 
 from benchmarks import freezing
 
 
 def test_freezing_benchmark_runs_tiny(capsys):
-    tiny = ["--width", "16", "--depth", "2", "--heads", "2", "--tokens", "4", "--batch", "2", "--iters", "1"]
+    tiny = [
+        "--model",
+        "vit-ti16",
+        "--image-size",
+        "32",
+        "--batch",
+        "2",
+        "--iters",
+        "1",
+        "--overrides",
+        '{"num_layers": 2}',
+    ]
     results = freezing.main([*tiny, "--last-n", "1"])
     assert len(results) == 4 and all(ms > 0 for ms in results.values())
     assert "x full" in capsys.readouterr().out
@@ -69,3 +82,54 @@ def test_multitask_benchmark_runs_tiny(tmp_path, capsys, monkeypatch):
     assert set(multi) == set(single) == {"value"}
     assert results["equal"]["delta_m"] == [multitask.relative_change(multi, single)]
     assert "| equal |" in capsys.readouterr().out
+
+
+def test_vs_pytorch_runs_bert_and_the_xla_attempts(capsys, monkeypatch):
+    from benchmarks import vs_pytorch
+
+    tiny = ["--seq-len", "8", "--batch", "2", "--warmup", "0", "--iters", "1"]
+    results = vs_pytorch.main(["--models", "bert-tiny", "--modes", "lora", "last2", *tiny])
+    row = results["bert-tiny"]["lora"]
+    assert row["jtl"] > 0 and row["torch"] > 0 and row["flops"] > 0
+    assert "torch/jtl" in capsys.readouterr().out
+
+    monkeypatch.setattr(vs_pytorch, "XLA_ATTEMPTS", {"default": ""})
+    attempts = vs_pytorch.main(["--models", "vit-ti16", "--image-size", "32", "--xla-attempts", *tiny])
+    assert set(attempts) == {"default"} and attempts["default"]["jtl"] > 0
+    assert "XLA CPU options" in capsys.readouterr().out
+
+
+def test_gpu_script_cpu_smoke_mode():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu.sh"), "--cpu-smoke"],
+        env={**os.environ, "PYTHON": sys.executable, "XLA_FLAGS": ""},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "jtl MFU" in done.stdout and "bfloat16" in done.stdout
+    assert {line.split()[0] for line in done.stdout.splitlines()[-2:]} == {"full", "lora"}
+
+
+def test_input_pipeline_benchmark_runs_tiny(capsys):
+    from benchmarks import input_pipeline
+
+    tiny = ["--batches", "2", "--iters", "1", "--images", "4", "--image-width", "40", "--image-height", "30"]
+    rows = input_pipeline.main([*tiny, "--folder-model", "vit-ti16", "--folder-size", "32", "--folder-batch", "2"])
+    assert len(rows) == 3 and all(rate > 0 for row in rows for rate in row[1:])
+    assert "together/step" in capsys.readouterr().out
+
+
+def test_startup_benchmark_runs_tiny(capsys):
+    from benchmarks import startup
+
+    medians = startup.main(["--model", "vit-ti16", "--image-size", "32", "--batch", "2", "--repeats", "1"])
+    for marks in medians.values():
+        assert [marks[p] for p in startup.PHASES] == sorted(marks[p] for p in startup.PHASES)
+    assert "warm cache" in capsys.readouterr().out
