@@ -15,16 +15,19 @@ import jtl.masking as jm
 from jtl.parallel import TrainState, make_train_step
 
 
-def time_median(run: Callable[[], Any], warmup: int, iters: int) -> float:
-    """Median wall seconds of ``run()`` (which must block until its results exist) after ``warmup`` calls."""
-    for _ in range(warmup):
-        run()
-    times = []
+def time_interleaved(runs: dict[str, Callable[[], Any]], warmup: int, iters: int) -> dict[str, float]:
+    """Median wall seconds of each ``run()`` (which must block until its results exist), after ``warmup`` calls
+    of each; the timed calls alternate between the runs, so a shared, noisy machine's drift affects all alike."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(iters):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def everything(tree: Any) -> Any:

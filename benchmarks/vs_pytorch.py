@@ -7,7 +7,8 @@ PyTorch's are Hugging Face ``transformers``' ``ViTForImageClassification`` / ``B
 with ``torch.optim.AdamW`` over the parameters that train. Modes: ``full`` fine-tuning, the ``last2`` blocks and
 the head, the ``frozen`` backbone (a new head), ``lora`` (rank 8 on the attention's query and value, and the
 head) and ``forward`` (inference). Inputs are random, never zero. Prints median seconds per step of ``--iters``
-timed steps after warm-up and compilation, and each PyTorch/jtl ratio (> 1: jtl is faster).
+timed steps after warm-up and compilation (the two frameworks' steps alternate, so the machine's drift
+affects both alike), and each PyTorch/jtl ratio (> 1: jtl is faster).
 
 ``--xla-attempts`` reruns the ViT full step in one subprocess per XLA CPU option set (``XLA_FLAGS`` must be set
 before JAX starts) and prints each attempt's ratio, measured against PyTorch in that same process.
@@ -24,7 +25,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jtl.masking as jm
-from benchmarks._steps import TrainStep, everything, flops_of, time_median
+from benchmarks._steps import TrainStep, everything, flops_of, time_interleaved
 from jtl import methods, models
 
 MODES = ("full", "last2", "frozen", "lora", "forward")
@@ -46,6 +47,7 @@ XLA_ATTEMPTS = {
     "XNNPACK (--xla_cpu_use_xnnpack)": "--xla_cpu_use_xnnpack=true",
     "thunks off (--xla_cpu_use_thunk_runtime=false)": "--xla_cpu_use_thunk_runtime=false",
     "fast math (--xla_cpu_enable_fast_math)": "--xla_cpu_enable_fast_math=true",
+    "no YNNPACK fusions (Eigen matmuls)": "--xla_cpu_experimental_ynn_fusion_type=",
 }
 
 
@@ -76,8 +78,8 @@ def jtl_trainable(model: Any, mode: str) -> Any:
     return lambda tree: jm.map_with_names(lambda name, _: layer_of(name) > top - 1 - 2, tree)
 
 
-def jtl_runs(name: str, inputs: dict, modes: list[str], dtype: str) -> dict[str, tuple[Callable[[], Any], float]]:
-    """``{mode: (run one step, FLOPs of the compiled step from XLA's cost analysis)}``."""
+def jtl_runs(name: str, inputs: dict, modes: list[str], dtype: str) -> Iterator[tuple[Callable[[], Any], float]]:
+    """For each mode in turn, ``(run one step, FLOPs of the compiled step from XLA's cost analysis)``."""
     overrides = {"dtype": jnp.bfloat16} if dtype == "bfloat16" else {}
     if name.startswith("vit"):
         overrides["image_size"] = inputs["image"].shape[1]
@@ -86,20 +88,18 @@ def jtl_runs(name: str, inputs: dict, modes: list[str], dtype: str) -> dict[str,
     model = models.create(name, num_classes=NUM_CLASSES, head_zero_init=False, **overrides)
     params = models.init(model)["params"]
     batch = jax.device_put(inputs)
-    runs = {}
     for mode in modes:
         if mode == "forward":
             forward = jax.jit(lambda p, b, model=model: model.apply({"params": p}, *models.model_inputs(b)))
             compiled = forward.lower(params, batch).compile()
-            runs[mode] = (lambda f=compiled: jax.block_until_ready(f(params, batch)), flops_of(compiled))
+            yield (lambda f=compiled: jax.block_until_ready(f(params, batch))), flops_of(compiled)
             continue
         mode_model, mode_params = model, params
         if mode == "lora":
             mode_model = methods.with_lora(model, LORA)
             mode_params = methods.add_adapters(params, LORA, jax.random.PRNGKey(1))
         step = TrainStep(mode_model, mode_params, batch, jtl_trainable(model, mode), NUM_CLASSES)
-        runs[mode] = (lambda step=step: step.run(batch), flops_of(step.compiled))
-    return runs
+        yield (lambda step=step: step.run(batch)), flops_of(step.compiled)
 
 
 # ---------------------------------------------------------------------------------------------- PyTorch
@@ -170,8 +170,8 @@ def torch_trainable(model: Any, mode: str) -> None:
             setattr(attention, name, LoRALinear(getattr(attention, name)))
 
 
-def torch_runs(name: str, inputs: dict, modes: list[str], dtype: str, compile_steps: bool) -> dict:
-    """``{mode: run one step}``, each on a fresh model."""
+def torch_runs(name: str, inputs: dict, modes: list[str], dtype: str, compile_steps: bool) -> Iterator[Callable]:
+    """For each mode in turn, a function that runs one step (each on a fresh model)."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
@@ -183,7 +183,6 @@ def torch_runs(name: str, inputs: dict, modes: list[str], dtype: str, compile_st
         features = {k: torch.as_tensor(inputs[k], dtype=torch.long, device=device) for k in ("input_ids",)}
         features["attention_mask"] = torch.as_tensor(inputs["attention_mask"], dtype=torch.long, device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    runs = {}
     for mode in modes:
         torch.manual_seed(0)
         model = torch_model(name, inputs)
@@ -207,8 +206,7 @@ def torch_runs(name: str, inputs: dict, modes: list[str], dtype: str, compile_st
             optimizer.zero_grad(set_to_none=True)
             sync()
 
-        runs[mode] = forward if mode == "forward" else step
-    return runs
+        yield forward if mode == "forward" else step
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -219,19 +217,17 @@ def measure(args: argparse.Namespace, name: str) -> dict[str, dict[str, float]]:
     vocab = 30522
     inputs = random_inputs(family, args.batch, args.image_size, args.seq_len, vocab)
     results: dict[str, dict[str, float]] = {mode: {} for mode in args.modes}
-    # PyTorch first, then its cached GPU memory is released for JAX (which, started with
-    # XLA_PYTHON_CLIENT_PREALLOCATE=false, takes memory as it needs it).
-    if "torch" in args.frameworks:
-        import torch
-
-        for mode, run in torch_runs(name, inputs, args.modes, args.dtype, args.torch_compile).items():
-            results[mode]["torch"] = time_median(run, args.warmup, args.iters)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    if "jtl" in args.frameworks:
-        for mode, (run, flops) in jtl_runs(name, inputs, args.modes, args.dtype).items():
-            results[mode]["jtl"] = time_median(run, args.warmup, args.iters)
-            results[mode]["flops"] = flops
+    # One mode at a time, both frameworks built and timed in alternation, then released.
+    jtl_modes = jtl_runs(name, inputs, args.modes, args.dtype) if "jtl" in args.frameworks else None
+    torch_modes = torch_runs(name, inputs, args.modes, args.dtype, args.torch_compile)
+    torch_modes = torch_modes if "torch" in args.frameworks else None
+    for mode in args.modes:
+        runs = {}
+        if torch_modes is not None:
+            runs["torch"] = next(torch_modes)
+        if jtl_modes is not None:
+            runs["jtl"], results[mode]["flops"] = next(jtl_modes)
+        results[mode].update(time_interleaved(runs, args.warmup, args.iters))
     return results
 
 
