@@ -108,25 +108,23 @@ def jtl_runs(name: str, inputs: dict, modes: list[str], dtype: str) -> Iterator[
 def torch_model(name: str, inputs: dict) -> Any:
     import transformers
 
-    if name.startswith("vit"):
-        fields = models.vit.vit_config(name)
+    is_vit = name.startswith("vit")
+    fields = models.vit.vit_config(name) if is_vit else models.bert.bert_config(name)
+    shared = {
+        "hidden_size": fields["hidden_size"],
+        "num_hidden_layers": fields["num_layers"],
+        "num_attention_heads": fields["num_heads"],
+        "num_labels": NUM_CLASSES,
+    }
+    if is_vit:
+        image_size = inputs["image"].shape[1]
         config = transformers.ViTConfig(
-            hidden_size=fields["hidden_size"],
-            num_hidden_layers=fields["num_layers"],
-            num_attention_heads=fields["num_heads"],
-            intermediate_size=fields["mlp_dim"],
-            patch_size=fields["patch_size"],
-            image_size=inputs["image"].shape[1],
-            num_labels=NUM_CLASSES,
+            **shared, intermediate_size=fields["mlp_dim"], patch_size=fields["patch_size"], image_size=image_size
         )
         return transformers.ViTForImageClassification(config)
-    fields = models.bert.bert_config(name)
     config = transformers.BertConfig(
-        hidden_size=fields["hidden_size"],
-        num_hidden_layers=fields["num_layers"],
-        num_attention_heads=fields["num_heads"],
+        **shared,
         intermediate_size=fields["intermediate_size"],
-        num_labels=NUM_CLASSES,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
