@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# jtl vs PyTorch on one GPU: ViT-B/16 at 224, bf16, images/s and MFU for full fine-tuning, the frozen backbone,
-# LoRA and inference, jtl's steps against transformers' ViT with bf16 autocast and torch.compile, in one process.
+# jtl vs PyTorch on one GPU: ViT-B/16 at 224, bf16, images/s and MFU for full fine-tuning, the frozen backbone
+# and LoRA, jtl's steps against transformers' ViT with bf16 autocast and torch.compile, in one process.
 #
 #   bash benchmarks/gpu.sh               # on an H100/H200 with JAX (CUDA), PyTorch and transformers installed
 #   bash benchmarks/gpu.sh --cpu-smoke   # the same script on the CPU with a tiny ViT (the test suite runs this)
@@ -33,4 +33,4 @@ case "$name" in
 esac
 echo "GPU: $name (bf16 dense peak $peak TFLOP/s)"
 "$PY" -m benchmarks.vs_pytorch --models vit-b16 --image-size 224 --batch 128 --dtype bfloat16 --torch-compile \
-  --warmup 3 --iters 10 --modes full frozen lora forward --peak-tflops "$peak"
+  --warmup 3 --iters 10 --modes full frozen lora --peak-tflops "$peak"

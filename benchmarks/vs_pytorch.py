@@ -10,8 +10,8 @@ head) and ``forward`` (inference). Inputs are random, never zero. Prints median 
 timed steps after warm-up and compilation (the two frameworks' steps alternate, so the machine's drift
 affects both alike), and each PyTorch/jtl ratio (> 1: jtl is faster).
 
-``--xla-attempts`` reruns the ViT full step in one subprocess per XLA CPU option set (``XLA_FLAGS`` must be set
-before JAX starts) and prints each attempt's ratio, measured against PyTorch in that same process.
+``--xla-attempts`` reruns the first model's full step in one subprocess per XLA CPU option set (``XLA_FLAGS``
+must be set before JAX starts) and prints each attempt's ratio, measured against PyTorch in that same process.
 
 On a GPU: ``--dtype bfloat16`` computes in bf16 (jtl: ``dtype=bfloat16`` params kept in fp32; PyTorch: autocast),
 ``--torch-compile`` compiles PyTorch's steps, and ``--peak-tflops`` turns FLOPs (from XLA's cost analysis of
@@ -246,7 +246,7 @@ def print_table(name: str, args: argparse.Namespace, results: dict[str, dict[str
 
 
 def xla_attempts(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """The ViT full step under each XLA option set, each in its own process with PyTorch beside it."""
+    """The first model's full step under each XLA option set, each in its own process with PyTorch beside it."""
     results = {}
     base = [a for a in os.environ.get("XLA_FLAGS", "").split() if a]
     for label, flags in XLA_ATTEMPTS.items():
@@ -281,7 +281,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--torch-compile", action="store_true", help="torch.compile PyTorch's steps")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for MFU (0: no MFU)")
-    parser.add_argument("--xla-attempts", action="store_true", help="time the XLA CPU option sets (ViT full step)")
+    parser.add_argument(
+        "--xla-attempts", action="store_true", help="time the XLA CPU option sets (first model, full step)"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line instead")
     args = parser.parse_args(argv)
 

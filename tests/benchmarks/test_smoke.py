@@ -94,7 +94,7 @@ def test_vs_pytorch_runs_bert_and_the_xla_attempts(capsys, monkeypatch):
     assert "torch/jtl" in capsys.readouterr().out
 
     monkeypatch.setattr(vs_pytorch, "XLA_ATTEMPTS", {"default": ""})
-    attempts = vs_pytorch.main(["--models", "vit-ti16", "--image-size", "32", "--xla-attempts", *tiny])
+    attempts = vs_pytorch.main(["--models", "bert-tiny", "--xla-attempts", *tiny])
     assert set(attempts) == {"default"} and attempts["default"]["jtl"] > 0
     assert "XLA CPU options" in capsys.readouterr().out
 
@@ -129,7 +129,8 @@ def test_input_pipeline_benchmark_runs_tiny(capsys):
 def test_startup_benchmark_runs_tiny(capsys):
     from benchmarks import startup
 
-    medians = startup.main(["--model", "vit-ti16", "--image-size", "32", "--batch", "2", "--repeats", "1"])
+    tiny = ["--image-size", "32", "--batch", "2", "--repeats", "1", "--overrides", '{"num_layers": 1}']
+    medians = startup.main(["--model", "vit-ti16", *tiny])
     for marks in medians.values():
         assert [marks[p] for p in startup.PHASES] == sorted(marks[p] for p in startup.PHASES)
     assert "warm cache" in capsys.readouterr().out
