@@ -39,4 +39,4 @@ test: lint
 	JTL_FAIL_ON_SKIP=1 $(PY) -m pytest -n 2 --durations=15
 
 bench: $(VENV)/.installed-run
-	$(PY) benchmarks/freezing.py
+	$(PY) -m benchmarks.freezing

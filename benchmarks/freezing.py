@@ -1,7 +1,7 @@
 """Freezing benchmark: the cost of a train step with the backbone frozen, with the last N blocks trainable,
 and with everything trainable, against the anchors' freezing recipe.
 
-Run: ``python benchmarks/freezing.py`` (defaults: jtl's ViT-S/16 at 224 px, batch 8, fp32, SGD momentum).
+Run: ``python -m benchmarks.freezing`` (defaults: jtl's ViT-S/16 at 224 px, batch 8, fp32, SGD momentum).
 Every step clips gradients by global norm and logs the gradient norm, as vit_jax/big_vision do. The anchor
 recipe (big_vision, scenic, optax's freezing recipe) takes the full gradient, clips/logs over the whole
 tree and then zeroes the frozen updates; jtl differentiates only the trainable leaves
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import optax
 
 import jtl.masking as jm
+from benchmarks._steps import time_interleaved
 from jtl import models
 
 
@@ -38,17 +38,14 @@ def make_step(
 
 
 def time_step(step: Callable[..., Any], params: Any, opt_state: Any, batch: Any, iters: int) -> float:
-    params = jax.tree_util.tree_map(jnp.copy, params)  # the step donates its inputs
-    for _ in range(2):  # compile and warm up
-        params, opt_state, metrics = step(params, opt_state, batch)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        params, opt_state, metrics = step(params, opt_state, batch)
+    """Median milliseconds per step, after 2 warm-up steps (the first compiles)."""
+    state = [jax.tree_util.tree_map(jnp.copy, params), opt_state]  # the step donates its inputs
+
+    def run() -> None:
+        state[0], state[1], metrics = step(state[0], state[1], batch)
         jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+
+    return 1e3 * time_interleaved({"step": run}, warmup=2, iters=iters)["step"]
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -72,9 +69,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logits = model.apply({"params": params}, batch[0])
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
-    layer_of, top = models.layer_index(model)
     head = ["norm/.*", "head/.*"]
-    last_n = lambda tree: jm.map_with_names(lambda name, _: layer_of(name) > top - 1 - args.last_n, tree)
+    last_n = models.top_layers(model, args.last_n + 1)
     base = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(1e-3, momentum=0.9))
     runs = {
         "full fine-tuning": (base, jax.value_and_grad),

@@ -63,8 +63,11 @@ def write_image_folder(root: Path, count: int, width: int, height: int) -> Path:
     return root
 
 
-def measure(name: str, make_batches: Callable[[], Any], steps: dict[str, TrainStep], args: argparse.Namespace) -> list:
-    batch = jax.device_put(next(make_batches()))
+def measure(
+    name: str, make_batches: Callable[[], Any], steps: dict[str, TrainStep], batch: dict, args: argparse.Namespace
+) -> list:
+    """Rows of (label, pipeline, step alone, together); ``batch`` is the fixed batch the steps were built for."""
+    batch = jax.device_put(batch)
     batch_size = len(batch["label"])
     pipeline = pipeline_rate(make_batches, batch_size, args.batches)
     rows = []
@@ -92,8 +95,9 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float, float]]
     splits = jdata.digits_task(config.data.classes, shots=config.data.shots, seed=config.data.split_seed)
     model = models.create(config.model.name, num_classes=config.num_classes, **dict(config.model.overrides))
     digits = lambda: jdata.train_batches(splits["train"], config.batch_size, seed=0)
-    full = TrainStep(model, models.init(model)["params"], next(digits()), everything, config.num_classes)
-    rows = measure(f"digits, batch {config.batch_size}", digits, {f"{config.model.name} full": full}, args)
+    batch = next(digits())
+    full = TrainStep(model, models.init(model)["params"], batch, everything, config.num_classes)
+    rows = measure(f"digits, batch {config.batch_size}", digits, {f"{config.model.name} full": full}, batch, args)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = write_image_folder(Path(tmp), args.images, args.image_width, args.image_height)
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float, float]]
             f"{args.folder_model} full": TrainStep(model, params, batch, everything, 2),
         }
         name = f"JPEG folder {args.image_width}x{args.image_height} -> {args.folder_size}, batch {args.folder_batch}"
-        rows += measure(name, folder, steps, args)
+        rows += measure(name, folder, steps, batch, args)
 
     print(f"jax {jax.__version__}, {jax.device_count()} {jax.default_backend()} device(s); examples/s")
     width = max(len(row[0]) for row in rows)

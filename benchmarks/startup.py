@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,7 @@ def start_once(args: argparse.Namespace, cache: str) -> dict[str, float]:
     command = [sys.executable, "-m", "benchmarks.startup", "--child", "--cache", cache]
     command += ["--model", args.model, "--image-size", str(args.image_size), "--batch", str(args.batch)]
     command += ["--overrides", args.overrides, "--started", repr(time.time())]
-    done = subprocess.run(command, capture_output=True, text=True, check=True, env=os.environ.copy())
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jtl.masking as jm
 from benchmarks._steps import TrainStep, everything, flops_of, time_interleaved
 from jtl import methods, models
 
@@ -74,8 +73,7 @@ def jtl_trainable(model: Any, mode: str) -> Any:
         return ("head/.*",)
     if mode == "lora":
         return methods.LORA_TRAINABLE
-    layer_of, top = models.layer_index(model)
-    return lambda tree: jm.map_with_names(lambda name, _: layer_of(name) > top - 1 - 2, tree)
+    return models.top_layers(model, 2 + 1)  # the last 2 blocks and the top (final norm, head)
 
 
 def jtl_runs(name: str, inputs: dict, modes: list[str], dtype: str) -> Iterator[tuple[Callable[[], Any], float]]:
@@ -184,10 +182,10 @@ def torch_runs(name: str, inputs: dict, modes: list[str], dtype: str, compile_st
     for mode in modes:
         torch.manual_seed(0)
         model = torch_model(name, inputs)
-        if mode != "forward":
+        training = mode != "forward"
+        if training:
             torch_trainable(model, mode)
-        model.to(device).train(mode != "forward")
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        model.to(device).train(training)
         # The usual recipe: the model compiled (forward and, through AOTAutograd, backward), the optimizer eager.
         call = torch.compile(model) if compile_steps else model
 
@@ -195,6 +193,11 @@ def torch_runs(name: str, inputs: dict, modes: list[str], dtype: str, compile_st
             with torch.no_grad(), autocast:
                 call(**features)
             sync()
+
+        if not training:
+            yield forward
+            continue
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
         def step(call: Any = call, optimizer: Any = optimizer) -> None:
             with autocast:
@@ -204,7 +207,7 @@ def torch_runs(name: str, inputs: dict, modes: list[str], dtype: str, compile_st
             optimizer.zero_grad(set_to_none=True)
             sync()
 
-        yield forward if mode == "forward" else step
+        yield step
 
 
 # ---------------------------------------------------------------------------------------------- main

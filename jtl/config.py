@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +150,64 @@ def config_from_args(spec: str, overrides: list[str]) -> ml_collections.ConfigDi
             raise ConfigError(f"{item}: expected --config.key=value")
         apply_override(config, key, value)
     return config
+
+
+def command_line_parser(
+    prog: str, description: str, workdir_help: str, workdir_suffix: str = ""
+) -> argparse.ArgumentParser:
+    """The parser of a jtl command: ``--config path/to/config.py[:arg]`` and ``--workdir``; the command adds its
+    own options and reads everything with :func:`parse_command_line`.
+
+    Args:
+      prog: the command, e.g. ``python -m jtl.train``.
+      description: one line for ``--help``.
+      workdir_help: what the workdir holds.
+      workdir_suffix: appended to the default workdir, ``workdirs/<config file name>``.
+
+    Returns:
+      The parser.
+
+    >>> command_line_parser("python -m jtl.train", "Trains.", "checkpoints").prog
+    'python -m jtl.train'
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", required=True, help="path/to/config.py[:arg]")
+    parser.add_argument(
+        "--workdir", default=None, help=f"{workdir_help} (default: workdirs/<config name>{workdir_suffix})"
+    )
+    parser.set_defaults(workdir_suffix=workdir_suffix)
+    return parser
+
+
+def parse_command_line(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> tuple[argparse.Namespace, ml_collections.ConfigDict, str]:
+    """Parses a command line of ``parser``'s options and any ``--config.key=value`` overrides; an unknown
+    option, or a config that does not load, exits with status 2 and a message naming it.
+
+    Args:
+      parser: from :func:`command_line_parser`, with the command's own options added.
+      argv: the arguments.
+
+    Returns:
+      ``(args, config, workdir)``.
+
+    >>> parser = command_line_parser("python -m jtl.train", "Trains.", "checkpoints")
+    >>> args, config, workdir = parse_command_line(
+    ...     parser, ["--config", "configs/quickstart.py:lora", "--config.lora.rank=8"]
+    ... )
+    >>> config.lora.rank, workdir
+    (8, 'workdirs/quickstart')
+    """
+    args, rest = parser.parse_known_args([a for a in argv if not a.startswith("--config.")])
+    if rest:
+        parser.error(f"unrecognised arguments: {rest}")
+    try:
+        config = config_from_args(args.config, [a for a in argv if a.startswith("--config.")])
+    except ConfigError as e:
+        parser.exit(2, f"error: {e}\n")
+    workdir = args.workdir or os.path.join("workdirs", Path(args.config.partition(":")[0]).stem + args.workdir_suffix)
+    return args, config, workdir
 
 
 def data_config() -> ml_collections.ConfigDict:

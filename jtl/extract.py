@@ -9,9 +9,7 @@ extracts every count-th shard; the classifier is fitted when every shard is ther
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import numpy as np
 
 from jtl import data as jdata
 from jtl import methods
-from jtl.config import ConfigError, config_from_args
+from jtl.config import ConfigError, command_line_parser, parse_command_line
 
 SHARD = "shard_{:05d}.npz"
 
@@ -227,17 +225,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     SystemExit: 2
     """
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m jtl.extract", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="path/to/config.py[:arg]")
-    parser.add_argument("--workdir", default=None, help="feature cache and results (default: workdirs/<name>)")
+    parser = command_line_parser(
+        "python -m jtl.extract", __doc__.splitlines()[0], "feature cache and results", workdir_suffix="_extract"
+    )
     parser.add_argument("--process_index", type=int, default=0, help="this process's share of the shards")
     parser.add_argument("--process_count", type=int, default=1, help="processes sharing the extraction")
-    args, rest = parser.parse_known_args([a for a in argv if not a.startswith("--config.")])
-    if rest:
-        parser.error(f"unrecognised arguments: {rest}")
+    args, config, workdir = parse_command_line(parser, argv)
     try:
-        config = config_from_args(args.config, [a for a in argv if a.startswith("--config.")])
-        workdir = args.workdir or os.path.join("workdirs", Path(args.config.partition(":")[0]).stem + "_extract")
         return extract_and_fit(config, workdir, args.process_index, args.process_count)
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")

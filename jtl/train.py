@@ -9,7 +9,6 @@ without target labels) or several tasks on a shared backbone (``config.tasks``).
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import itertools
 import json
@@ -33,7 +32,7 @@ from jtl import data as jdata
 from jtl import methods, models, multitask, parallel
 from jtl.cadence import is_time
 from jtl.checkpoint import Checkpointer
-from jtl.config import ConfigError, config_from_args
+from jtl.config import ConfigError, command_line_parser, parse_command_line
 from jtl.weights import load_pretrained, load_tokenizer
 
 
@@ -187,9 +186,8 @@ def _with_auxiliary(trainable: Any) -> Any:
 def _trainable(config: ml_collections.ConfigDict, model: Any) -> Any:
     """The trainable-mask spec from ``config.trainable`` / ``config.frozen`` / ``config.train_last_n``."""
     if config.train_last_n >= 0:
-        layer_of, top = models.layer_index(model)
         # The last N layers below the top, plus the top (final norm, pooler and head) itself.
-        return lambda tree: jm.map_with_names(lambda name, _: layer_of(name) > top - 1 - config.train_last_n, tree)
+        return models.top_layers(model, config.train_last_n + 1)
     if config.trainable:
         return list(config.trainable)
     if config.frozen:
@@ -213,13 +211,9 @@ def _stages(config: ml_collections.ConfigDict, model: Any) -> tuple[tuple[int, .
     starts = tuple(int(s) for s in config.unfreeze_starts)
     if starts[0] != 0 or any(b <= a for a, b in itertools.pairwise(starts)):
         raise ConfigError(f"config.unfreeze_starts={starts}: must start at 0 and increase")
-    layer_of, top = models.layer_index(model)
-
-    def top_layers(count: int) -> Any:
-        return lambda tree: jm.map_with_names(lambda name, _: layer_of(name) > top - count, tree)
-
+    _, top = models.layer_index(model)
     everything = top + 1
-    return starts, [top_layers(k + 1 if k < len(starts) - 1 else everything) for k in range(len(starts))]
+    return starts, [models.top_layers(model, k + 1 if k < len(starts) - 1 else everything) for k in range(len(starts))]
 
 
 def _schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -826,24 +820,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     SystemExit: 2
     """
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m jtl.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="path/to/config.py[:arg]")
-    parser.add_argument("--workdir", default=None, help="checkpoints and metrics (default: workdirs/<config name>)")
+    parser = command_line_parser("python -m jtl.train", __doc__.splitlines()[0], "checkpoints and metrics")
     parser.add_argument("--coordinator", default=None, help="multi-host: host:port of process 0")
     parser.add_argument("--num_processes", type=int, default=None, help="multi-host: the number of processes")
     parser.add_argument("--process_id", type=int, default=None, help="multi-host: this process's index")
-    args, rest = parser.parse_known_args([a for a in argv if not a.startswith("--config.")])
-    if rest:
-        parser.error(f"unrecognised arguments: {rest}")
+    args, config, workdir = parse_command_line(parser, argv)
     if args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         # Several processes (hosts): JAX's own distributed runtime; on Cloud TPU the arguments are found
         # automatically when left out.
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    try:
-        config = config_from_args(args.config, [a for a in argv if a.startswith("--config.")])
-    except ConfigError as e:
-        parser.exit(2, f"error: {e}\n")
-    workdir = args.workdir or os.path.join("workdirs", Path(args.config.partition(":")[0]).stem)
     return train_and_evaluate(config, workdir)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+import jtl.masking as jm
 from jtl.masking import block_layer_index
 from jtl.models import bert, resnet, vgg, vit
 
@@ -173,6 +174,26 @@ def layer_index(model: nn.Module) -> tuple[Callable[[str], int], int]:
 
         return vgg_layer, top
     raise TypeError(f"no layer index for {type(model).__name__}")
+
+
+def top_layers(model: nn.Module, count: int) -> Callable[[Any], Any]:
+    """The ``trainable`` spec for the top ``count`` layers of :func:`layer_index` (``count=1``: the final norm,
+    pooler and head; ``N + 1``: also the last N blocks; ``top + 1``: everything).
+
+    Args:
+      model: a jtl model.
+      count: how many layers, counted down from the top.
+
+    Returns:
+      ``params -> boolean tree``, for ``jtl.masking`` and the train step.
+
+    >>> model = create("vit-testing", num_classes=2)
+    >>> mask = top_layers(model, 2)(init(model)["params"])
+    >>> mask["embed"]["patch"]["kernel"], mask["head"]["kernel"]
+    (False, True)
+    """
+    layer_of, top = layer_index(model)
+    return lambda tree: jm.map_with_names(lambda name, _: layer_of(name) > top - count, tree)
 
 
 def model_inputs(batch: dict) -> tuple:
