@@ -43,7 +43,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{file}: a config file must define get_config(arg=None)")
-    config = module.get_config(arg or None)
+    try:
+        config = module.get_config(arg or None)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{file}: get_config({arg!r}) failed: {e}") from e
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{file}: get_config returned {type(config).__name__}, not an ml_collections.ConfigDict")
     config.lock()
@@ -175,6 +178,7 @@ def command_line_parser(
     parser.add_argument(
         "--workdir", default=None, help=f"{workdir_help} (default: workdirs/<config name>{workdir_suffix})"
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or JTL_DEBUG=1)")
     parser.set_defaults(workdir_suffix=workdir_suffix)
     return parser
 
@@ -280,6 +284,9 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.num_classes = 10
+    # What is optimised: a name from jtl.objectives.available(); "" picks it from the config (multitask with
+    # config.tasks, adaptation with config.target.source, else classification).
+    c.objective = ""
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "vit-testing"  # a jtl.models registry name, for training from scratch

@@ -13,6 +13,7 @@ from jtl.data._arrays import (
     shuffle_labels,
     train_batches,
 )
+from jtl.data._config import load_splits
 from jtl.data._folder import ImageFolderSource
 from jtl.data._images import ImagePreprocessing, random_resized_crop, resize_bilinear
 from jtl.data._text import TextPreprocessing
@@ -30,6 +31,7 @@ __all__ = [
     "ZippedBatches",
     "digits_task",
     "eval_batches",
+    "load_splits",
     "random_resized_crop",
     "resize_bilinear",
     "shifted",

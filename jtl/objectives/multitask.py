@@ -1,8 +1,8 @@
-"""Multi-task learning on a shared backbone: one head per task (``params["heads"][name]``), each task with its
-own batch, loss and metrics, and the task weightings of :mod:`jtl.methods` (equal, uncertainty, DWA, GradNorm,
-PCGrad) inside one step that ``jit`` or ``pmap`` compiles like any other (:mod:`jtl.parallel`).
+"""Multi-task learning on a shared backbone: one head per task (the objective's ``heads`` params), each task with
+its own data, batch, loss and metrics, and the task weightings of :mod:`jtl.methods` (equal, uncertainty, DWA,
+GradNorm, PCGrad).
 
-GradNorm and PCGrad need each task's own gradient: the step takes the Jacobian of the vector of task losses
+GradNorm and PCGrad need each task's own gradient: the objective asks the step for one gradient per task loss
 (``jax.jacrev``: one forward pass, one backward pass per task, batched by ``vmap``), over the trainable
 parameters only. PCGrad projects the shared parameters' gradients and sums the heads' (each head has only its
 own task's gradient). GradNorm's gradient norms ``G_i`` are taken over all the shared trainable parameters: the
@@ -11,17 +11,22 @@ paper uses the last shared layer to save a backward pass per task, which the Jac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
-import jtl.masking as jm
+from jtl import data as jdata
 from jtl import methods, models
-from jtl.parallel import HEADS, LOSS_WEIGHTS, TrainState, _variables
+from jtl.config import ConfigError
+from jtl.objectives._base import Load, Objective, Stream, Sums
+
+# The parts of the step's gradient tree (jtl.step.trained): the shared backbone's and the objective's own.
+MODEL, OBJECTIVE = "model", "objective"
 
 KINDS = ("classification", "regression")
 WEIGHTINGS = ("equal", "uncertainty", "dwa", "gradnorm", "pcgrad")
@@ -123,9 +128,9 @@ def init_loss_weights(tasks: Sequence[Task], weighting: Weighting) -> dict | Non
     return {"log_variance": jnp.zeros(len(tasks), jnp.float32)}
 
 
-def init_extra(tasks: Sequence[Task], weighting: Weighting) -> dict:
-    """The weighting's own state, kept in ``TrainState.extra``: DWA's per-period mean losses, GradNorm's weights
-    and first losses.
+def init_state(tasks: Sequence[Task], weighting: Weighting) -> dict:
+    """The weighting's own state, kept in ``TrainState.objective_state``: DWA's per-period mean losses,
+    GradNorm's weights and first losses.
 
     Args:
       tasks: the tasks, in order.
@@ -134,7 +139,7 @@ def init_extra(tasks: Sequence[Task], weighting: Weighting) -> dict:
     Returns:
       ``{name: array}`` (empty for weightings without state).
 
-    >>> sorted(init_extra([Task("a"), Task("b")], Weighting("gradnorm")))
+    >>> sorted(init_state([Task("a"), Task("b")], Weighting("gradnorm")))
     ['initial_losses', 'weights']
     """
     count = len(tasks)
@@ -202,11 +207,6 @@ def _sum_over_tasks(tree: Any, weights: jax.Array) -> Any:
     return jax.tree_util.tree_map(lambda g: jnp.tensordot(weights.astype(g.dtype), g, axes=1), tree)
 
 
-def _shared_and_heads(tree: dict) -> tuple[dict, dict]:
-    heads = {k: v for k, v in tree.items() if k in (HEADS, LOSS_WEIGHTS)}
-    return {k: v for k, v in tree.items() if k not in heads}, heads
-
-
 def _update_extra(extra: dict, weighting: Weighting, step: jax.Array, losses: jax.Array, task_grads: Any) -> dict:
     """The weighting's state after a step: DWA's running means, GradNorm's weights (one step on its objective,
     renormalised to sum to the number of tasks)."""
@@ -224,7 +224,7 @@ def _update_extra(extra: dict, weighting: Weighting, step: jax.Array, losses: ja
         }
     if weighting.method == "gradnorm":
         initial = jnp.where(step == 0, losses, extra["initial_losses"])
-        shared, _ = _shared_and_heads(task_grads)
+        shared = task_grads[MODEL]
         squares = [jnp.sum(g.astype(jnp.float32) ** 2, axis=tuple(range(1, g.ndim))) for g in jax.tree.leaves(shared)]
         norms = jnp.sqrt(sum(squares))
         weight_grad = jax.grad(methods.gradnorm_loss)(
@@ -235,178 +235,180 @@ def _update_extra(extra: dict, weighting: Weighting, step: jax.Array, losses: ja
     return extra
 
 
-def make_train_step(
-    model: nn.Module,
-    tasks: Sequence[Task],
-    tx: optax.GradientTransformation,
-    trainable: Any,
-    *,
-    weighting: Weighting = EQUAL,
-    train_batch_stats: bool = True,
-    axis_name: str | None = None,
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """Builds the pure multi-task step ``(state, batch) -> (state, metrics)``.
+class MultiTask(Objective):
+    """Several tasks on a shared backbone (a model with ``num_classes=0``), their losses combined by a weighting.
 
-    All tasks' inputs go through the backbone as one batch (BatchNorm sees every task); each task's head
-    gives its loss; the weighting combines them into one update.
+    All tasks' inputs go through the backbone as one batch (BatchNorm sees every task); each task's head gives
+    its loss. A training batch holds ``name/image`` (or ``name/input_ids``...) and ``name/label`` per task. The
+    step's metrics are ``loss`` (the combined loss), ``name/loss``, ``name/accuracy`` or ``name/mse`` and
+    ``name/weight`` per task.
 
     Args:
-      model: the shared backbone (a jtl model with ``num_classes=0``).
-      tasks: the tasks; ``batch`` holds ``name/image`` (or ``name/input_ids``...) and ``name/label`` for each.
-      tx: the optimizer over the whole params tree (backbone, ``heads``, ``loss_weights``).
-      trainable: what trains (a mask spec over the whole params tree).
-      weighting: how the task losses combine.
-      train_batch_stats: update BatchNorm statistics.
-      axis_name: the pmap axis (None under jit).
+      tasks: the tasks, in order.
+      weighting: how their losses combine.
+      data: ``{name: dataset config}``, what :meth:`load` reads.
 
-    Returns:
-      The step; its metrics are ``loss`` (the combined loss), ``name/loss``, ``name/accuracy`` or
-      ``name/mse``, ``name/weight`` per task, and ``grad_norm``.
-
+    >>> from jtl import step
     >>> model = models.create("vit-testing", num_classes=0, image_size=8, patch_size=4, num_channels=1)
-    >>> tasks = [Task("digit", num_classes=2), Task("value", "regression")]
-    >>> params = {**models.init(model)["params"], "heads": init_heads(tasks, 16, jax.random.PRNGKey(0))}
+    >>> objective = MultiTask([Task("digit", num_classes=2), Task("value", "regression")], Weighting("pcgrad"))
+    >>> params, state = objective.init(jax.random.PRNGKey(0), model, models.init(model))
     >>> tx = optax.sgd(0.1)
-    >>> state = TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(0))
+    >>> train_state = step.init_state(models.init(model), tx, objective_params=params, objective_state=state)
     >>> batch = {"digit/image": jnp.zeros((2, 8, 8, 1)), "digit/label": jnp.array([0, 1]),
     ...          "value/image": jnp.ones((2, 8, 8, 1)), "value/label": jnp.array([0.5, 2.0])}
-    >>> everything = lambda tree: jax.tree.map(lambda _: True, tree)
-    >>> step = jax.jit(make_train_step(model, tasks, tx, everything, weighting=Weighting("pcgrad")))
-    >>> state, metrics = step(state, batch)
-    >>> int(state.step), sorted(k for k in metrics if k.startswith("value/"))
+    >>> train_state, metrics = jax.jit(step.make_train_step(model, objective, tx))(train_state, batch)
+    >>> int(train_state.step), sorted(k for k in metrics if k.startswith("value/"))
     (1, ['value/loss', 'value/mse', 'value/weight'])
     """
-    check(tasks, weighting)
-    count = len(tasks)
 
-    def task_losses(params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple:
-        parts = [models.model_inputs(task_batch(batch, task.name)) for task in tasks]
-        inputs = tuple(jnp.concatenate(pieces) for pieces in zip(*parts, strict=True))
-        update_stats = bool(batch_stats) and train_batch_stats
-        out = model.apply(
-            _variables({k: v for k, v in params.items() if k not in (HEADS, LOSS_WEIGHTS)}, batch_stats),
-            *inputs,
-            train=train_batch_stats,
-            rngs={"dropout": rng},
-            mutable=["batch_stats"] if update_stats else False,
+    def __init__(self, tasks: Sequence[Task], weighting: Weighting = EQUAL, *, data: dict[str, Any] | None = None):
+        check(tasks, weighting)
+        self.tasks = list(tasks)
+        self.weighting = weighting
+        self.data = data
+        self.per_loss_gradients = weighting.method in ("gradnorm", "pcgrad")
+        self._static_weights = jnp.asarray([task.weight for task in tasks], jnp.float32)
+
+    # --- host side --------------------------------------------------------------------------------------------------
+    def load(self, load: Load) -> None:
+        self.splits = {name: load(task_data) for name, task_data in self.data.items()}
+        self.primary = next(iter(self.splits.values()))
+
+    def train_stream(self, stream: Stream) -> Iterator[dict]:
+        # Each task reads its own dataset; one batch of each per step.
+        return jdata.ZippedBatches(
+            {
+                name: stream(split["train"], split["train_transform"], i)
+                for i, (name, split) in enumerate(self.splits.items())
+            }
         )
-        features, new_stats = (out[0], out[1]["batch_stats"]) if update_stats else (out, batch_stats)
+
+    def init(self, rng: jax.Array, model: Any, variables: dict) -> tuple[Any, Any]:
+        width = jax.eval_shape(lambda v: model.apply(v, *model.example_inputs()), variables).shape[-1]
+        params = {"heads": init_heads(self.tasks, width, rng)}
+        loss_weights = init_loss_weights(self.tasks, self.weighting)
+        if loss_weights is not None:
+            params["loss_weights"] = loss_weights
+        return params, init_state(self.tasks, self.weighting)
+
+    # --- pure -------------------------------------------------------------------------------------------------------
+    def _weights(self, state: Any) -> jax.Array:
+        if self.weighting.method == "dwa":
+            ready = state["periods"] >= 2
+            dwa = methods.dwa_weights(state["previous"], state["before"], self.weighting.dwa_temperature)
+            return jnp.where(ready, dwa, jnp.ones(len(self.tasks)))
+        if self.weighting.method == "gradnorm":
+            return state["weights"]
+        return self._static_weights
+
+    def loss(self, forward: Any, params: Any, state: Any, batch: dict, step: jax.Array) -> tuple:
+        del step
+        parts = [models.model_inputs(task_batch(batch, task.name)) for task in self.tasks]
+        inputs = tuple(jnp.concatenate(pieces) for pieces in zip(*parts, strict=True))
+        features, batch_stats = forward(*inputs)
         losses, metrics, start = [], {}, 0
-        for task, part in zip(tasks, parts, strict=True):
+        for task, part in zip(self.tasks, parts, strict=True):
             size = part[0].shape[0]
-            outputs = _head_outputs(task, params[HEADS][task.name], features[start : start + size])
+            outputs = _head_outputs(task, params["heads"][task.name], features[start : start + size])
             start += size
             per_loss, per_metric = _per_example(task, outputs, batch[f"{task.name}/label"])
             losses.append(jnp.mean(per_loss))
             metrics[f"{task.name}/loss"] = losses[-1]
             metrics[f"{task.name}/{metric_name(task)}"] = jnp.mean(per_metric)
-        return jnp.stack(losses), (new_stats, metrics)
-
-    static_weights = jnp.asarray([task.weight for task in tasks], jnp.float32)
-
-    def scalar_loss(params: Any, batch_stats: Any, batch: dict, rng: jax.Array, weights: jax.Array) -> tuple:
-        losses, (new_stats, metrics) = task_losses(params, batch_stats, batch, rng)
-        if weighting.method == "uncertainty":
-            total = methods.uncertainty_weighted_loss(losses, params[LOSS_WEIGHTS]["log_variance"])
+        losses = jnp.stack(losses)
+        if self.per_loss_gradients:
+            return losses, (batch_stats, metrics)
+        if self.weighting.method == "uncertainty":
+            total = methods.uncertainty_weighted_loss(losses, params["loss_weights"]["log_variance"])
         else:
-            total = jnp.sum(weights * losses)
-        return total, (losses, new_stats, metrics)
+            total = jnp.sum(self._weights(state) * losses)
+        return total, (batch_stats, metrics)
 
-    scalar_grad = jm.value_and_grad(scalar_loss, trainable, has_aux=True)
-
-    def jacobian(params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple:
-        """Per-task gradients (a leading task axis on every leaf), over the trainable leaves only."""
-        mask = jm.trainable_mask(params, trainable=trainable)
-        mask = jax.tree_util.tree_map(lambda m, x: m and jnp.issubdtype(x.dtype, jnp.inexact), mask, params)
-        trainable_part, frozen_part = jm.split(params, mask)
-
-        def of_trainable(part: Any) -> tuple:
-            losses, aux = task_losses(jm.merge(part, frozen_part), batch_stats, batch, rng)
-            return losses, (losses, aux)
-
-        grads, (losses, (new_stats, metrics)) = jax.jacrev(of_trainable, has_aux=True)(trainable_part)
-        zeros = jax.tree_util.tree_map(lambda x: jnp.zeros((count, *x.shape), x.dtype), frozen_part)
-        return jm.merge(grads, zeros), losses, new_stats, metrics
-
-    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        rng, step_rng = jax.random.split(state.rng)
-        extra = state.extra
-        if weighting.method == "dwa":
-            ready = extra["periods"] >= 2
-            dwa = methods.dwa_weights(extra["previous"], extra["before"], weighting.dwa_temperature)
-            weights = jnp.where(ready, dwa, jnp.ones(count))
-        elif weighting.method == "gradnorm":
-            weights = extra["weights"]
-        else:
-            weights = static_weights
-        if weighting.method in ("gradnorm", "pcgrad"):
-            task_grads, losses, batch_stats, metrics = jacobian(state.params, state.batch_stats, batch, step_rng)
-            if axis_name is not None:
-                task_grads = jax.lax.pmean(task_grads, axis_name)
-            if weighting.method == "pcgrad":
-                shared, heads = _shared_and_heads(task_grads)
-                _, pcgrad_rng = jax.random.split(step_rng)
-                grads = {**methods.pcgrad(shared, pcgrad_rng), **_sum_over_tasks(heads, jnp.ones(count))}
+    def combine(
+        self, loss: Any, grads: Any, metrics: dict, tree: dict, state: Any, step: jax.Array, rng: jax.Array
+    ) -> tuple[jax.Array, Any, Any, dict]:
+        count = len(self.tasks)
+        weights = self._weights(state)
+        task_grads = None
+        if self.per_loss_gradients:
+            task_grads, losses = grads, loss
+            if self.weighting.method == "pcgrad":
+                _, pcgrad_rng = jax.random.split(rng)
+                grads = {
+                    MODEL: methods.pcgrad(task_grads[MODEL], pcgrad_rng),
+                    OBJECTIVE: _sum_over_tasks(task_grads[OBJECTIVE], jnp.ones(count)),
+                }
             else:
                 grads = _sum_over_tasks(task_grads, weights)
             loss = jnp.sum(weights * losses)
         else:
-            (loss, (losses, batch_stats, metrics)), grads = scalar_grad(
-                state.params, state.batch_stats, batch, step_rng, weights
-            )
-            task_grads = None
-        if axis_name is not None:
-            grads, loss, losses, metrics = jax.lax.pmean((grads, loss, losses, metrics), axis_name)
-            batch_stats = jax.lax.pmean(batch_stats, axis_name)
-        extra = _update_extra(extra, weighting, state.step, losses, task_grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        if weighting.method == "uncertainty":
-            weights = jnp.exp(-state.params[LOSS_WEIGHTS]["log_variance"])
-        metrics = {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads)}
-        metrics.update({f"{task.name}/weight": weights[i] for i, task in enumerate(tasks)})
-        new_state = state._replace(
-            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, rng=rng, extra=extra
-        )
-        return new_state, metrics
+            losses = jnp.stack([metrics[f"{task.name}/loss"] for task in self.tasks])
+        state = _update_extra(state, self.weighting, step, losses, task_grads)
+        if self.weighting.method == "uncertainty":
+            weights = jnp.exp(-tree[OBJECTIVE]["loss_weights"]["log_variance"])
+        metrics = {**metrics, **{f"{task.name}/weight": weights[i] for i, task in enumerate(self.tasks)}}
+        return loss, grads, state, metrics
 
-    return step
-
-
-def make_eval_step(model: nn.Module, tasks: Sequence[Task]) -> Callable[[TrainState, dict], dict]:
-    """Builds ``(state, batch) -> sums``: for each task with ``name/label`` in the batch, the sums of its loss
-    and metric (``name/loss``, ``name/metric``) and ``name/count`` over the batch's ``mask``.
-
-    Args:
-      model: the shared backbone.
-      tasks: the tasks (a batch may hold any of them).
-
-    Returns:
-      The step (not yet compiled).
-
-    >>> model = models.create("vit-testing", num_classes=0, image_size=8, patch_size=4, num_channels=1)
-    >>> tasks = [Task("value", "regression")]
-    >>> params = {**models.init(model)["params"], "heads": init_heads(tasks, 16, jax.random.PRNGKey(0))}
-    >>> state = TrainState(jnp.zeros((), jnp.int32), params, {}, (), jax.random.PRNGKey(0))
-    >>> batch = {"value/image": jnp.ones((3, 8, 8, 1)), "value/label": jnp.ones(3), "mask": jnp.array([1, 1, 0])}
-    >>> float(make_eval_step(model, tasks)(state, batch)["value/count"])
-    2.0
-    """
-
-    def step(state: TrainState, batch: dict) -> dict:
+    def eval_sums(self, forward: Any, params: Any, batch: dict) -> dict[str, jax.Array]:
+        """For each task with ``name/label`` in the batch, the sums of its loss and metric (``name/loss``,
+        ``name/metric``) and ``name/count`` over the batch's ``mask``."""
         sums = {}
         mask = batch["mask"].astype(jnp.float32)
-        params = {k: v for k, v in state.params.items() if k not in (HEADS, LOSS_WEIGHTS)}
-        for task in tasks:
+        for task in self.tasks:
             if f"{task.name}/label" not in batch:
                 continue
             part = task_batch(batch, task.name)
-            features = model.apply(_variables(params, state.batch_stats), *models.model_inputs(part))
-            outputs = _head_outputs(task, state.params[HEADS][task.name], features)
+            features, _ = forward(*models.model_inputs(part))
+            outputs = _head_outputs(task, params["heads"][task.name], features)
             per_loss, per_metric = _per_example(task, outputs, part["label"])
             sums[f"{task.name}/loss"] = jnp.sum(per_loss * mask)
             sums[f"{task.name}/metric"] = jnp.sum(per_metric * mask)
             sums[f"{task.name}/count"] = jnp.sum(mask)
         return sums
 
-    return step
+    # --- host side: evaluation --------------------------------------------------------------------------------------
+    def evaluate(self, sums: Sums, model: Any, variables: Callable[[], dict]) -> dict[str, float]:
+        del model, variables
+        metrics = {}
+        for task in self.tasks:
+            split = self.splits[task.name]
+
+            def prefixed(batch: dict, name: str = task.name) -> dict:
+                return {**{f"{name}/{k}": v for k, v in batch.items() if k != "mask"}, "mask": batch["mask"]}
+
+            totals = sums(split["test"], split["eval_transform"], prefixed)
+            count = totals[f"{task.name}/count"]
+            metrics[f"eval/{task.name}/loss"] = totals[f"{task.name}/loss"] / count
+            metrics[f"eval/{task.name}/{metric_name(task)}"] = totals[f"{task.name}/metric"] / count
+        return metrics
+
+
+def from_config(config: ml_collections.ConfigDict) -> MultiTask:
+    """The multi-task objective of a config (``config.tasks``, ``config.multitask``).
+
+    Args:
+      config: the experiment config.
+
+    Returns:
+      The objective.
+
+    >>> from jtl.config import base_config, task_config
+    >>> config = base_config()
+    >>> config.tasks = {"digit": task_config(), "value": task_config("regression")}
+    >>> [task.name for task in from_config(config).tasks]
+    ['digit', 'value']
+    """
+    if config.target.source:
+        raise ConfigError("config.target (domain adaptation) and config.tasks (multi-task) cannot be combined")
+    if config.mixup_alpha or config.hyperrule or config.baseline.scratch or config.transferability:
+        raise ConfigError(
+            "config.mixup_alpha, config.hyperrule, config.baseline.scratch and config.transferability apply to "
+            "single-task training, not with config.tasks (multi-task)"
+        )
+    tasks = [Task(name, t.kind, t.num_classes, t.weight) for name, t in config.tasks.items()]
+    m = config.multitask
+    weighting = Weighting(m.weighting, m.dwa_temperature, m.dwa_period, m.gradnorm_alpha, m.gradnorm_learning_rate)
+    try:
+        return MultiTask(tasks, weighting, data={name: task.data for name, task in config.tasks.items()})
+    except ValueError as e:
+        raise ConfigError(f"config.tasks / config.multitask: {e}") from e

@@ -1,0 +1,31 @@
+"""What a run optimises: the :class:`Objective` interface, the registry that ``config.objective`` reads, and
+the objectives jtl ships (classification, domain adaptation, multi-task learning on a shared backbone)."""
+
+from jtl.objectives import adaptation, classification, multitask
+from jtl.objectives._base import Load, Objective, Stream, Sums, available, from_config, register, unregister
+from jtl.objectives.adaptation import DomainAdaptation
+from jtl.objectives.classification import Classification
+from jtl.objectives.multitask import MultiTask, Task, Weighting
+
+register("classification", classification.from_config)
+register("adaptation", adaptation.from_config)
+register("multitask", multitask.from_config)
+
+__all__ = [
+    "Classification",
+    "DomainAdaptation",
+    "Load",
+    "MultiTask",
+    "Objective",
+    "Stream",
+    "Sums",
+    "Task",
+    "Weighting",
+    "adaptation",
+    "available",
+    "classification",
+    "from_config",
+    "multitask",
+    "register",
+    "unregister",
+]
