@@ -79,7 +79,9 @@ def export(
             continue
         key, rule = found
         try:
-            out[key] = np.asarray(value if rule.inverse is None else rule.inverse(np.asarray(value), fields))
+            array = value if rule.inverse is None else rule.inverse(np.asarray(value), fields)
+            # Contiguous copies: safetensors' writer stores a transposed view's buffer as it lies in memory.
+            out[key] = np.ascontiguousarray(array)
         except KeyError as e:
             problems.append(f"{name}: exporting it needs the model field {e.args[0]!r} (pass fields=)")
     if problems:

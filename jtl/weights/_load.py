@@ -61,7 +61,8 @@ def load_pretrained(
         (``config.json`` + ``model.safetensors`` / sharded safetensors / ``pytorch_model.bin`` /
         ``flax_model.msgpack``), a big_vision/vit_jax ``.npz`` file, or a torchvision ResNet/VGG state dict
         (``.pth``/``.pt``/``.bin`` read with ``torch.load(weights_only=True)``, or ``.safetensors``), or a
-        directory written by :func:`save_pretrained` (jtl's Orbax format).
+        directory written by :func:`save_pretrained` (jtl's Orbax format). A directory's ``model_type`` picks
+        the layout registered for it; a bare file goes to the one layout whose detector claims its tensor names.
       num_classes: a new number of classes: the checkpoint's head (if any) is dropped and a fresh head,
         zero-initialised for ViT as vit_jax does, replaces it. ``None`` keeps the checkpoint's head.
       image_size: a new ViT input resolution; position embeddings are resampled to the new patch grid.
