@@ -42,9 +42,9 @@ def export(
 ) -> dict[str, np.ndarray]:
     """Writes jtl variables under a layout's checkpoint keys: its rules run backwards.
 
-    Each variable takes the first rule whose target it matches; the rule's ``export`` template (or its plain
-    ``source``) names the key and its ``inverse`` undoes the transform. Every key written is checked to load
-    back to the same variable. Exportable today: ``big_vision-vit`` and ``torchvision-resnet`` (Hugging Face
+    Each variable takes the first rule whose target it matches and whose key the loader reads back, with that
+    rule, into that variable; the rule's ``export`` template (or its plain ``source``) names the key and its
+    ``inverse`` undoes the transform. Exportable today: ``big_vision-vit`` and ``torchvision-resnet`` (Hugging Face
     layouts match optional prefixes, and ``torchvision-vgg``'s table depends on the checkpoint).
 
     Args:

@@ -181,12 +181,16 @@ class Source(NamedTuple):
     where: str
 
 
-def _registered() -> list[tuple[Family, Layout]]:
+def _families() -> tuple[Family, ...]:
     # Imported here, not at the top: the families build their layouts from this package, so jtl.models
     # imports jtl.weights and not the other way round.
     from jtl import models
 
-    return [(family, layout) for family in models.families() for layout in family.layouts]
+    return models.families()
+
+
+def _registered() -> list[tuple[Family, Layout]]:
+    return [(family, layout) for family in _families() for layout in family.layouts]
 
 
 def get_layout(name: str) -> Layout:
@@ -197,6 +201,9 @@ def get_layout(name: str) -> Layout:
 
     Returns:
       The :class:`Layout` a family registered under that name.
+
+    Raises:
+      WeightLoadError: for a name no family registered, listing the registered ones.
 
     >>> get_layout("big_vision-vit").name
     'big_vision-vit'
@@ -260,7 +267,7 @@ def _resolve_native(path: Path) -> Source:
     """jtl's own format holds the model's own names: the table is the identity, and every resize that the
     family's layouts accept applies."""
     class_name, fields, state, where = read_native(path)
-    family = next((family for family, _ in _registered() if family.model.__name__ == class_name), None)
+    family = next((family for family in _families() if family.model.__name__ == class_name), None)
     if family is None:
         raise WeightLoadError(f"{where}: model class {class_name!r} is not a registered jtl model family")
 
