@@ -1,6 +1,23 @@
-"""jtl's Flax models, with uniform parameter names (``embed/...``, ``encoder/block_{i}/...``, ``head/...``)."""
+"""jtl's Flax models, with uniform parameter names (``embed/...``, ``encoder/block_{i}/...``, ``head/...``).
 
-from jtl.models._registry import available, create, init, layer_index, model_inputs, top_layers
+Each family is one package (``vit``, ``bert``, ``resnet``, ``vgg``) that registers itself, with its named
+configurations, layer index, input kind and weight layouts, when it is imported here.
+"""
+
+from jtl.models._registry import (
+    Family,
+    available,
+    create,
+    families,
+    family_of,
+    init,
+    input_kind,
+    layer_index,
+    model_inputs,
+    register,
+    top_layers,
+    unregister,
+)
 from jtl.models.bert import Bert, mean_pool
 from jtl.models.resnet import ResNet
 from jtl.models.vgg import VGG, adaptive_avg_pool
@@ -9,14 +26,20 @@ from jtl.models.vit import ViT
 __all__ = [
     "VGG",
     "Bert",
+    "Family",
     "ResNet",
     "ViT",
     "adaptive_avg_pool",
     "available",
     "create",
+    "families",
+    "family_of",
     "init",
+    "input_kind",
     "layer_index",
     "mean_pool",
     "model_inputs",
+    "register",
     "top_layers",
+    "unregister",
 ]

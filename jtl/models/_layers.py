@@ -1,4 +1,5 @@
-"""Transformer pieces shared by ViT and BERT, with jtl's uniform parameter names."""
+"""Pieces the families share, with jtl's uniform parameter names: the transformer encoder of ViT and BERT, and
+the ``head`` every model ends with."""
 
 from __future__ import annotations
 
@@ -99,3 +100,69 @@ class EncoderBlock(nn.Module):
             return x + drop(mlp(norm2(x), train=train), deterministic=not train)
         x = norm1(x + drop(attn(x, mask, train=train), deterministic=not train))
         return norm2(x + drop(mlp(x, train=train), deterministic=not train))
+
+
+class Encoder(nn.Module):
+    """``num_layers`` copies of ``block`` named ``block_{i}``; the input and each block's output are sown as
+    ``intermediates/encoder/hidden_states``, like Hugging Face's ``output_hidden_states``."""
+
+    num_layers: int
+    block: EncoderBlock
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+        self.sow("intermediates", "hidden_states", x)
+        for i in range(self.num_layers):
+            x = self.block.clone(parent=self, name=f"block_{i}")(x, mask, train=train)
+            self.sow("intermediates", "hidden_states", x)
+        return x
+
+
+def transformer_encoder(config: nn.Module, *, mlp_dim: int, pre_norm: bool) -> Encoder:
+    """The ``encoder`` of a ViT or BERT module, built from the fields both share.
+
+    Args:
+      config: the ViT or BERT module whose fields (heads, layers, norms, dropout, dtype) it takes.
+      mlp_dim: the blocks' MLP width.
+      pre_norm: LayerNorm before attention/MLP (ViT) or after the residual (BERT).
+
+    Returns:
+      The ``Encoder`` named ``encoder``.
+
+    >>> from jtl.models import ViT
+    >>> encoder = transformer_encoder(ViT(num_layers=3, num_heads=2), mlp_dim=8, pre_norm=True)
+    >>> encoder.name, encoder.num_layers
+    ('encoder', 3)
+    """
+    block = EncoderBlock(
+        num_heads=config.num_heads,
+        mlp_dim=mlp_dim,
+        pre_norm=pre_norm,
+        layer_norm_eps=config.layer_norm_eps,
+        gelu_approximate=config.gelu_approximate,
+        dropout_rate=config.dropout_rate,
+        attention_dropout_rate=config.attention_dropout_rate,
+        dtype=config.dtype,
+        parent=None,
+    )
+    return Encoder(config.num_layers, block, name="encoder")
+
+
+def classifier_head(num_classes: int, zero_init: bool, dtype: jnp.dtype) -> nn.Dense:
+    """The ``head`` Dense layer every jtl model ends with; zero-initialised by default, as vit_jax does for
+    fine-tuning.
+
+    Args:
+      num_classes: its outputs.
+      zero_init: zero kernel (else LeCun normal).
+      dtype: the compute dtype.
+
+    Returns:
+      The (unbound) ``nn.Dense`` named ``head``.
+
+    >>> head = classifier_head(3, True, jnp.float32)
+    >>> head.name, head.features
+    ('head', 3)
+    """
+    kernel_init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
+    return nn.Dense(num_classes, kernel_init=kernel_init, dtype=dtype, name="head")

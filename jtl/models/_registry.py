@@ -1,79 +1,156 @@
-"""Model registry: names -> architectures, from-scratch creation, and each family's layer-index function."""
+"""Model registry: the families register themselves (class, named configurations, layer index, input kind,
+weight layouts); creation, layer indices and input kinds are looked up here and nowhere else."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 
 import jtl.masking as jm
-from jtl.masking import block_layer_index
-from jtl.models import bert, resnet, vgg, vit
+from jtl.weights import Layout
 
-# Tiny configurations of every family, for end-to-end tests (vit_jax's `testing` model configs).
-TESTING = {
-    "vit-testing": (
-        vit.ViT,
-        {"patch_size": 4, "hidden_size": 16, "num_layers": 2, "num_heads": 2, "mlp_dim": 32, "image_size": 16},
-    ),
-    "bert-testing": (
-        bert.Bert,
-        {
-            "vocab_size": 100,
-            "hidden_size": 16,
-            "num_layers": 2,
-            "num_heads": 2,
-            "intermediate_size": 32,
-            "max_position_embeddings": 32,
-        },
-    ),
-    "resnet-testing": (
-        resnet.ResNet,
-        {"depths": (1, 1), "hidden_sizes": (8, 16), "embedding_size": 8, "image_size": 32},
-    ),
-    "vgg-testing": (
-        vgg.VGG,
-        {"layers": (8, "M", 16, "M"), "classifier_width": 16, "pool_size": 2, "image_size": 16},
-    ),
-}
+INPUT_KINDS = ("image", "text")
 
 
-# The offline testbeds' model (configs/quickstart.py, domain_adaptation.py, multitask.py): a small ViT over
-# scikit-learn's 8x8 one-channel digits, 2x2 patches, 18k parameters.
-DIGITS = {
-    "vit-digits": (
-        vit.ViT,
-        {
-            "image_size": 8,
-            "patch_size": 2,
-            "num_channels": 1,
-            "hidden_size": 32,
-            "num_heads": 2,
-            "mlp_dim": 64,
-            "num_layers": 2,
-            "dropout_rate": 0.1,
-            "head_zero_init": False,
-        },
-    ),
-}
+class Family(NamedTuple):
+    """Everything jtl knows about one model family, registered as one unit with :func:`register`.
+
+    Attributes:
+      name: the family's name (``"vit"``).
+      model: its Flax module class; subclasses (``jtl.methods.with_lora``'s) belong to the family too.
+      configs: ``{registry name: fields}`` for :func:`create` (named sizes and a tiny ``*-testing`` config).
+      layer_index: ``model -> (layer_of, top)``, see :func:`layer_index`.
+      input_kind: ``"image"`` (``model(images)``) or ``"text"`` (``model(input_ids, attention_mask)``).
+      layouts: the checkpoint layouts :func:`jtl.weights.load_pretrained` reads (and may export) for it.
+
+    >>> family = Family("dense", nn.Dense, {"dense-testing": {"features": 2}}, lambda m: (lambda name: 0, 0))
+    >>> family.input_kind, family.layouts
+    ('image', ())
+    """
+
+    name: str
+    model: type[nn.Module]
+    configs: Mapping[str, Mapping[str, Any]]
+    layer_index: Callable[[nn.Module], tuple[Callable[[str], int], int]]
+    input_kind: str = "image"
+    layouts: tuple[Layout, ...] = ()
 
 
-def _registry() -> dict[str, tuple[type[nn.Module], dict[str, Any]]]:
-    entries: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {**TESTING, **DIGITS}
-    for size in vit.SIZES:
-        for patch in vit.PATCHES:
-            name = f"vit-{size}{patch}"
-            entries[name] = (vit.ViT, vit.vit_config(name))
-    entries.update({name: (bert.Bert, bert.bert_config(name)) for name in bert.SIZES})
-    entries.update({name: (resnet.ResNet, resnet.resnet_config(name)) for name in resnet.SIZES})
-    entries.update({name: (vgg.VGG, vgg.vgg_config(name)) for name in vgg.CONFIGS})
-    return entries
+_FAMILIES: dict[str, Family] = {}
 
 
-REGISTRY = _registry()
+def register(family: Family) -> Family:
+    """Adds a model family to the registry (each family package does so when ``jtl.models`` is imported).
+
+    Args:
+      family: the family; its name, class, config names, layout names and ``model_type`` values must be new.
+
+    Returns:
+      The family, so that a package can write ``FAMILY = register(Family(...))``.
+
+    Raises:
+      ValueError: naming what another registered family already holds.
+
+    >>> class Linear(nn.Module):
+    ...     num_classes: int = 2
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         return nn.Dense(self.num_classes, name="head")(x)
+    >>> family = register(Family("linear", Linear, {"linear-testing": {}}, lambda m: (lambda name: 1, 1)))
+    >>> "linear-testing" in available(), family_of(create("linear-testing", num_classes=3)).name
+    (True, 'linear')
+    >>> _ = unregister("linear")
+    """
+    if family.input_kind not in INPUT_KINDS:
+        raise ValueError(f"family {family.name!r}: input_kind must be one of {INPUT_KINDS}, got {family.input_kind!r}")
+    taken = {
+        "name": ({family.name}, set(_FAMILIES)),
+        "config": (set(family.configs), {n for f in _FAMILIES.values() for n in f.configs}),
+        # jtl's own format records the class by name.
+        "class name": ({family.model.__name__}, {f.model.__name__ for f in _FAMILIES.values()}),
+        "layout": ({lay.name for lay in family.layouts}, {lay.name for f in _FAMILIES.values() for lay in f.layouts}),
+        "model_type": (
+            {t for lay in family.layouts for t in lay.model_types},
+            {t for f in _FAMILIES.values() for lay in f.layouts for t in lay.model_types},
+        ),
+    }
+    clashes = {what: sorted(new & old) for what, (new, old) in taken.items() if new & old}
+    if clashes:
+        raise ValueError(f"family {family.name!r}: already registered: {clashes}")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def unregister(name: str) -> Family:
+    """Removes a family from the registry (a test's toy family, at the end of the test).
+
+    Args:
+      name: the family's name.
+
+    Returns:
+      The family removed.
+
+    >>> class Linear(nn.Module):
+    ...     num_classes: int = 2
+    >>> _ = register(Family("linear", Linear, {"linear-testing": {}}, lambda m: (lambda name: 1, 1)))
+    >>> unregister("linear").name, "linear-testing" in available()
+    ('linear', False)
+    """
+    if name not in _FAMILIES:
+        raise ValueError(f"no family {name!r} is registered; registered: {sorted(_FAMILIES)}")
+    return _FAMILIES.pop(name)
+
+
+def families() -> tuple[Family, ...]:
+    """The registered families, in registration order.
+
+    Returns:
+      The :class:`Family` tuples.
+
+    >>> sorted(family.name for family in families())
+    ['bert', 'resnet', 'vgg', 'vit']
+    """
+    return tuple(_FAMILIES.values())
+
+
+def family_of(model: nn.Module) -> Family:
+    """The family a model belongs to, looked up along its class's MRO (a LoRA-wrapped model is its base's).
+
+    Args:
+      model: a jtl model.
+
+    Returns:
+      Its :class:`Family`.
+
+    Raises:
+      TypeError: for a model of no registered family.
+
+    >>> family_of(create("resnet-testing")).name
+    'resnet'
+    """
+    by_class = {family.model: family for family in _FAMILIES.values()}
+    for cls in type(model).__mro__:
+        if cls in by_class:
+            return by_class[cls]
+    raise TypeError(f"{type(model).__name__} is not a model of a registered family ({sorted(_FAMILIES)})")
+
+
+def input_kind(model: nn.Module) -> str:
+    """What a model takes: ``"image"`` (NHWC images) or ``"text"`` (token ids and an attention mask).
+
+    Args:
+      model: a jtl model, LoRA-wrapped or not.
+
+    Returns:
+      ``"image"`` or ``"text"``.
+
+    >>> input_kind(create("vit-testing")), input_kind(create("bert-testing"))
+    ('image', 'text')
+    """
+    return family_of(model).input_kind
 
 
 def available() -> list[str]:
@@ -85,7 +162,7 @@ def available() -> list[str]:
     >>> [n for n in available() if n.startswith("resnet-")]
     ['resnet-101', 'resnet-152', 'resnet-18', 'resnet-34', 'resnet-50', 'resnet-testing']
     """
-    return sorted(REGISTRY)
+    return sorted(name for family in _FAMILIES.values() for name in family.configs)
 
 
 def create(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Module:
@@ -103,10 +180,11 @@ def create(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Module:
     >>> type(model).__name__, model.hidden_size, model.num_classes, model.image_size
     ('ViT', 384, 10, 384)
     """
-    if name not in REGISTRY:
+    family = next((family for family in _FAMILIES.values() if name in family.configs), None)
+    if family is None:
         close = [n for n in available() if n.split("-")[0] == name.split("-")[0]] or available()
         raise ValueError(f"unknown model {name!r}; known: {close}")
-    cls, fields = REGISTRY[name]
+    cls, fields = family.model, family.configs[name]
     unknown = set(overrides) - set(cls.__dataclass_fields__)
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
@@ -130,10 +208,6 @@ def init(model: nn.Module, seed: int = 0) -> dict[str, Any]:
     return jax.jit(model.init)(jax.random.PRNGKey(seed), *model.example_inputs())
 
 
-_STAGE_BLOCK = re.compile(r"(?:.*/)?stage_(\d+)/block_(\d+)/.*")
-_VGG_BLOCK = re.compile(r"(?:.*/)?encoder/block_(\d+)/.*")
-
-
 def layer_index(model: nn.Module) -> tuple[Callable[[str], int], int]:
     """The family's map from parameter name (inside ``params``) to layer index, and the top index.
 
@@ -150,30 +224,7 @@ def layer_index(model: nn.Module) -> tuple[Callable[[str], int], int]:
     >>> layer_of("embed/conv/kernel"), layer_of("stage_1/block_0/conv1/kernel"), layer_of("head/kernel"), top
     (0, 3, 9, 9)
     """
-    if isinstance(model, vit.ViT | bert.Bert):
-        return block_layer_index(model.num_layers), model.num_layers + 1
-    if isinstance(model, resnet.ResNet):
-        offsets = [sum(model.depths[:s]) for s in range(len(model.depths))]
-        top = sum(model.depths) + 1
-
-        def resnet_layer(name: str) -> int:
-            if name.startswith("embed/"):
-                return 0
-            match = _STAGE_BLOCK.fullmatch(name)
-            return offsets[int(match.group(1))] + int(match.group(2)) + 1 if match else top
-
-        return resnet_layer, top
-    if isinstance(model, vgg.VGG):
-        convs = sum(1 for layer in model.layers if layer != vgg.POOL)
-        top = convs + 2
-        fixed = {"fc1": convs, "fc2": convs + 1}
-
-        def vgg_layer(name: str) -> int:
-            match = _VGG_BLOCK.fullmatch(name)
-            return int(match.group(1)) if match else fixed.get(name.split("/")[0], top)
-
-        return vgg_layer, top
-    raise TypeError(f"no layer index for {type(model).__name__}")
+    return family_of(model).layer_index(model)
 
 
 def top_layers(model: nn.Module, count: int) -> Callable[[Any], Any]:

@@ -1,14 +1,16 @@
-"""Pretrained weights into jtl models: readers, per-source tables, head surgery, resolution change, reports."""
+"""Pretrained weights into jtl models: readers, the rule engine, source resolution over the layouts that the model
+families register, head surgery, resolution change, reports, export, and jtl's own format."""
 
 from jtl.weights._convert import LoadReport, Rule, batch_norm, conv, convert, layer_norm, linear, merge_into
-from jtl.weights._families import resample_pos_embedding
+from jtl.weights._export import export, save_big_vision_npz
+from jtl.weights._layout import Layout, first_match, hf_gelu_approximate, resample_pos_embedding
 from jtl.weights._load import (
     Pretrained,
     download_from_hub,
+    get_layout,
     hf_flax_to_torch_layout,
     load_pretrained,
     load_tokenizer,
-    save_big_vision_npz,
 )
 from jtl.weights._native import save_pretrained
 from jtl.weights._readers import (
@@ -23,6 +25,7 @@ from jtl.weights._readers import (
 )
 
 __all__ = [
+    "Layout",
     "LoadReport",
     "Pretrained",
     "Rule",
@@ -31,8 +34,12 @@ __all__ = [
     "conv",
     "convert",
     "download_from_hub",
+    "export",
+    "first_match",
     "flatten_nested",
+    "get_layout",
     "hf_flax_to_torch_layout",
+    "hf_gelu_approximate",
     "layer_norm",
     "linear",
     "load_pretrained",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -13,6 +13,8 @@ from jtl.masking import named_leaves
 from jtl.weights._readers import WeightLoadError
 
 Transform = Callable[[np.ndarray], np.ndarray]
+# An inverse transform also sees the model's fields: undoing a reshape can need one (big_vision's per-head kernels).
+Inverse = Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]
 
 
 def same(x: np.ndarray) -> np.ndarray:
@@ -24,20 +26,86 @@ def transpose(x: np.ndarray) -> np.ndarray:
     return x.T
 
 
+def untranspose(x: np.ndarray, fields: Mapping[str, Any]) -> np.ndarray:
+    """Flax ``Dense`` (in, out) -> PyTorch ``Linear`` (out, in): the inverse of :func:`transpose`."""
+    del fields
+    return x.T
+
+
 def conv_oihw_to_hwio(x: np.ndarray) -> np.ndarray:
     """PyTorch ``Conv2d`` (out, in, h, w) -> Flax ``Conv`` (h, w, in, out)."""
     return x.transpose(2, 3, 1, 0)
 
 
+def conv_hwio_to_oihw(x: np.ndarray, fields: Mapping[str, Any]) -> np.ndarray:
+    """Flax ``Conv`` (h, w, in, out) -> PyTorch ``Conv2d`` (out, in, h, w): the inverse of the above."""
+    del fields
+    return x.transpose(3, 2, 0, 1)
+
+
 class Rule(NamedTuple):
     """``source`` regex (fullmatched on checkpoint keys) -> ``target`` template (``\\1`` for groups).
 
-    ``target=None`` marks keys to skip on purpose (buffers such as ``position_ids``).
+    ``target=None`` marks keys to skip on purpose (buffers such as ``position_ids``). To run backwards
+    (:func:`jtl.weights.export`), a rule names the key it writes for a target: ``export``, a template over the
+    target's groups, defaults to ``source`` when that is a plain template (literal text and groups only, e.g.
+    ``layer1\\.(\\d+)\\.conv([123])\\.weight``); a rule whose ``transform`` is not :func:`same` needs its
+    ``inverse``.
     """
 
     source: str
     target: str | None
     transform: Transform = same
+    export: str | None = None
+    inverse: Inverse | None = None
+
+
+def plain_template(regex: str) -> str | None:
+    r"""The key a regex matches when it is literal text and capture groups only, with ``\N`` for group N.
+
+    Args:
+      regex: a rule's source regex.
+
+    Returns:
+      The template, or ``None`` where the regex has other syntax (choices, optional parts, classes outside a
+      group): there the key to write back is not determined, and a rule names it in ``export``.
+
+    >>> plain_template(r"layer1\.(\d+)\.conv([123])\.weight"), plain_template(r"(?:vit\.)?pooler")
+    ('layer1.\\1.conv\\2.weight', None)
+    """
+    out, groups, i = [], 0, 0
+    while i < len(regex):
+        char = regex[i]
+        if char == "\\":
+            escaped = regex[i + 1 : i + 2]
+            if not escaped or escaped.isalnum():  # \d, \w, \1: not a literal character
+                return None
+            out.append(escaped)
+            i += 2
+        elif char == "(":
+            if regex.startswith("(?", i):
+                return None
+            groups += 1
+            out.append(f"\\{groups}")
+            depth, i = 1, i + 1
+            while depth:  # skip the group's own pattern; groups nested in it still take numbers
+                if i >= len(regex):
+                    return None
+                if regex[i] == "\\":
+                    i += 2
+                    continue
+                if regex[i] == "(":
+                    depth += 1
+                    groups += not regex.startswith("(?", i)
+                elif regex[i] == ")":
+                    depth -= 1
+                i += 1
+        elif char in "[]{}()*+?|^$.":
+            return None
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
 
 
 def linear(source: str, target: str) -> list[Rule]:
@@ -54,7 +122,7 @@ def linear(source: str, target: str) -> list[Rule]:
     ['params/head/kernel', 'params/head/bias']
     """
     return [
-        Rule(source + r"\.weight", f"params/{target}/kernel", transpose),
+        Rule(source + r"\.weight", f"params/{target}/kernel", transpose, inverse=untranspose),
         Rule(source + r"\.bias", f"params/{target}/bias"),
     ]
 
@@ -72,9 +140,11 @@ def layer_norm(source: str, target: str) -> list[Rule]:
     >>> [rule.target for rule in layer_norm("ln_f", "norm")]
     ['params/norm/scale', 'params/norm/bias']
     """
+    # Exported under today's names (weight/bias), where the module's key is a plain template.
+    key = plain_template(source)
     return [
-        Rule(source + r"\.(?:weight|gamma)", f"params/{target}/scale"),
-        Rule(source + r"\.(?:bias|beta)", f"params/{target}/bias"),
+        Rule(source + r"\.(?:weight|gamma)", f"params/{target}/scale", export=key and key + ".weight"),
+        Rule(source + r"\.(?:bias|beta)", f"params/{target}/bias", export=key and key + ".bias"),
     ]
 
 
@@ -92,7 +162,7 @@ def conv(source: str, target: str) -> list[Rule]:
     (7, 7, 3, 8)
     """
     return [
-        Rule(source + r"\.weight", f"params/{target}/kernel", conv_oihw_to_hwio),
+        Rule(source + r"\.weight", f"params/{target}/kernel", conv_oihw_to_hwio, inverse=conv_hwio_to_oihw),
         Rule(source + r"\.bias", f"params/{target}/bias"),
     ]
 

@@ -7,18 +7,20 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from jtl import models
 from jtl.masking import named_leaves
-from jtl.weights import _families as fam
-from jtl.weights._convert import LoadReport, convert, merge_into
+from jtl.weights._convert import LoadReport, Rule, convert, merge_into
+from jtl.weights._layout import Layout
 from jtl.weights._native import MODEL_FILE, read_native
 from jtl.weights._readers import WeightLoadError, read_file, safetensors_shapes
+
+if TYPE_CHECKING:
+    from jtl.models import Family
 
 HEAD = r"params/head/.*"
 # The order Hugging Face itself prefers: safetensors first, pickles only when nothing else exists.
@@ -29,7 +31,6 @@ HF_WEIGHT_FILES = (
     "pytorch_model.bin",
     "flax_model.msgpack",
 )
-HF_FAMILIES = {"vit": fam.HF_VIT, "deit": fam.HF_VIT, "bert": fam.HF_BERT, "resnet": fam.HF_RESNET}
 
 
 class Pretrained(NamedTuple):
@@ -60,7 +61,8 @@ def load_pretrained(
         (``config.json`` + ``model.safetensors`` / sharded safetensors / ``pytorch_model.bin`` /
         ``flax_model.msgpack``), a big_vision/vit_jax ``.npz`` file, or a torchvision ResNet/VGG state dict
         (``.pth``/``.pt``/``.bin`` read with ``torch.load(weights_only=True)``, or ``.safetensors``), or a
-        directory written by :func:`save_pretrained` (jtl's Orbax format).
+        directory written by :func:`save_pretrained` (jtl's Orbax format). A directory's ``model_type`` picks
+        the layout registered for it; a bare file goes to the one layout whose detector claims its tensor names.
       num_classes: a new number of classes: the checkpoint's head (if any) is dropped and a fresh head,
         zero-initialised for ViT as vit_jax does, replaces it. ``None`` keeps the checkpoint's head.
       image_size: a new ViT input resolution; position embeddings are resampled to the new patch grid.
@@ -80,6 +82,7 @@ def load_pretrained(
 
     >>> import os, tempfile, numpy as np
     >>> from jtl.models import ViT
+    >>> from jtl.weights import save_big_vision_npz
     >>> bv = ViT(patch_size=4, hidden_size=8, num_layers=1, num_heads=2, mlp_dim=16, image_size=8,
     ...          num_classes=5, gelu_approximate=True, layer_norm_eps=1e-6)
     >>> path = os.path.join(tempfile.mkdtemp(), "tiny.npz")
@@ -89,12 +92,21 @@ def load_pretrained(
     (3, (1, 17, 8), 1)
     """
     source_ = _resolve(source, revision)
-    family, config, where = source_.family, source_.config, source_.where
+    family, layout, config, where = source_.family, source_.layout, source_.config, source_.where
     # The tensors are read on a second thread (the read releases the GIL) while the model's init is traced.
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(source_.read)
         model, fields, shapes, inputs = _abstract_model(
-            family, config, source_.shapes, num_classes, image_size, drop_pre_logits, overrides, seed, where
+            family.model,
+            layout,
+            config,
+            source_.shapes,
+            num_classes,
+            image_size,
+            drop_pre_logits,
+            overrides,
+            seed,
+            where,
         )
         state = pending.result()
     replace_head = num_classes is not None
@@ -110,7 +122,7 @@ def load_pretrained(
 
         return init(jax.random.PRNGKey(seed))
 
-    converted, unmatched = convert(state, family.rules_for(state), where)
+    converted, unmatched = convert(state, layout.rules_for(state), where)
     variables, report = merge_into(
         shapes,
         fresh_init,
@@ -118,7 +130,7 @@ def load_pretrained(
         unmatched,
         source=where,
         reinitialise=HEAD if replace_head else None,
-        resizers=fam.resizers_for(family, fields),
+        resizers=layout.resizers(fields),
         strict=strict,
     )
     if verbose:
@@ -127,7 +139,8 @@ def load_pretrained(
 
 
 def _abstract_model(
-    family: fam.Family,
+    model_class: type[nn.Module],
+    layout: Layout,
     config: dict,
     tensor_shapes: dict,
     num_classes: int | None,
@@ -138,17 +151,17 @@ def _abstract_model(
     where: str,
 ) -> tuple[nn.Module, dict, dict, list]:
     """Builds the model from the source and traces its init: (model, fields, variable shapes, inputs)."""
-    fields = family.fields(config, tensor_shapes)
+    fields = layout.fields(config, tensor_shapes)
     if num_classes is not None:
         fields["num_classes"] = num_classes
     if image_size is not None:
-        if "image_size" not in getattr(models, family.model).__dataclass_fields__:
-            raise WeightLoadError(f"{where}: image_size= applies to image models, not {family.name}")
+        if "image_size" not in model_class.__dataclass_fields__:
+            raise WeightLoadError(f"{where}: image_size= applies to image models, not {layout.name}")
         fields["image_size"] = image_size
     if drop_pre_logits:
         fields["pre_logits_size"] = None
     fields.update(overrides)
-    model = getattr(models, family.model)(**fields)
+    model = model_class(**fields)
     # Abstract inputs and key: tracing the model's init for its variable shapes compiles and allocates nothing.
     inputs = jax.eval_shape(model.example_inputs)
     shapes = jax.eval_shape(model.init, jax.eval_shape(jax.random.PRNGKey, seed), *inputs)
@@ -157,13 +170,54 @@ def _abstract_model(
 
 
 class Source(NamedTuple):
-    """A resolved checkpoint: its family and config, tensor shapes (read cheaply), and how to read the tensors."""
+    """A resolved checkpoint: its family, layout and config, tensor shapes (read cheaply), and how to read the
+    tensors."""
 
-    family: fam.Family
+    family: Family
+    layout: Layout
     config: dict
     shapes: dict
     read: Callable[[], dict[str, np.ndarray]]
     where: str
+
+
+def _families() -> tuple[Family, ...]:
+    # Imported here, not at the top: the families build their layouts from this package, so jtl.models
+    # imports jtl.weights and not the other way round.
+    from jtl import models
+
+    return models.families()
+
+
+def _registered() -> list[tuple[Family, Layout]]:
+    return [(family, layout) for family in _families() for layout in family.layouts]
+
+
+def get_layout(name: str) -> Layout:
+    """A registered weight layout, by name.
+
+    Args:
+      name: e.g. ``"hf-vit"``, ``"big_vision-vit"``, ``"hf-bert"``, ``"torchvision-resnet"``.
+
+    Returns:
+      The :class:`Layout` a family registered under that name.
+
+    Raises:
+      WeightLoadError: for a name no family registered, listing the registered ones.
+
+    >>> get_layout("big_vision-vit").name
+    'big_vision-vit'
+    """
+    layouts = {layout.name: layout for _, layout in _registered()}
+    if name not in layouts:
+        raise WeightLoadError(f"no weight layout {name!r}; registered: {sorted(layouts)}")
+    return layouts[name]
+
+
+def _source(family: Family, layout: Layout, config: dict, where: str, shapes: dict, read: Callable) -> Source:
+    if layout.prepare is not None:  # a layout that rewrites the tensors sees them all, not just the header
+        shapes, read = _eager(layout.prepare(read()))
+    return Source(family, layout, config, shapes, read, where)
 
 
 def _eager(state: dict[str, np.ndarray]) -> tuple[dict, Callable[[], dict]]:
@@ -185,7 +239,7 @@ def _peek(path: Path) -> tuple[dict, Callable[[], dict]]:
 
 
 def _resolve(source: str | os.PathLike, revision: str | None) -> Source:
-    """Finds the family, config and tensors of a source."""
+    """Finds the family, layout, config and tensors of a source."""
     path = Path(source)
     if not path.exists():
         if isinstance(source, str) and _looks_like_hub_id(source):
@@ -194,20 +248,34 @@ def _resolve(source: str | os.PathLike, revision: str | None) -> Source:
             raise WeightLoadError(f"{source}: no such file or directory (and not a hub id like 'org/name')")
     if path.is_dir():
         if (path / MODEL_FILE).exists():
-            family, fields, state, where = read_native(path)
-            return Source(family, fields, *_eager(state), where)
+            return _resolve_native(path)
         return _resolve_hf_dir(path)
-    if path.suffix == ".npz":
-        return Source(fam.BIG_VISION_VIT, {}, *_eager(fam.unstack_scanned_blocks(read_file(path))), str(path))
     shapes, read = _peek(path)
-    if "layer1.0.conv1.weight" in shapes:
-        return Source(fam.TORCHVISION_RESNET, {}, shapes, read, str(path))
-    if "features.0.weight" in shapes and any(k.startswith("classifier.") for k in shapes):
-        return Source(fam.TORCHVISION_VGG, {}, shapes, read, str(path))
-    raise WeightLoadError(
-        f"{path}: cannot tell which model this file holds (first keys: {sorted(shapes)[:5]}); pass a Hugging Face "
-        "directory with config.json, a big_vision .npz, or a torchvision ResNet/VGG state dict"
-    )
+    claims = [(family, layout) for family, layout in _registered() if layout.detect and layout.detect(shapes.keys())]
+    if len(claims) > 1:
+        raise WeightLoadError(f"{path}: claimed by several weight layouts: {[layout.name for _, layout in claims]}")
+    if not claims:
+        files = [layout.name for _, layout in _registered() if layout.detect]
+        raise WeightLoadError(
+            f"{path}: cannot tell which model this file holds (first keys: {sorted(shapes)[:5]}); pass a Hugging "
+            f"Face directory with config.json, or a file in one of these layouts: {', '.join(files)}"
+        )
+    return _source(*claims[0], {}, str(path), shapes, read)
+
+
+def _resolve_native(path: Path) -> Source:
+    """jtl's own format holds the model's own names: the table is the identity, and every resize that the
+    family's layouts accept applies."""
+    class_name, fields, state, where = read_native(path)
+    family = next((family for family in _families() if family.model.__name__ == class_name), None)
+    if family is None:
+        raise WeightLoadError(f"{where}: model class {class_name!r} is not a registered jtl model family")
+
+    def resizers(fields: dict) -> dict:
+        return {k: v for layout in family.layouts for k, v in layout.resizers(fields).items()}
+
+    layout = Layout("jtl", [Rule(r"(.*)", r"\1")], lambda config, state: dict(config), resizers=resizers)
+    return Source(family, layout, fields, *_eager(state), where)
 
 
 def _looks_like_hub_id(source: str) -> bool:
@@ -224,17 +292,16 @@ def _resolve_hf_dir(path: Path) -> Source:
     except json.JSONDecodeError as e:
         raise WeightLoadError(f"{config_path}: invalid JSON ({e})") from e
     model_type = config.get("model_type")
-    family = HF_FAMILIES.get(model_type)
-    if family is None:
-        raise WeightLoadError(
-            f"{config_path}: model_type={model_type!r} is not supported; supported: {sorted(HF_FAMILIES)}"
-        )
+    served = {kind: (family, layout) for family, layout in _registered() for kind in layout.model_types}
+    if model_type not in served:
+        raise WeightLoadError(f"{config_path}: model_type={model_type!r} is not supported; supported: {sorted(served)}")
+    family, layout = served[model_type]
     weights = next((path / name for name in HF_WEIGHT_FILES if (path / name).exists()), None)
     if weights is None:
         raise WeightLoadError(f"{path}: no weights file; looked for {', '.join(HF_WEIGHT_FILES)}")
     if weights.suffix == ".msgpack":
-        return Source(family, config, *_eager(hf_flax_to_torch_layout(read_file(weights))), str(weights))
-    return Source(family, config, *_peek(weights), str(weights))
+        return _source(family, layout, config, str(weights), *_eager(hf_flax_to_torch_layout(read_file(weights))))
+    return _source(family, layout, config, str(weights), *_peek(weights))
 
 
 def hf_flax_to_torch_layout(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -336,51 +403,3 @@ def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
             f"{repo_id}: could not fetch from the Hugging Face hub ({type(e).__name__}: {e}). Offline? "
             "Download it elsewhere (`huggingface-cli download {repo_id}`) and pass the local directory."
         ) from e
-
-
-def save_big_vision_npz(path: str | os.PathLike, params: dict[str, Any], num_heads: int) -> None:
-    """Writes jtl ViT params under big_vision's ``.npz`` names (for tests and for exporting to big_vision).
-
-    Args:
-      path: the ``.npz`` file to write.
-      params: a jtl ViT's ``params``.
-      num_heads: the model's attention heads (big_vision stores attention kernels per head).
-
-    Returns:
-      None.
-
-    >>> import tempfile, os
-    >>> from jtl.models import ViT
-    >>> m = ViT(patch_size=4, hidden_size=8, num_layers=1, num_heads=2, mlp_dim=16, image_size=8, num_classes=2)
-    >>> p = os.path.join(tempfile.mkdtemp(), "w.npz")
-    >>> save_big_vision_npz(p, m.init(jax.random.PRNGKey(0), *m.example_inputs())["params"], num_heads=2)
-    >>> "Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel" in np.load(p).files
-    True
-    """
-    flat = {name: np.asarray(x) for name, x in named_leaves(params)}
-    heads = num_heads
-    out = {}
-    for name, x in flat.items():
-        parts = name.split("/")
-        if parts[0] == "embed":
-            key = {"patch": f"embedding/{parts[-1]}", "cls": "cls", "pos_embedding": "pos_embedding"}[parts[1]]
-        elif parts[0] == "encoder":
-            i, layer = parts[1].removeprefix("block_"), parts[2]
-            block = f"Transformer/encoderblock_{i}"
-            if layer in ("norm1", "norm2"):
-                key = f"{block}/LayerNorm_{0 if layer == 'norm1' else 1}/{parts[-1]}"
-            elif layer == "mlp":
-                key = f"{block}/MlpBlock_0/Dense_{0 if parts[3] == 'fc1' else 1}/{parts[-1]}"
-            else:
-                key = f"{block}/MultiHeadDotProductAttention_0/{parts[3]}/{parts[-1]}"
-                width = x.shape[-1] if parts[3] != "out" else x.shape[0]
-                if parts[3] == "out" and parts[-1] == "kernel":
-                    x = x.reshape(heads, width // heads, -1)
-                elif parts[3] != "out":
-                    x = x.reshape(*x.shape[:-1], heads, width // heads)
-        elif parts[0] == "norm":
-            key = f"Transformer/encoder_norm/{parts[-1]}"
-        else:
-            key = name
-        out[key] = x
-    np.savez(path, **out)

@@ -12,8 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtl.masking import named_leaves
-from jtl.weights._convert import Rule
-from jtl.weights._families import Family
 from jtl.weights._readers import WeightLoadError
 
 MODEL_FILE = "jtl_model.json"
@@ -61,8 +59,8 @@ def save_pretrained(directory: str | os.PathLike, model: nn.Module, variables: d
     return directory
 
 
-def read_native(directory: Path) -> tuple[Family, dict[str, Any], dict[str, np.ndarray], str]:
-    """Reads a :func:`save_pretrained` directory as a family whose table is the identity."""
+def read_native(directory: Path) -> tuple[str, dict[str, Any], dict[str, np.ndarray], str]:
+    """Reads a :func:`save_pretrained` directory: ``(model class name, fields, tensors, where)``."""
     import orbax.checkpoint as ocp
 
     directory = directory.absolute()  # Orbax accepts absolute paths only
@@ -79,5 +77,4 @@ def read_native(directory: Path) -> tuple[Family, dict[str, Any], dict[str, np.n
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     if "dtype" in fields:
         fields["dtype"] = jnp.dtype(fields["dtype"])
-    family = Family("jtl", model_name, [Rule(r"(.*)", r"\1")], lambda config, state: dict(config), {})
-    return family, fields, state, str(directory)
+    return model_name, fields, state, str(directory)

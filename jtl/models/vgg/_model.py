@@ -6,15 +6,19 @@ As in torchvision, the features are average-pooled to a fixed 7x7 grid (adaptive
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.models.vit import classifier_head
+from jtl.models._layers import classifier_head
 
 POOL = "M"
 # torchvision's configurations "D" (VGG16) and "E" (VGG19).
-CONFIGS = {
+SIZES = {
     "vgg16": (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512, POOL),
     "vgg19": (
         64,
@@ -92,7 +96,7 @@ class VGG(nn.Module):
     (2, 3)
     """
 
-    layers: tuple = CONFIGS["vgg16"]
+    layers: tuple = SIZES["vgg16"]
     classifier_width: int = 4096
     pool_size: int = 7
     dropout_rate: float = 0.5
@@ -131,6 +135,29 @@ def vgg_config(name: str) -> dict:
     >>> len([layer for layer in vgg_config("vgg16")["layers"] if layer != "M"])
     13
     """
-    if name not in CONFIGS:
-        raise ValueError(f"unknown VGG name {name!r}; known: {sorted(CONFIGS)}")
-    return {"layers": CONFIGS[name]}
+    if name not in SIZES:
+        raise ValueError(f"unknown VGG name {name!r}; known: {sorted(SIZES)}")
+    return {"layers": SIZES[name]}
+
+
+_BLOCK = re.compile(r"(?:.*/)?encoder/block_(\d+)/.*")
+
+
+def layer_index(model: VGG) -> tuple[Callable[[str], int], int]:
+    """Convolution ``block_{i}`` is layer ``i`` (the first is 0), then ``fc1``, ``fc2``, and the head on top."""
+    convs = sum(1 for layer in model.layers if layer != POOL)
+    top = convs + 2
+    fixed = {"fc1": convs, "fc2": convs + 1}
+
+    def vgg_layer(name: str) -> int:
+        match = _BLOCK.fullmatch(name)
+        return int(match.group(1)) if match else fixed.get(name.split("/")[0], top)
+
+    return vgg_layer, top
+
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    **{name: vgg_config(name) for name in SIZES},
+    # The tiny configuration for end-to-end tests.
+    "vgg-testing": {"layers": (8, "M", 16, "M"), "classifier_width": 16, "pool_size": 2, "image_size": 16},
+}

@@ -8,11 +8,15 @@ optional pre-logits layer (Hugging Face's in21k "pooler", vit_jax's ``representa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.models._layers import EncoderBlock
+from jtl.masking import block_layer_index
+from jtl.models._layers import classifier_head, transformer_encoder
 
 # name: (hidden size, depth, heads, MLP size), as in the ViT and DeiT papers.
 SIZES = {
@@ -81,26 +85,6 @@ class ViT(nn.Module):
         return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
 
 
-def classifier_head(num_classes: int, zero_init: bool, dtype: jnp.dtype) -> nn.Dense:
-    """The ``head`` Dense layer every jtl model ends with; zero-initialised by default, as vit_jax does for
-    fine-tuning.
-
-    Args:
-      num_classes: its outputs.
-      zero_init: zero kernel (else LeCun normal).
-      dtype: the compute dtype.
-
-    Returns:
-      The (unbound) ``nn.Dense`` named ``head``.
-
-    >>> head = classifier_head(3, True, jnp.float32)
-    >>> head.name, head.features
-    ('head', 3)
-    """
-    kernel_init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
-    return nn.Dense(num_classes, kernel_init=kernel_init, dtype=dtype, name="head")
-
-
 class PatchEmbed(nn.Module):
     """Patches -> tokens: ``embed/patch`` (conv), ``embed/cls`` (class token), ``embed/pos_embedding``."""
 
@@ -122,51 +106,6 @@ class PatchEmbed(nn.Module):
         pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, x.shape[1], width), jnp.float32)
         x = x + pos.astype(x.dtype)
         return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-
-
-class Encoder(nn.Module):
-    """``num_layers`` copies of ``block`` named ``block_{i}``; the input and each block's output are sown as
-    ``intermediates/encoder/hidden_states``, like Hugging Face's ``output_hidden_states``."""
-
-    num_layers: int
-    block: EncoderBlock
-
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False) -> jax.Array:
-        self.sow("intermediates", "hidden_states", x)
-        for i in range(self.num_layers):
-            x = self.block.clone(parent=self, name=f"block_{i}")(x, mask, train=train)
-            self.sow("intermediates", "hidden_states", x)
-        return x
-
-
-def transformer_encoder(config: nn.Module, *, mlp_dim: int, pre_norm: bool) -> Encoder:
-    """The ``encoder`` of a ViT or BERT module, built from the fields both share.
-
-    Args:
-      config: the ViT or BERT module whose fields (heads, layers, norms, dropout, dtype) it takes.
-      mlp_dim: the blocks' MLP width.
-      pre_norm: LayerNorm before attention/MLP (ViT) or after the residual (BERT).
-
-    Returns:
-      The ``Encoder`` named ``encoder``.
-
-    >>> encoder = transformer_encoder(ViT(num_layers=3, num_heads=2), mlp_dim=8, pre_norm=True)
-    >>> encoder.name, encoder.num_layers
-    ('encoder', 3)
-    """
-    block = EncoderBlock(
-        num_heads=config.num_heads,
-        mlp_dim=mlp_dim,
-        pre_norm=pre_norm,
-        layer_norm_eps=config.layer_norm_eps,
-        gelu_approximate=config.gelu_approximate,
-        dropout_rate=config.dropout_rate,
-        attention_dropout_rate=config.attention_dropout_rate,
-        dtype=config.dtype,
-        parent=None,
-    )
-    return Encoder(config.num_layers, block, name="encoder")
 
 
 def vit_config(name: str) -> dict:
@@ -198,3 +137,38 @@ def _parse(name: str) -> tuple[str, int]:
         if body.startswith(size) and body[len(size) :].isdigit() and int(body[len(size) :]) in PATCHES:
             return size, int(body[len(size) :])
     raise ValueError(f"unknown ViT name {name!r}: expected vit-{{{','.join(SIZES)}}}{{{','.join(map(str, PATCHES))}}}")
+
+
+def layer_index(model: ViT) -> tuple[Callable[[str], int], int]:
+    """Embeddings are layer 0, ``encoder/block_{i}`` layer ``i + 1``, the final norm and head the top."""
+    return block_layer_index(model.num_layers), model.num_layers + 1
+
+
+def _configs() -> dict[str, dict[str, Any]]:
+    configs = {f"vit-{size}{patch}": vit_config(f"vit-{size}{patch}") for size in SIZES for patch in PATCHES}
+    # The tiny configuration for end-to-end tests (vit_jax's `testing` model config).
+    configs["vit-testing"] = {
+        "patch_size": 4,
+        "hidden_size": 16,
+        "num_layers": 2,
+        "num_heads": 2,
+        "mlp_dim": 32,
+        "image_size": 16,
+    }
+    # The offline testbeds' model (configs/quickstart.py, domain_adaptation.py, multitask.py): a small ViT over
+    # scikit-learn's 8x8 one-channel digits, 2x2 patches, 18k parameters.
+    configs["vit-digits"] = {
+        "image_size": 8,
+        "patch_size": 2,
+        "num_channels": 1,
+        "hidden_size": 32,
+        "num_heads": 2,
+        "mlp_dim": 64,
+        "num_layers": 2,
+        "dropout_rate": 0.1,
+        "head_zero_init": False,
+    }
+    return configs
+
+
+CONFIGS = _configs()

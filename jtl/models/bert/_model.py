@@ -8,11 +8,15 @@ vector (sequence classification).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.models.vit import classifier_head, transformer_encoder
+from jtl.masking import block_layer_index
+from jtl.models._layers import classifier_head, transformer_encoder
 
 # name: (hidden size, depth, heads, intermediate size)
 SIZES = {
@@ -159,3 +163,22 @@ def bert_config(name: str) -> dict:
         raise ValueError(f"unknown BERT name {name!r}; known: {sorted(SIZES)}")
     hidden, depth, heads, intermediate = SIZES[name]
     return {"hidden_size": hidden, "num_layers": depth, "num_heads": heads, "intermediate_size": intermediate}
+
+
+def layer_index(model: Bert) -> tuple[Callable[[str], int], int]:
+    """Embeddings are layer 0, ``encoder/block_{i}`` layer ``i + 1``, the pooler and head the top."""
+    return block_layer_index(model.num_layers), model.num_layers + 1
+
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    **{name: bert_config(name) for name in SIZES},
+    # The tiny configuration for end-to-end tests.
+    "bert-testing": {
+        "vocab_size": 100,
+        "hidden_size": 16,
+        "num_layers": 2,
+        "num_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 32,
+    },
+}

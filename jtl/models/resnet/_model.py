@@ -8,13 +8,16 @@ stride 2, which moves ResNet logits by ~2e-2.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.models.vit import classifier_head
+from jtl.models._layers import classifier_head
 
 # name: (block type, blocks per stage, output channels per stage)
 SIZES = {
@@ -211,3 +214,27 @@ def resnet_config(name: str) -> dict:
         raise ValueError(f"unknown ResNet name {name!r}; known: {sorted(SIZES)}")
     layer_type, depths, hidden = SIZES[name]
     return {"layer_type": layer_type, "depths": depths, "hidden_sizes": hidden, "embedding_size": 64}
+
+
+_STAGE_BLOCK = re.compile(r"(?:.*/)?stage_(\d+)/block_(\d+)/.*")
+
+
+def layer_index(model: ResNet) -> tuple[Callable[[str], int], int]:
+    """The stem is layer 0, blocks count up from 1 through the stages, the head is the top."""
+    offsets = [sum(model.depths[:s]) for s in range(len(model.depths))]
+    top = sum(model.depths) + 1
+
+    def resnet_layer(name: str) -> int:
+        if name.startswith("embed/"):
+            return 0
+        match = _STAGE_BLOCK.fullmatch(name)
+        return offsets[int(match.group(1))] + int(match.group(2)) + 1 if match else top
+
+    return resnet_layer, top
+
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    **{name: resnet_config(name) for name in SIZES},
+    # The tiny configuration for end-to-end tests.
+    "resnet-testing": {"depths": (1, 1), "hidden_sizes": (8, 16), "embedding_size": 8, "image_size": 32},
+}

@@ -1,0 +1,10 @@
+"""The BERT family: the module, its named sizes (``bert-{tiny,mini,small,base,large}``, ``minilm-l6``,
+``minilm-l12``, ``bert-testing``), layer index and weight layout (Hugging Face BERT); it takes text."""
+
+from jtl.models._registry import Family, register
+from jtl.models.bert._model import CONFIGS, Bert, bert_config, layer_index, mean_pool
+from jtl.models.bert._weights import HF_BERT
+
+FAMILY = register(Family("bert", Bert, CONFIGS, layer_index, "text", (HF_BERT,)))
+
+__all__ = ["FAMILY", "HF_BERT", "Bert", "bert_config", "mean_pool"]

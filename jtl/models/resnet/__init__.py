@@ -1,0 +1,10 @@
+"""The ResNet family: the module, its named sizes (``resnet-{18,34,50,101,152}``, ``resnet-testing``), layer
+index and weight layouts (Hugging Face ``microsoft/resnet-*``, torchvision ``resnet*`` state dicts)."""
+
+from jtl.models._registry import Family, register
+from jtl.models.resnet._model import CONFIGS, ResNet, layer_index, resnet_config
+from jtl.models.resnet._weights import HF_RESNET, TORCHVISION_RESNET
+
+FAMILY = register(Family("resnet", ResNet, CONFIGS, layer_index, "image", (HF_RESNET, TORCHVISION_RESNET)))
+
+__all__ = ["FAMILY", "HF_RESNET", "TORCHVISION_RESNET", "ResNet", "resnet_config"]

@@ -1,0 +1,100 @@
+"""The ResNet family's weight layouts: Hugging Face ``microsoft/resnet-*``, and torchvision ``resnet*`` state
+dicts (exportable)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from jtl.weights import Layout, WeightLoadError, batch_norm, conv, first_match, linear
+
+# --- Hugging Face ResNet ------------------------------------------------------------------------------------
+_HF_RESNET = r"(?:resnet\.)?"
+_HF_RESNET_BLOCK = _HF_RESNET + r"encoder\.stages\.(\d+)\.layers\.(\d+)\."
+HF_RESNET_RULES = [
+    *conv(_HF_RESNET + r"embedder\.embedder\.convolution", "embed/conv"),
+    *batch_norm(_HF_RESNET + r"embedder\.embedder\.normalization", "embed/bn"),
+    *conv(_HF_RESNET_BLOCK + r"shortcut\.convolution", r"stage_\1/block_\2/shortcut/conv"),
+    *batch_norm(_HF_RESNET_BLOCK + r"shortcut\.normalization", r"stage_\1/block_\2/shortcut/bn"),
+    *(
+        rule
+        for k in range(3)
+        for rule in (
+            *conv(_HF_RESNET_BLOCK + rf"layer\.{k}\.convolution", rf"stage_\1/block_\2/conv{k + 1}"),
+            *batch_norm(_HF_RESNET_BLOCK + rf"layer\.{k}\.normalization", rf"stage_\1/block_\2/bn{k + 1}"),
+        )
+    ),
+    *linear(r"classifier\.1", "head"),
+]
+
+
+def hf_resnet_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+    if config.get("hidden_act", "relu") != "relu":
+        raise WeightLoadError(f"config.json: hidden_act={config['hidden_act']!r} is not supported (relu only)")
+    classifier = first_match(state, r"classifier\.1\.weight")
+    return {
+        "embedding_size": config.get("embedding_size", 64),
+        "hidden_sizes": tuple(config.get("hidden_sizes", (256, 512, 1024, 2048))),
+        "depths": tuple(config.get("depths", (3, 4, 6, 3))),
+        "layer_type": config.get("layer_type", "bottleneck"),
+        "downsample_in_first_stage": config.get("downsample_in_first_stage", False),
+        "downsample_in_bottleneck": config.get("downsample_in_bottleneck", False),
+        "num_channels": config.get("num_channels", 3),
+        "num_classes": 0 if classifier is None else classifier.shape[0],
+    }
+
+
+HF_RESNET = Layout("hf-resnet", HF_RESNET_RULES, hf_resnet_fields, model_types=("resnet",))
+
+# --- torchvision ResNet (models.resnet18 / resnet50 state dicts) --------------------------------------------
+# torchvision counts stages layer1..layer4 from 1; jtl counts stage_0.. from 0. Regexes cannot subtract, so
+# the table lists the stages.
+TORCHVISION_RESNET_RULES = [
+    *conv(r"conv1", "embed/conv"),
+    *batch_norm(r"bn1", "embed/bn"),
+    *(
+        rule
+        for s in range(8)
+        for rule in (
+            *conv(rf"layer{s + 1}\.(\d+)\.conv([123])", rf"stage_{s}/block_\1/conv\2"),
+            *batch_norm(rf"layer{s + 1}\.(\d+)\.bn([123])", rf"stage_{s}/block_\1/bn\2"),
+            *conv(rf"layer{s + 1}\.(\d+)\.downsample\.0", rf"stage_{s}/block_\1/shortcut/conv"),
+            *batch_norm(rf"layer{s + 1}\.(\d+)\.downsample\.1", rf"stage_{s}/block_\1/shortcut/bn"),
+        )
+    ),
+    *linear(r"fc", "head"),
+]
+
+
+def torchvision_resnet_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+    del config
+    bottleneck = "layer1.0.conv3.weight" in state
+    last = "conv3" if bottleneck else "conv2"
+    depths, hidden = [], []
+    stage = 1
+    while f"layer{stage}.0.conv1.weight" in state:
+        blocks = {int(m.group(1)) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        depths.append(len(blocks))
+        hidden.append(state[f"layer{stage}.0.{last}.weight"].shape[0])
+        stage += 1
+    if not depths or "conv1.weight" not in state:
+        raise WeightLoadError("not a torchvision ResNet state dict: expected 'conv1.weight' and 'layer1.0.*' keys")
+    return {
+        "embedding_size": state["conv1.weight"].shape[0],
+        "num_channels": state["conv1.weight"].shape[1],
+        "hidden_sizes": tuple(hidden),
+        "depths": tuple(depths),
+        "layer_type": "bottleneck" if bottleneck else "basic",
+        "num_classes": state["fc.weight"].shape[0] if "fc.weight" in state else 0,
+    }
+
+
+def is_torchvision_resnet(keys: Collection[str]) -> bool:
+    """torchvision's ResNet names: ``conv1``, ``bn1``, ``layer1.0.conv1``, ..., ``fc``."""
+    return "layer1.0.conv1.weight" in keys
+
+
+TORCHVISION_RESNET = Layout(
+    "torchvision-resnet", TORCHVISION_RESNET_RULES, torchvision_resnet_fields, detect=is_torchvision_resnet
+)

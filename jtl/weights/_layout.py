@@ -1,0 +1,126 @@
+"""``Layout``: one checkpoint layout of a model family, as the family registers it, and helpers to write one."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jtl.weights._convert import Resizer, Rule
+from jtl.weights._readers import WeightLoadError
+
+State = Mapping[str, Any]  # checkpoint key -> array, or -> TensorSpec where only the file's header was read
+
+
+def no_resizers(fields: dict[str, Any]) -> dict[str, Resizer]:
+    """The default of :attr:`Layout.resizers`: no variable may change shape."""
+    del fields
+    return {}
+
+
+class Layout(NamedTuple):
+    """How one checkpoint layout becomes a jtl model; a family lists its layouts when it registers.
+
+    Attributes:
+      name: e.g. ``"hf-vit"``, ``"big_vision-vit"``; in reports and errors.
+      rules: the table, or a function of the checkpoint's tensors that builds it (where names depend on the
+        architecture); every rule invertible (see :class:`Rule`) makes the layout exportable.
+      fields: ``(config, state) -> the model's fields``: ``config`` is Hugging Face's ``config.json`` (``{}``
+        for a bare file), ``state`` the tensors (shapes and dtypes only, for a safetensors file).
+      detect: claims a bare file from its tensor names (``None``: never claims one).
+      model_types: the Hugging Face ``config.json`` ``model_type`` values it serves.
+      resizers: ``fields -> {regex: resize(array, target_shape)}``, the variables that may change shape with
+        the fields (ViT position embeddings follow the image size).
+      prepare: applied to the tensors before the rules (big_vision's stacked blocks are split); a layout with
+        one has its files read at once, not header first.
+
+    >>> from jtl.weights import linear
+    >>> fields = lambda config, state: {"num_classes": state["fc.weight"].shape[0]}
+    >>> layout = Layout("one-linear", linear("fc", "head"), fields, detect=lambda keys: "fc.weight" in keys)
+    >>> layout.detect({"fc.weight", "fc.bias"}), [rule.target for rule in layout.rules_for({})]
+    (True, ['params/head/kernel', 'params/head/bias'])
+    """
+
+    name: str
+    rules: Sequence[Rule] | Callable[[State], list[Rule]]
+    fields: Callable[[dict[str, Any], State], dict[str, Any]]
+    detect: Callable[[Collection[str]], bool] | None = None
+    model_types: tuple[str, ...] = ()
+    resizers: Callable[[dict[str, Any]], dict[str, Resizer]] = no_resizers
+    prepare: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+
+    def rules_for(self, state: State) -> list[Rule]:
+        """The table for these tensors."""
+        return self.rules(state) if callable(self.rules) else list(self.rules)
+
+
+def first_match(state: State, pattern: str) -> Any:
+    """The first tensor whose key fullmatches ``pattern``: what a layout's ``fields`` reads sizes from.
+
+    Args:
+      state: ``{checkpoint key: array or TensorSpec}``.
+      pattern: a regex.
+
+    Returns:
+      The tensor (or its spec), ``None`` when no key matches.
+
+    >>> first_match({"a.0.weight": np.zeros((2, 3))}, r"a\\.\\d+\\.weight").shape
+    (2, 3)
+    """
+    regex = re.compile(pattern)
+    return next((v for k, v in state.items() if regex.fullmatch(k)), None)
+
+
+_TANH_GELUS = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_python_tanh"}
+
+
+def hf_gelu_approximate(config: Mapping[str, Any]) -> bool:
+    """Whether a Hugging Face ``config.json``'s ``hidden_act`` is the tanh-approximate GELU.
+
+    Args:
+      config: the parsed ``config.json``.
+
+    Returns:
+      The model's ``gelu_approximate`` field.
+
+    Raises:
+      WeightLoadError: for an activation other than a GELU.
+
+    >>> hf_gelu_approximate({"hidden_act": "gelu"}), hf_gelu_approximate({"hidden_act": "gelu_new"})
+    (False, True)
+    """
+    act = config.get("hidden_act", "gelu")
+    if act not in _TANH_GELUS | {"gelu", "gelu_python"}:
+        raise WeightLoadError(f"config.json: hidden_act={act!r} is not supported (GELU variants only)")
+    return act in _TANH_GELUS
+
+
+def resample_pos_embedding(num_prefix_tokens: int) -> Resizer:
+    """Resamples ViT position embeddings to a new patch grid, keeping the class token's embedding, as
+    vit_jax and big_vision do when fine-tuning at a new resolution (bilinear on the grid).
+
+    Args:
+      num_prefix_tokens: tokens before the patch grid (1 for a class token).
+
+    Returns:
+      ``resize(pos (1, prefix + n*n, D), target_shape) -> (1, prefix + m*m, D)``.
+
+    >>> resize = resample_pos_embedding(1)
+    >>> resize(np.ones((1, 1 + 4 * 4, 8), np.float32), (1, 1 + 6 * 6, 8)).shape
+    (1, 37, 8)
+    """
+
+    def resize(pos: np.ndarray, target_shape: tuple) -> np.ndarray:
+        prefix, grid = pos[:, :num_prefix_tokens], pos[0, num_prefix_tokens:]
+        old, new = math.isqrt(grid.shape[0]), math.isqrt(target_shape[1] - num_prefix_tokens)
+        if old * old != grid.shape[0] or new * new != target_shape[1] - num_prefix_tokens:
+            raise WeightLoadError(f"position embeddings {pos.shape} -> {target_shape}: not square patch grids")
+        grid = grid.reshape(old, old, -1).astype(np.float32)
+        resized = jax.image.resize(grid, (new, new, grid.shape[-1]), method="bilinear")
+        return np.concatenate([prefix, np.asarray(resized).reshape(1, new * new, -1)], axis=1)
+
+    return resize
