@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import jtl.masking as jm
-from jtl.parallel import TrainState, make_train_step
+from jtl.objectives import Classification
+from jtl.step import freeze, init_state, make_train_step
 
 
 def time_interleaved(runs: dict[str, Callable[[], Any]], warmup: int, iters: int) -> dict[str, float]:
@@ -44,14 +44,15 @@ def flops_of(compiled: Any) -> float:
 
 
 class TrainStep:
-    """The trainer's step (``jtl.parallel.make_train_step``, AdamW, state donated) compiled for ``batch``'s
+    """The trainer's step (``jtl.step.make_train_step``, AdamW, state donated) compiled for ``batch``'s
     shapes; ``run(batch)`` takes one step and, with ``wait``, blocks until the new state exists."""
 
     def __init__(self, model: Any, params: Any, batch: dict, trainable: Any, num_classes: int) -> None:
-        tx = jm.freeze(optax.adamw(1e-4), trainable=trainable)
-        step = jax.jit(make_train_step(model, tx, trainable, num_classes=num_classes), donate_argnums=0)
+        tx = freeze(optax.adamw(1e-4), trainable)
+        train = make_train_step(model, Classification(num_classes), tx, trainable)
+        step = jax.jit(train, donate_argnums=0)
         params = jax.tree_util.tree_map(jnp.array, params)  # donated: never the caller's arrays
-        self.state = TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(0))
+        self.state = init_state({"params": params}, tx)
         self.compiled = step.lower(self.state, batch).compile()
 
     def run(self, batch: dict, wait: bool = True) -> None:

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import jtl.masking as jm
-from jtl import methods, models, parallel
+from jtl import methods, models
+from jtl.objectives import Classification
+from jtl.step import freeze, init_state, make_train_step
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     steps = args.examples // args.batch
 
     trainable = ["head/.*"]
-    tx = jm.freeze(optax.adam(1e-3), trainable=trainable)
-    step = jax.jit(parallel.make_train_step(model, tx, trainable, num_classes=args.classes))
+    tx = freeze(optax.adam(1e-3), trainable)
+    step = jax.jit(make_train_step(model, Classification(args.classes), tx, trainable))
     params = variables["params"]
     batches = [
         jax.device_put(
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ]
 
     def backbone_epoch() -> None:
-        state = parallel.TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(0))
+        state = init_state({"params": params}, tx)
         for batch in batches:
             state, metrics = step(state, batch)
         jax.block_until_ready(metrics["loss"])

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import jtl.masking as jm
-from jtl import methods, parallel
+from jtl import methods
+from jtl.objectives import Classification
+from jtl.step import freeze, init_state, make_train_step
 
 TRAIN = {
     0: [
@@ -112,9 +113,9 @@ def scratch_accuracy(
     batch = {**vocab.encode(train, 16), "label": labels}
     params = model.init(jax.random.PRNGKey(seed), batch["input_ids"][:1], batch["attention_mask"][:1])["params"]
     trainable = [".*"]
-    tx = jm.freeze(optax.adam(1e-2), trainable=trainable)
-    step = jax.jit(parallel.make_train_step(model, tx, trainable, num_classes=2))
-    state = parallel.TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(seed))
+    tx = freeze(optax.adam(1e-2), trainable)
+    step = jax.jit(make_train_step(model, Classification(2), tx, trainable))
+    state = init_state({"params": params}, tx, seed=seed)
     for _ in range(200):
         state, _ = step(state, batch)
     encoded = vocab.encode(test, 16)

@@ -24,10 +24,10 @@ import numpy as np
 from absl import logging as absl_logging
 
 import jtl.masking as jm
-from jtl import data, methods, models
+from jtl import data, methods, models, optim
 from jtl.config import load_config
 from jtl.quickstart import CONFIG, pretrained_source
-from jtl.train import _trainable, train_and_evaluate
+from jtl.train import train_and_evaluate
 from jtl.weights import load_pretrained
 
 STRATEGIES = {
@@ -65,7 +65,7 @@ def run(variant: str, seed: int, workdir: Path, source: Path | None, steps: int,
     rates = [r["train/examples_per_second"] for r in records if "train/examples_per_second" in r][1:]
     result["ms_per_step"] = 1000 * config.batch_size / np.mean(rates) if rates else float("nan")
     model = models.create(config.model.name, num_classes=config.num_classes, **dict(config.model.overrides))
-    mask = jm.resolve_mask(_trainable(config, model), result["params"])
+    mask = jm.resolve_mask(optim.trainable(config, model), result["params"])
     leaves, trainable = jax.tree_util.tree_leaves(result["params"]), jax.tree_util.tree_leaves(mask)
     result["trainable"] = sum(x.size for x, t in zip(leaves, trainable, strict=True) if t)
     result["total"] = sum(x.size for x in leaves)

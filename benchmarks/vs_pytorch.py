@@ -2,7 +2,7 @@
 
 Run: ``python -m benchmarks.vs_pytorch`` (defaults: ViT-S/16 at 224 and BERT-base at 128 tokens, batch 8, fp32,
 AdamW, on the CPU with ``torch.set_num_threads`` = cores). jtl's steps are the trainer's own
-(``jtl.parallel.make_train_step`` under ``jax.jit`` with the state donated, frozen leaves not differentiated);
+(``jtl.step.make_train_step`` under ``jax.jit`` with the state donated, frozen leaves not differentiated);
 PyTorch's are Hugging Face ``transformers``' ``ViTForImageClassification`` / ``BertForSequenceClassification``
 with ``torch.optim.AdamW`` over the parameters that train. Modes: ``full`` fine-tuning, the ``last2`` blocks and
 the head, the ``frozen`` backbone (a new head), ``lora`` (rank 8 on the attention's query and value, and the

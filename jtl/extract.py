@@ -19,6 +19,7 @@ import numpy as np
 
 from jtl import data as jdata
 from jtl import methods
+from jtl.cli import run_command
 from jtl.config import ConfigError, command_line_parser, parse_command_line
 
 SHARD = "shard_{:05d}.npz"
@@ -158,13 +159,13 @@ def extract_and_fit(
     >>> result["train_examples"], result["feature_dim"]
     (10, 16)
     """
-    from jtl.train import _build_data, _build_model
+    from jtl.train import build_model, data_loader
 
     if not config.model.pretrained:
         raise ConfigError("jtl.extract needs config.model.pretrained: the backbone whose features are cached")
     workdir = Path(workdir)
-    model, variables, _ = _build_model(config)
-    splits = _build_data(config.data, model, config.model.pretrained)
+    model, variables, _ = build_model(config, config.num_classes)
+    splits = data_loader(model, config.model.pretrained)(config.data)
     sizes = {}
     for split in ("train", "test"):
         sizes[split] = len(splits[split])
@@ -231,10 +232,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--process_index", type=int, default=0, help="this process's share of the shards")
     parser.add_argument("--process_count", type=int, default=1, help="processes sharing the extraction")
     args, config, workdir = parse_command_line(parser, argv)
-    try:
-        return extract_and_fit(config, workdir, args.process_index, args.process_count)
-    except ConfigError as e:
-        parser.exit(2, f"error: {e}\n")
+    return run_command(
+        parser, args.debug, lambda: extract_and_fit(config, workdir, args.process_index, args.process_count)
+    )
 
 
 if __name__ == "__main__":

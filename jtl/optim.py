@@ -5,6 +5,7 @@ update and no state)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any, NamedTuple
 
@@ -85,8 +86,10 @@ def stages(config: ml_collections.ConfigDict, model: Any, params: Any) -> Stages
             "config.train_last_n and config.lora.rank unset"
         )
     starts = tuple(int(s) for s in config.unfreeze_starts)
+    if starts[0] != 0 or any(b <= a for a, b in itertools.pairwise(starts)):
+        raise ConfigError(f"config.unfreeze_starts={starts}: must start at 0 and increase")
     layer_of, top = models.layer_index(model)
-    names = jm.leaf_names(params)
+    names = [name for name, _ in jm.named_leaves(params)]
     last = len(starts) - 1
     # Group k: the leaves of layer top - k, exact names; the last group: everything still frozen.
     groups = [

@@ -323,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if len(stages.trainables) > 1:
                 print(f"stage {stage} of gradual unfreezing, from step {stages.schedule.starts[stage]}:")
             tree = step.trained(variables["params"], objective_params)
-            print(jm.report(tree, trainable=step.trained_mask(trainable), optimizer=tx))
+            print(jm.report(tree, trainable=step.trained_mask(trainable), depth=2, optimizer=tx))
         batch_stats = optim.train_batch_stats(config, jm.resolve_mask(trainable, variables["params"]))
         train_step = step.make_train_step(
             model, objective, tx, trainable, accum_steps=config.accum_steps, train_batch_stats=batch_stats

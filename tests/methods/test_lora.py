@@ -1,11 +1,12 @@
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 import jtl.masking as jm
-from jtl import methods, models, parallel
+from jtl import methods, models
+from jtl.objectives import Classification
+from jtl.step import freeze, init_state, make_train_step
 from jtl.weights import WeightLoadError, save_pretrained
 
 SPEC = methods.LoRASpec(targets=(r"encoder/block_\d+/attn/(query|value)", r"encoder/block_\d+/mlp/fc1"), rank=4)
@@ -63,9 +64,9 @@ def test_only_adapters_and_head_change_in_a_train_step():
     params = methods.add_adapters(models.init(model)["params"], SPEC, jax.random.PRNGKey(0))
     lora = methods.with_lora(model, SPEC)
     trainable = list(methods.LORA_TRAINABLE)
-    tx = jm.freeze(optax.adam(1e-2), trainable=trainable)
-    step = jax.jit(parallel.make_train_step(lora, tx, trainable, num_classes=3))
-    state = parallel.TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(0))
+    tx = freeze(optax.adam(1e-2), trainable)
+    step = jax.jit(make_train_step(lora, Classification(3), tx, trainable))
+    state = init_state({"params": params}, tx)
     rng = np.random.default_rng(0)
     size = model.image_size
     batch = {"image": rng.normal(size=(8, size, size, 3)).astype(np.float32), "label": rng.integers(0, 3, 8)}

@@ -1,13 +1,13 @@
 import struct
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-import jtl.masking as jm
-from jtl import methods, parallel
+from jtl import methods
+from jtl.objectives import Classification
+from jtl.step import freeze, init_state, make_train_step
 
 
 def _synthetic_vectors(seed=0, dim=16):
@@ -83,9 +83,9 @@ def _texts(rng, positive, negative, fillers, count):
 
 
 def _train(model, params, trainable, batch, steps=150):
-    tx = jm.freeze(optax.adam(3e-2), trainable=trainable)
-    step = jax.jit(parallel.make_train_step(model, tx, trainable, num_classes=2))
-    state = parallel.TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(0))
+    tx = freeze(optax.adam(3e-2), trainable)
+    step = jax.jit(make_train_step(model, Classification(2), tx, trainable))
+    state = init_state({"params": params}, tx)
     for _ in range(steps):
         state, _ = step(state, batch)
     return state.params

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jtl import data, parallel
+from jtl import data
 from jtl.config import ConfigError
 from jtl.train import train_and_evaluate
 from tests.train.conftest import with_changes
@@ -45,7 +45,7 @@ def test_every_method_trains_from_the_config_and_evaluates_on_the_target(da_conf
         assert len(train) == 4 and all(np.isfinite(r["train/loss"]) for r in train)
         if method != "none":
             assert all(np.isfinite(r["train/transfer_loss"]) for r in train)
-        assert (parallel.DISCRIMINATOR in result["params"]) == (method == "cdan")
+        assert ("discriminator" in result["objective_params"]) == (method == "cdan")
         # eval/ is the target's test split (its size is the accuracy's denominator), eval_source/ the source's.
         correct = result["eval/accuracy"] * len(target_test)
         assert correct == pytest.approx(round(correct), abs=1e-6)
@@ -56,7 +56,7 @@ def test_dann_learns_its_discriminator_and_selection_reads_no_target_label(da_co
     result = train_and_evaluate(
         with_changes(da_config, total_steps=6, log_every=1, **{"adaptation.gamma": 10.0}), tmp_path
     )
-    assert parallel.DISCRIMINATOR in result["params"]
+    assert "discriminator" in result["objective_params"]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     reversal = [r["train/reversal"] for r in records if "train/reversal" in r]
     # dann_coefficient(step, 6): 0 at the first step, rising toward 1.

@@ -50,14 +50,14 @@ def _start(path):
 
 
 def test_gradual_unfreezing_stages_train_top_layers_first(tiny_config):
-    from jtl.train import _stages
+    from jtl.optim import stages
 
     config = tiny_config.copy_and_resolve_references()
     config.unfreeze_starts = (0, 2, 4)
     model = models.create("vit-testing", num_classes=3, **dict(config.model.overrides))
     params = models.init(model)["params"]
-    starts, trainables = _stages(config, model)
-    assert starts == (0, 2, 4)
+    starts, trainables = stages(config, model, params)
+    assert starts.starts == (0, 2, 4)
     trained = [{n for n, t in jm.named_leaves(jm.resolve_mask(spec, params)) if t} for spec in trainables]
     everything = {n for n, _ in jm.named_leaves(params)}
     # vit-testing has 2 blocks: stage 0 trains norm + head, stage 1 adds block_1, stage 2 everything.

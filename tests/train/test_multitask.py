@@ -11,19 +11,20 @@ import numpy as np
 import optax
 import pytest
 
-from jtl import data, models, multitask, parallel
+from jtl import data, models, step
 from jtl.config import ConfigError, task_config
+from jtl.objectives import MultiTask, Task, Weighting, multitask
 from jtl.train import train_and_evaluate
 from tests.train.conftest import with_changes
 
-TASKS = [multitask.Task("digit", "classification", 3), multitask.Task("value", "regression", 1)]
+TASKS = [Task("digit", "classification", 3), Task("value", "regression", 1)]
 
 
 @pytest.fixture(scope="module")
 def setup():
     model = models.create("vit-testing", num_classes=0, image_size=8, patch_size=4, num_channels=1, dropout_rate=0.0)
     params = models.init(model)["params"]
-    params = {**params, "heads": multitask.init_heads(TASKS, 16, jax.random.PRNGKey(1))}
+    heads = {"heads": multitask.init_heads(TASKS, 16, jax.random.PRNGKey(1))}
     digits = data.digits_task((0, 1, 2), shots=8)["train"]
     values = data.digits_task((0, 1, 2), shots=8, labels="value", half=1)["train"]
     batch = {
@@ -32,23 +33,27 @@ def setup():
         "value/image": values.images[:8],
         "value/label": values.labels[:8],
     }
-    return model, params, batch
+    return model, params, heads, batch
 
 
-def _state(params, extra=(), learning_rate=1.0):
+def _step(model, params, objective_params, weighting, learning_rate=1.0):
+    """The state at step 0 and the compiled multi-task step (SGD, everything trainable)."""
     tx = optax.sgd(learning_rate)
-    state = parallel.TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(0), extra)
-    return tx, state
+    state = step.init_state(
+        {"params": params},
+        tx,
+        objective_params=objective_params,
+        objective_state=multitask.init_state(TASKS, weighting),
+    )
+    return state, jax.jit(step.make_train_step(model, MultiTask(TASKS, weighting), tx))
 
 
-def _task_losses(model, params, batch):
-    """Each task's loss, written out directly."""
+def _task_losses(model, tree, batch):
+    """Each task's loss, written out directly, from ``{"model": params, "heads": heads}``."""
     losses = []
     for task in TASKS:
-        features = model.apply(
-            {"params": {k: v for k, v in params.items() if k != "heads"}}, batch[f"{task.name}/image"]
-        )
-        out = nn.Dense(task.outputs).apply({"params": params["heads"][task.name]}, features)
+        features = model.apply({"params": tree["model"]}, batch[f"{task.name}/image"])
+        out = nn.Dense(task.outputs).apply({"params": tree["heads"][task.name]}, features)
         labels = batch[f"{task.name}/label"]
         if task.kind == "classification":
             losses.append(optax.softmax_cross_entropy_with_integer_labels(out, labels).mean())
@@ -62,38 +67,36 @@ def _flat(tree):
 
 
 def test_uncertainty_weights_update_by_the_formula(setup):
-    model, params, batch = setup
-    params = {**params, "loss_weights": multitask.init_loss_weights(TASKS, multitask.Weighting("uncertainty"))}
-    tx, state = _state(params)
-    step = jax.jit(multitask.make_train_step(model, TASKS, tx, lambda t: jax.tree.map(lambda _: True, t),
-                                             weighting=multitask.Weighting("uncertainty")))  # fmt: skip
-    new_state, metrics = step(state, batch)
+    model, params, heads, batch = setup
+    weighting = Weighting("uncertainty")
+    objective_params = {**heads, "loss_weights": multitask.init_loss_weights(TASKS, weighting)}
+    state, train = _step(model, params, objective_params, weighting)
+    new_state, metrics = train(state, batch)
     losses = np.array([metrics["digit/loss"], metrics["value/loss"]])
     # d/ds [exp(-s) L + s] = 1 - exp(-s) L; at s = 0 one SGD step with rate 1 gives s = L - 1.
-    np.testing.assert_allclose(new_state.params["loss_weights"]["log_variance"], losses - 1.0, rtol=1e-5)
-    np.testing.assert_allclose(losses, [float(x) for x in _task_losses(model, params, batch)], rtol=1e-5)
+    np.testing.assert_allclose(new_state.objective_params["loss_weights"]["log_variance"], losses - 1.0, rtol=1e-5)
+    expected = _task_losses(model, {"model": params, **heads}, batch)
+    np.testing.assert_allclose(losses, [float(x) for x in expected], rtol=1e-5)
 
 
 def test_pcgrad_update_is_the_projected_sum_of_the_task_gradients(setup):
-    model, params, batch = setup
-    tx, state = _state(params)
-    step = jax.jit(multitask.make_train_step(model, TASKS, tx, lambda t: jax.tree.map(lambda _: True, t),
-                                             weighting=multitask.Weighting("pcgrad")))  # fmt: skip
-    new_state, _ = step(state, batch)
-    grads = [jax.grad(lambda p, i=i: _task_losses(model, p, batch)[i])(params) for i in range(2)]
-    shared = [_flat({k: v for k, v in g.items() if k != "heads"}) for g in grads]
+    model, params, heads, batch = setup
+    state, train = _step(model, params, heads, Weighting("pcgrad"))
+    new_state, _ = train(state, batch)
+    tree = {"model": params, **heads}
+    grads = [jax.grad(lambda p, i=i: _task_losses(model, p, batch)[i])(tree) for i in range(2)]
+    shared = [_flat(g["model"]) for g in grads]
     projected = []
     for i, j in ((0, 1), (1, 0)):
         g, other = shared[i].astype(np.float64), shared[j].astype(np.float64)
         dot = g @ other
         projected.append(g - dot / (other @ other) * other if dot < 0 else g)
     assert shared[0] @ shared[1] < 0, "this batch should make the two tasks' gradients conflict"
-    new_shared = _flat({k: v for k, v in new_state.params.items() if k != "heads"})
-    old_shared = _flat({k: v for k, v in params.items() if k != "heads"})
+    new_shared, old_shared = _flat(new_state.params), _flat(params)
     np.testing.assert_allclose(old_shared - new_shared, projected[0] + projected[1], rtol=1e-3, atol=1e-6)
     for task, g in zip(TASKS, grads, strict=True):  # each head gets its own task's gradient
         np.testing.assert_allclose(
-            _flat(params["heads"][task.name]) - _flat(new_state.params["heads"][task.name]),
+            _flat(heads["heads"][task.name]) - _flat(new_state.objective_params["heads"][task.name]),
             _flat(g["heads"][task.name]),
             rtol=1e-4,
             atol=1e-6,
@@ -101,32 +104,27 @@ def test_pcgrad_update_is_the_projected_sum_of_the_task_gradients(setup):
 
 
 def test_gradnorm_steps_the_weights_by_its_objective(setup):
-    model, params, batch = setup
-    weighting = multitask.Weighting("gradnorm", gradnorm_learning_rate=0.1)
-    tx, state = _state(params, multitask.init_extra(TASKS, weighting))
-    step = jax.jit(multitask.make_train_step(model, TASKS, tx, lambda t: jax.tree.map(lambda _: True, t),
-                                             weighting=weighting))  # fmt: skip
-    new_state, _ = step(state, batch)
-    grads = [jax.grad(lambda p, i=i: _task_losses(model, p, batch)[i])(params) for i in range(2)]
-    norms = np.array([np.linalg.norm(_flat({k: v for k, v in g.items() if k != "heads"})) for g in grads])
+    model, params, heads, batch = setup
+    state, train = _step(model, params, heads, Weighting("gradnorm", gradnorm_learning_rate=0.1))
+    new_state, _ = train(state, batch)
+    tree = {"model": params, **heads}
+    grads = [jax.grad(lambda p, i=i: _task_losses(model, p, batch)[i])(tree) for i in range(2)]
+    norms = np.array([np.linalg.norm(_flat(g["model"])) for g in grads])
     # Step 0: the losses are their own initial values, so every r_i is 1 and the target is mean(G) for both.
     weights = np.ones(2)
     gradient = np.sign(weights * norms - np.mean(weights * norms)) * norms
     expected = np.maximum(weights - 0.1 * gradient, 1e-3)
     expected = expected * 2 / expected.sum()
-    np.testing.assert_allclose(new_state.extra["weights"], expected, rtol=1e-4)
-    np.testing.assert_allclose(new_state.extra["initial_losses"], _task_losses(model, params, batch), rtol=1e-5)
+    np.testing.assert_allclose(new_state.objective_state["weights"], expected, rtol=1e-4)
+    np.testing.assert_allclose(new_state.objective_state["initial_losses"], _task_losses(model, tree, batch), rtol=1e-5)
 
 
 def test_dwa_weights_follow_the_last_two_periods(setup):
-    model, params, batch = setup
-    weighting = multitask.Weighting("dwa", dwa_period=1, dwa_temperature=2.0)
-    tx, state = _state(params, multitask.init_extra(TASKS, weighting), learning_rate=0.01)
-    step = jax.jit(multitask.make_train_step(model, TASKS, tx, lambda t: jax.tree.map(lambda _: True, t),
-                                             weighting=weighting))  # fmt: skip
+    model, params, heads, batch = setup
+    state, train = _step(model, params, heads, Weighting("dwa", dwa_period=1, dwa_temperature=2.0), 0.01)
     history = []
     for _ in range(3):
-        state, metrics = step(state, batch)
+        state, metrics = train(state, batch)
         history.append(metrics)
     for metrics in history[:2]:  # fewer than two periods seen: equal weights
         assert [float(metrics[f"{t.name}/weight"]) for t in TASKS] == [1.0, 1.0]
@@ -158,7 +156,7 @@ def _losses(workdir):
 
 def test_trainer_runs_the_tasks_from_the_config_with_per_task_metrics(mt_config, tmp_path):
     result = train_and_evaluate(with_changes(mt_config, **{"multitask.weighting": "pcgrad"}), tmp_path / "jit")
-    heads = result["params"]["heads"]
+    heads = result["objective_params"]["heads"]
     assert {k: v["kernel"].shape for k, v in heads.items()} == {"digit": (16, 3), "value": (16, 1)}
     assert "head" not in result["params"]
     digit_test = data.digits_task((0, 1, 2), shots=16, half=0)["test"]
@@ -173,6 +171,15 @@ def test_trainer_runs_the_tasks_from_the_config_with_per_task_metrics(mt_config,
     np.testing.assert_allclose(_losses(tmp_path / "pmap"), _losses(tmp_path / "jit"), rtol=1e-5, atol=1e-6)
 
 
+def test_gradient_accumulation_matches_the_full_batch_for_every_weighting(mt_config, tmp_path):
+    for weighting in ("pcgrad", "uncertainty"):
+        config = with_changes(mt_config, **{"multitask.weighting": weighting})
+        train_and_evaluate(config, tmp_path / f"{weighting}-full")
+        train_and_evaluate(with_changes(config, accum_steps=4), tmp_path / f"{weighting}-accum")
+        full, accum = _losses(tmp_path / f"{weighting}-full"), _losses(tmp_path / f"{weighting}-accum")
+        np.testing.assert_allclose(accum, full, rtol=2e-5, atol=1e-6)
+
+
 def test_resume_keeps_the_weighting_state(mt_config, tmp_path):
     config = with_changes(mt_config, total_steps=4, **{"multitask.weighting": "gradnorm"})
     uninterrupted = train_and_evaluate(config, tmp_path / "a")
@@ -180,8 +187,11 @@ def test_resume_keeps_the_weighting_state(mt_config, tmp_path):
     train_and_evaluate(with_changes(config, checkpoint_every=2), tmp_path / "b")
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
     resumed = train_and_evaluate(with_changes(config, checkpoint_every=2), tmp_path / "b")
+    trained = ("params", "objective_params")
     for x, y in zip(
-        jax.tree_util.tree_leaves(uninterrupted["params"]), jax.tree_util.tree_leaves(resumed["params"]), strict=True
+        jax.tree_util.tree_leaves([uninterrupted[k] for k in trained]),
+        jax.tree_util.tree_leaves([resumed[k] for k in trained]),
+        strict=True,
     ):
         np.testing.assert_array_equal(x, y)
 
