@@ -8,6 +8,7 @@ calls (``load``, ``train_stream``, ``init``, ``start``, ``evaluate``, ``summariz
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ Load = Callable[[ml_collections.ConfigDict], dict[str, Any]]
 Stream = Callable[[Any, Any, int], Iterator[dict]]
 
 
-class Objective:
+class Objective(abc.ABC):
     """Base class with the defaults; a new objective overrides what it needs (at least ``loss`` and
     ``eval_sums``; the trainer also needs ``load``/``train_stream``/``evaluate`` to run it from a config).
 
@@ -68,10 +69,10 @@ class Objective:
         """The batch as the loss takes it (e.g. MixUp), and the key left for the forward pass."""
         return batch, rng
 
+    @abc.abstractmethod
     def loss(self, forward: Any, params: Any, state: Any, batch: dict, step: jax.Array) -> tuple:
         """``(loss, (batch_stats, metrics))`` of one (micro-)batch; ``forward`` (:class:`jtl.step.Forward`)
         runs the model and returns its updated BatchNorm statistics."""
-        raise NotImplementedError
 
     def combine(
         self, loss: Any, grads: Any, metrics: dict, tree: dict, state: Any, step: jax.Array, rng: jax.Array
@@ -81,15 +82,15 @@ class Objective:
         del tree, step, rng
         return loss, grads, state, metrics
 
+    @abc.abstractmethod
     def eval_sums(self, forward: Any, params: Any, batch: dict) -> dict[str, jax.Array]:
         """Sums over the batch's ``mask`` rows, which :meth:`evaluate` turns into metrics."""
-        raise NotImplementedError
 
     # --- host side: evaluation and reporting -----------------------------------------------------------------------
+    @abc.abstractmethod
     def evaluate(self, sums: Sums, model: Any, variables: Callable[[], dict]) -> dict[str, float]:
         """The evaluation metrics (``eval/...``) from the compiled eval step's ``sums``; ``variables()`` gives
         the model's current variables on the host, for evaluations that run outside the step."""
-        raise NotImplementedError
 
     def summarize(self, history: list[dict], final: dict, workdir: Path, is_chief: bool) -> dict[str, Any]:
         """Metrics over the whole run (model selection), added to the final metrics."""
@@ -110,7 +111,7 @@ def register(name: str, factory: Callable[[ml_collections.ConfigDict], Objective
     Returns:
       None.
 
-    >>> register("my-classification", lambda config: Objective())
+    >>> register("my-classification", lambda config: None)
     >>> "my-classification" in available()
     True
     >>> unregister("my-classification")
