@@ -266,6 +266,25 @@ def _reestimate(compiled: parallel.Compiled, state: Any, model: Any, split: dict
     return compiled.put_state(host_state._replace(batch_stats=stats))
 
 
+def _describe(config: Any, description: dict, objective: Any, devices: list, scores: dict) -> None:
+    if scores:
+        print("transferability of the starting features: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    print(
+        f"model {description['class']}, objective {type(objective).__name__}; {len(devices)} "
+        f"{devices[0].platform} device(s), global batch {config.batch_size} "
+        f"({config.batch_size // len(devices)} per device)"
+    )
+
+
+def _next_stage(built: tuple[Any, parallel.Compiled], compiled: parallel.Compiled, state: Any) -> tuple:
+    """Unfreezes the next group: its step is compiled anew; the moments of what already trained carry over."""
+    tx, next_compiled = built
+    host_state = compiled.get_state(state)
+    tree = step.trained(host_state.params, host_state.objective_params)
+    opt_state = jm.carry_over_state(host_state.opt_state, tx.init(tree))
+    return next_compiled, next_compiled.put_state(host_state._replace(opt_state=opt_state))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Trains and evaluates as ``config`` says, checkpointing to and resuming from ``workdir``.
 
@@ -303,15 +322,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         config = optim.apply_hyperrule(config, len(objective.primary["train"]), is_chief)
     learning_rate = optim.schedule(config)
     scores = objective.start(model, variables)
-    if scores and is_chief:
-        print("transferability of the starting features: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     objective_params, objective_state = objective.init(jax.random.PRNGKey(config.seed + 1), model, variables)
     if is_chief:
-        print(
-            f"model {description['class']}, objective {type(objective).__name__}; {len(devices)} "
-            f"{devices[0].platform} device(s), global batch {config.batch_size} "
-            f"({config.batch_size // len(devices)} per device)"
-        )
+        _describe(config, description, objective, devices, scores)
 
     # --- What trains, stage by stage (one stage unless gradual unfreezing / LP-FT), and the compiled steps -------
     stages = optim.stages(config, model, variables["params"])
@@ -353,12 +366,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     try:
         for step_done in range(start_step + 1, config.total_steps + 1):
             if stages.of(step_done - 1) != stage:
-                # Unfreeze the next group: a new step is compiled; the moments of what already trained carry over.
-                stage, host_state = stages.of(step_done - 1), compiled.get_state(state)
-                tx, compiled = build_stage(stage)
-                tree = step.trained(host_state.params, host_state.objective_params)
-                opt_state = jm.carry_over_state(host_state.opt_state, tx.init(tree))
-                state = compiled.put_state(host_state._replace(opt_state=opt_state))
+                stage = stages.of(step_done - 1)
+                compiled, state = _next_stage(build_stage(stage), compiled, state)
             state, train_metrics = compiled.train(state, compiled.put_batch(next(train_iter)))
             losses.append(train_metrics["loss"])
             if is_time(step_done, config.log_every, config.total_steps):
