@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging as absl_logging
 
 from jtl.config import load_config
-from jtl.methods import METHODS
+from jtl.objectives.adaptation import METHODS
 from jtl.train import train_and_evaluate
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "domain_adaptation.py"

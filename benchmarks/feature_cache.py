@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jtl import methods, models
+from jtl import models
+from jtl.features import extract_features, linear_epochs
 from jtl.objectives import Classification
 from jtl.step import freeze, init_state, make_train_step
 
@@ -70,12 +71,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             state, metrics = step(state, batch)
         jax.block_until_ready(metrics["loss"])
 
-    features, _ = methods.extract_features(
-        model, variables, ({"image": b["image"], "label": b["label"]} for b in batches)
-    )
+    features, _ = extract_features(model, variables, ({"image": b["image"], "label": b["label"]} for b in batches))
     standardised = jax.device_put(jnp.asarray((features - features.mean(0)) / (features.std(0) + 1e-6)), device)
     cached_labels = jax.device_put(jnp.asarray(labels[: len(features)]), device)
-    linear_tx, epochs = methods.linear_epochs(steps, args.batch, 1e-2, 1e-4)
+    linear_tx, epochs = linear_epochs(steps, args.batch, 1e-2, 1e-4)
     head = (jnp.zeros((features.shape[1], args.classes)), jnp.zeros(args.classes))
     keys = jax.random.split(jax.random.PRNGKey(0), 1)
 

@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jtl import methods
+from jtl.features import fit_linear
 from jtl.objectives import Classification
 from jtl.step import freeze, init_state, make_train_step
+from jtl.text import BagOfEmbeddings, Vocabulary, tokenize
 
 TRAIN = {
     0: [
@@ -108,8 +109,8 @@ def scratch_accuracy(
     train: list[str], labels: np.ndarray, test: list[str], test_labels: np.ndarray, seed: int
 ) -> float:
     """A bag-of-embeddings classifier, vocabulary and embeddings learned from the training sentences only."""
-    vocab = methods.Vocabulary.build(w for text in train for w in methods.tokenize(text))
-    model = methods.BagOfEmbeddings(len(vocab.words), 32, 2)
+    vocab = Vocabulary.build(w for text in train for w in tokenize(text))
+    model = BagOfEmbeddings(len(vocab.words), 32, 2)
     batch = {**vocab.encode(train, 16), "label": labels}
     params = model.init(jax.random.PRNGKey(seed), batch["input_ids"][:1], batch["attention_mask"][:1])["params"]
     trainable = [".*"]
@@ -129,15 +130,15 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--per-class", type=int, default=8, help="training sentences per topic per seed")
     args = parser.parse_args(argv)
     test, test_labels = _split(TEST, None, np.random.default_rng(0))
-    every_train = {w for texts in TRAIN.values() for text in texts for w in methods.tokenize(text)}
-    unseen = [w for text in test for w in methods.tokenize(text) if w not in every_train]
-    total = sum(len(methods.tokenize(text)) for text in test)
+    every_train = {w for texts in TRAIN.values() for text in texts for w in tokenize(text)}
+    unseen = [w for text in test for w in tokenize(text) if w not in every_train]
+    total = sum(len(tokenize(text)) for text in test)
     print(f"test sentences: {len(test)}; {len(unseen)}/{total} of their words never occur in any training sentence")
     test_features = minilm_features(test)
     results: dict[str, list[float]] = {"MiniLM features + linear classifier": [], "bag of embeddings from scratch": []}
     for seed in (int(s) for s in args.seeds.split(",")):
         train, labels = _split(TRAIN, args.per_class, np.random.default_rng(seed))
-        classifier = methods.fit_linear(minilm_features(train), labels, 2, l2=1e-3, epochs=200, seed=seed)
+        classifier = fit_linear(minilm_features(train), labels, 2, l2=1e-3, epochs=200, seed=seed)
         results["MiniLM features + linear classifier"].append(classifier.accuracy(test_features, test_labels))
         results["bag of embeddings from scratch"].append(scratch_accuracy(train, labels, test, test_labels, seed))
     width = max(map(len, results))

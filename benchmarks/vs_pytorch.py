@@ -33,11 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._steps import TrainStep, everything, flops_of, time_interleaved
-from jtl import methods, models
+from jtl import models
+from jtl.adapters import LORA_TRAINABLE, LoRASpec, add_adapters, with_lora
 
 MODES = ("full", "last2", "frozen", "lora", "forward")
 NUM_CLASSES = 10
-LORA = methods.LoRASpec(rank=8, alpha=16.0)
+LORA = LoRASpec(rank=8, alpha=16.0)
 # Each attempt is one process; the first is the baseline every other ratio is read against.
 XLA_ATTEMPTS = {
     "default": "",
@@ -72,7 +73,7 @@ def jtl_trainable(model: Any, mode: str) -> Any:
     if mode == "frozen":
         return ("head/.*",)
     if mode == "lora":
-        return methods.LORA_TRAINABLE
+        return LORA_TRAINABLE
     return models.top_layers(model, 2 + 1)  # the last 2 blocks and the top (final norm, head)
 
 
@@ -94,8 +95,8 @@ def jtl_runs(name: str, inputs: dict, modes: list[str], dtype: str) -> Iterator[
             continue
         mode_model, mode_params = model, params
         if mode == "lora":
-            mode_model = methods.with_lora(model, LORA)
-            mode_params = methods.add_adapters(params, LORA, jax.random.PRNGKey(1))
+            mode_model = with_lora(model, LORA)
+            mode_params = add_adapters(params, LORA, jax.random.PRNGKey(1))
         step = TrainStep(mode_model, mode_params, batch, jtl_trainable(model, mode), NUM_CLASSES)
         yield (lambda step=step: step.run(batch)), flops_of(step.compiled)
 

@@ -12,7 +12,7 @@ Arguments: ``none`` (source only), ``dann``, ``cdan``, ``mmd``, ``coral``, ``mcc
 """
 
 from jtl.config import base_config
-from jtl.methods import METHODS
+from jtl.objectives.adaptation import METHODS
 
 
 def get_config(arg=None):

@@ -312,7 +312,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.adaptation.dev_examples = 2000  # DEV: at most this many examples of each set (seeded sample)
 
     # Multi-task learning: name -> task_config(); the model is a shared backbone with one head per task
-    # (params["heads"][name]), each task with its own data, loss and metrics. Off while empty.
+    # (the objective's params: heads/<name>), each task with its own data, loss and metrics. Off while empty.
     c.tasks = ml_collections.ConfigDict()
     c.multitask = ml_collections.ConfigDict()
     c.multitask.weighting = "equal"  # equal (the tasks' static weights), uncertainty, dwa, gradnorm, pcgrad

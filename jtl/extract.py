@@ -18,9 +18,9 @@ import ml_collections
 import numpy as np
 
 from jtl import data as jdata
-from jtl import methods
 from jtl.cli import run_command
 from jtl.config import ConfigError, command_line_parser, parse_command_line
+from jtl.features import extract_features, feature_fn, fit_linear_search
 
 SHARD = "shard_{:05d}.npz"
 
@@ -68,16 +68,14 @@ def cache_features(
     directory.mkdir(parents=True, exist_ok=True)
     total = len(source)
     num_shards = max(-(-total // shard_size), 1)
-    fn = methods.feature_fn(model)  # one compiled forward pass for every shard
+    fn = feature_fn(model)  # one compiled forward pass for every shard
     done = []
     for shard in range(process_index, num_shards, process_count):
         path = directory / SHARD.format(shard)
         if not path.exists():
             start, stop = shard * shard_size, min((shard + 1) * shard_size, total)
             part = _Slice(source, start, stop)
-            features, labels = methods.extract_features(
-                model, variables, jdata.eval_batches(part, batch_size, transform), fn
-            )
+            features, labels = extract_features(model, variables, jdata.eval_batches(part, batch_size, transform), fn)
             tmp = path.with_suffix(".tmp")
             with tmp.open("wb") as f:
                 np.savez(f, features=features, labels=labels)
@@ -182,7 +180,7 @@ def extract_and_fit(
         )
     train_features, train_labels = load_features(workdir / "features" / "train", sizes["train"])
     test_features, test_labels = load_features(workdir / "features" / "test", sizes["test"])
-    classifier, scores = methods.fit_linear_search(
+    classifier, scores = fit_linear_search(
         train_features,
         train_labels,
         config.num_classes,

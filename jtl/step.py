@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 import jtl.masking as jm
-from jtl.methods import features_and_logits
+from jtl.features import features_and_logits
 from jtl.objectives import Classification
 
 MODEL = "model"
@@ -338,6 +338,49 @@ def make_eval_step(model: nn.Module, objective: Any) -> Callable[[TrainState, di
         return objective.eval_sums(forward, state.objective_params, batch)
 
     return step
+
+
+def reestimate_batch_stats(
+    model: nn.Module, variables: dict, batches: Iterable[dict], rng: jax.Array | None = None
+) -> Any:
+    """Recomputes BatchNorm statistics on new data (AdaBN, Li et al. 2016; "precise BN"): the average over
+    ``batches`` of each batch's mean and variance, computed in training mode with the current weights.
+
+    Args:
+      model: a model with a ``bn_momentum`` field (jtl's ResNet).
+      variables: its ``params`` and ``batch_stats``.
+      batches: dicts with ``image`` (full batches; padding would bias the statistics).
+      rng: for dropout, if the model has any.
+
+    Returns:
+      The new ``batch_stats``.
+
+    >>> from jtl import models
+    >>> model = models.create("resnet-testing", num_classes=2)
+    >>> variables = models.init(model)
+    >>> stats = reestimate_batch_stats(model, variables, [{"image": jnp.ones((4, 32, 32, 3))}])
+    >>> sorted(stats) == sorted(variables["batch_stats"])
+    True
+    """
+    if "bn_momentum" not in getattr(model, "__dataclass_fields__", {}):
+        raise TypeError(f"{type(model).__name__} has no bn_momentum field: no BatchNorm statistics to re-estimate")
+    # With momentum 0 a training-mode pass returns exactly this batch's statistics.
+    probe = model.clone(bn_momentum=0.0)
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+
+    @jax.jit
+    def batch_statistics(variables: dict, images: jax.Array, rng: jax.Array) -> Any:
+        _, updated = probe.apply(variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+        return updated["batch_stats"]
+
+    total, count = None, 0
+    for i, batch in enumerate(batches):
+        stats = batch_statistics(variables, jnp.asarray(batch["image"]), jax.random.fold_in(rng, i))
+        total = stats if total is None else jax.tree_util.tree_map(jnp.add, total, stats)
+        count += 1
+    if not count:
+        raise ValueError("reestimate_batch_stats got no batches")
+    return jax.tree_util.tree_map(lambda s: s / count, total)
 
 
 def init_state(

@@ -28,11 +28,13 @@ from tensorboardX import SummaryWriter
 
 import jtl.masking as jm
 from jtl import data as jdata
-from jtl import methods, models, objectives, optim, parallel, step
+from jtl import models, objectives, optim, parallel, step
+from jtl.adapters import LoRASpec, add_adapters, save_adapters, with_lora
 from jtl.cadence import is_time
 from jtl.checkpoint import Checkpointer
 from jtl.cli import TrainingError, run_command
 from jtl.config import ConfigError, command_line_parser, parse_command_line
+from jtl.step import reestimate_batch_stats
 from jtl.weights import load_pretrained
 
 
@@ -70,11 +72,11 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[An
             raise ConfigError(f"config.model.name={config.model.name!r} / config.model.overrides: {e}") from e
         variables = models.init(model, seed=config.seed)
     if config.lora.rank:
-        spec = methods.LoRASpec(
+        spec = LoRASpec(
             tuple(config.lora.targets), config.lora.rank, config.lora.alpha, config.lora.dropout, config.lora.rslora
         )
-        model = methods.with_lora(model, spec)
-        params = methods.add_adapters(variables["params"], spec, jax.random.PRNGKey(config.seed))
+        model = with_lora(model, spec)
+        params = add_adapters(variables["params"], spec, jax.random.PRNGKey(config.seed))
         variables = {**variables, "params": params}
     description = {
         "class": type(model).__name__,
@@ -262,7 +264,7 @@ def _reestimate(compiled: parallel.Compiled, state: Any, model: Any, split: dict
     )
     count = max(len(split["train"]) // config.batch_size, 1)
     variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
-    stats = methods.reestimate_batch_stats(model, variables, itertools.islice(batches, count))
+    stats = reestimate_batch_stats(model, variables, itertools.islice(batches, count))
     return compiled.put_state(host_state._replace(batch_stats=stats))
 
 
@@ -400,7 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     final_state = compiled.get_state(state)
     if config.lora.rank and config.model.pretrained and is_chief:
         # Only the adapters and the head: a small checkpoint that points at the base weights.
-        methods.save_adapters(workdir / "adapters", model, final_state.params, base=config.model.pretrained)
+        save_adapters(workdir / "adapters", model, final_state.params, base=config.model.pretrained)
     if config.baseline.scratch:
         result.update(_scratch_baseline(config, workdir, objective.metric, result, is_chief))
     if is_chief:

@@ -36,14 +36,14 @@ def test_lora_example_merges_to_the_same_logits():
     import jax
     import numpy as np
 
-    block = next(b for b in _python_blocks() if "methods.LoRASpec" in b)
+    block = next(b for b in _python_blocks() if "adapters.LoRASpec" in b)
     namespace = {}
     exec(compile(block, str(README), "exec"), namespace)
     model, lora_model, params, merged = (namespace[k] for k in ("model", "lora_model", "params", "merged"))
     trained = jax.tree_util.tree_map(lambda x: x + 0.01, params)  # nonzero lora_b, as after training
     (images,) = model.example_inputs()
     np.testing.assert_allclose(
-        model.apply({"params": namespace["methods"].merge_adapters(trained, namespace["spec"])}, images),
+        model.apply({"params": namespace["adapters"].merge_adapters(trained, namespace["spec"])}, images),
         lora_model.apply({"params": trained}, images),
         atol=1e-5,
     )
@@ -53,14 +53,14 @@ def test_lora_example_merges_to_the_same_logits():
 def test_domain_adaptation_example_gives_the_discriminators_loss():
     import numpy as np
 
-    block = next(b for b in _python_blocks() if "methods.AdaptationSpec" in b)
+    block = next(b for b in _python_blocks() if "adaptation.AdaptationSpec" in b)
     namespace = {}
     exec(compile(block, str(README), "exec"), namespace)
     # Both domains' features are constant, so the discriminator gives one logit z to the source and one to the
     # target: the loss is the mean of softplus(-z_source) and softplus(z_target).
-    from jtl import methods
+    from jtl.objectives.adaptation import DomainDiscriminator
 
-    d = methods.DomainDiscriminator(256)
+    d = DomainDiscriminator(256)
     z_source = d.apply({"params": namespace["discriminator"]}, namespace["source_features"])[0]
     z_target = d.apply({"params": namespace["discriminator"]}, namespace["target_features"])[0]
     expected = 0.5 * (np.logaddexp(0, -z_source) + np.logaddexp(0, z_target))

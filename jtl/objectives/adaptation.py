@@ -17,9 +17,30 @@ import ml_collections
 import numpy as np
 
 from jtl import data as jdata
-from jtl import methods, models
+from jtl import models
 from jtl.config import ConfigError
+from jtl.features import features_and_logits
 from jtl.objectives._base import Load, Stream, Sums
+from jtl.objectives._domain import (
+    cdan_inputs,
+    coral,
+    dann_coefficient,
+    domain_adversarial_loss,
+    entropy,
+    gradient_reversal,
+    mcc,
+    mmd,
+)
+from jtl.objectives._transfer import (
+    METHODS,
+    AdaptationSpec,
+    DomainDiscriminator,
+    deep_embedded_validation,
+    density_ratios,
+    dev_risk,
+    init_discriminator,
+    transfer_loss,
+)
 from jtl.objectives.classification import Classification, cross_entropy_and_accuracy, split_metrics
 
 TARGET = "target/"
@@ -73,7 +94,7 @@ class DomainAdaptation(Classification):
       transferability: LogME and H-score of the starting features (on the source).
       eval_batch_size: for those scores.
 
-    >>> objective = DomainAdaptation(3, methods.AdaptationSpec("cdan", discriminator_width=4))
+    >>> objective = DomainAdaptation(3, AdaptationSpec("cdan", discriminator_width=4))
     >>> model = models.create("vit-testing", num_classes=3)
     >>> params, _ = objective.init(jax.random.PRNGKey(0), model, models.init(model))
     >>> params["discriminator"]["hidden_0"]["kernel"].shape
@@ -83,7 +104,7 @@ class DomainAdaptation(Classification):
     def __init__(
         self,
         num_classes: int,
-        spec: methods.AdaptationSpec,
+        spec: AdaptationSpec,
         *,
         data: ml_collections.ConfigDict | None = None,
         target: ml_collections.ConfigDict | None = None,
@@ -124,7 +145,7 @@ class DomainAdaptation(Classification):
         super().init(rng, model, variables)
         backbone = model.clone(num_classes=0)
         width = jax.eval_shape(lambda v: backbone.apply(v, *model.example_inputs()), variables).shape[-1]
-        discriminator = methods.init_discriminator(self.spec, width, self.num_classes, rng)
+        discriminator = init_discriminator(self.spec, width, self.num_classes, rng)
         return ({} if discriminator is None else {"discriminator": discriminator}), ()
 
     # --- pure -------------------------------------------------------------------------------------------------------
@@ -138,7 +159,7 @@ class DomainAdaptation(Classification):
         features, all_logits, batch_stats = forward.features_and_logits(*inputs)
         n = batch["label"].shape[0]
         logits = all_logits[:n]
-        transfer, metrics = methods.transfer_loss(
+        transfer, metrics = transfer_loss(
             self.spec, params.get("discriminator"), features[:n], features[n:], logits, all_logits[n:], step
         )
         loss, accuracy = cross_entropy_and_accuracy(logits, batch, self.num_classes, self.label_smoothing)
@@ -157,9 +178,7 @@ class DomainAdaptation(Classification):
         """Deep embedded validation of the current model: source validation losses importance-weighted toward
         the target domain in feature space (no target label is read)."""
         if self._dev_outputs is None:
-            self._dev_outputs = jax.jit(
-                lambda v, batch: methods.features_and_logits(model, v, *models.model_inputs(batch))[:2]
-            )
+            self._dev_outputs = jax.jit(lambda v, batch: features_and_logits(model, v, *models.model_inputs(batch))[:2])
 
         def run(source: Any, transform: Any) -> tuple:
             features, logits, labels = [], [], []
@@ -177,7 +196,7 @@ class DomainAdaptation(Classification):
         labels = np.concatenate(labels)
         log_probs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
         losses = -log_probs[np.arange(len(labels)), labels]
-        return methods.deep_embedded_validation(source_features, target_features, validation_features, losses)
+        return deep_embedded_validation(source_features, target_features, validation_features, losses)
 
     def summarize(self, history: list[dict], final: dict, workdir: Path, is_chief: bool) -> dict[str, Any]:
         """Which evaluation each criterion picks, and the target accuracy there: source validation accuracy and
@@ -225,14 +244,14 @@ def from_config(config: ml_collections.ConfigDict) -> DomainAdaptation:
     if not config.target.source:
         raise ConfigError("the adaptation objective needs an unlabelled target domain: set config.target.source")
     a = config.adaptation
-    if a.method not in methods.METHODS:
-        raise ConfigError(f"config.adaptation.method={a.method!r}; known: {', '.join(methods.METHODS)}")
+    if a.method not in METHODS:
+        raise ConfigError(f"config.adaptation.method={a.method!r}; known: {', '.join(METHODS)}")
     if config.mixup_alpha or config.hyperrule or config.baseline.scratch:
         raise ConfigError(
             "config.mixup_alpha, config.hyperrule and config.baseline.scratch apply to single-task training, "
             "not with config.target (domain adaptation)"
         )
-    spec = methods.AdaptationSpec(
+    spec = AdaptationSpec(
         a.method, a.weight, config.total_steps, a.gamma, a.temperature, a.entropy_conditioning, a.discriminator_width
     )
     return DomainAdaptation(
@@ -247,3 +266,27 @@ def from_config(config: ml_collections.ConfigDict) -> DomainAdaptation:
         transferability=config.transferability,
         eval_batch_size=config.eval_batch_size,
     )
+
+
+__all__ = [
+    "METHODS",
+    "TARGET",
+    "AdaptationSpec",
+    "DomainAdaptation",
+    "DomainDiscriminator",
+    "cdan_inputs",
+    "coral",
+    "dann_coefficient",
+    "deep_embedded_validation",
+    "density_ratios",
+    "dev_risk",
+    "domain_adversarial_loss",
+    "entropy",
+    "from_config",
+    "gradient_reversal",
+    "init_discriminator",
+    "mcc",
+    "mmd",
+    "target_part",
+    "transfer_loss",
+]

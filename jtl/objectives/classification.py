@@ -13,8 +13,9 @@ import ml_collections
 import optax
 
 from jtl import data as jdata
-from jtl import methods, models
+from jtl import models
 from jtl.config import ConfigError
+from jtl.features import extract_features, h_score, logme
 from jtl.objectives._base import Load, Objective, Stream, Sums
 
 
@@ -45,6 +46,29 @@ def cross_entropy_and_accuracy(
     loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     return loss, accuracy
+
+
+def mixup(batch: dict, rng: jax.Array, alpha: float, num_classes: int) -> dict:
+    """MixUp (Zhang et al., 2018): each image blended with the batch's reverse, targets likewise.
+
+    Args:
+      batch: ``image`` and integer ``label``.
+      rng: draws the mixing weight from Beta(alpha, alpha).
+      alpha: the Beta distribution's parameter.
+      num_classes: for the soft targets.
+
+    Returns:
+      The batch with mixed ``image`` and a soft ``targets`` (N, num_classes) entry.
+
+    >>> out = mixup({"image": jnp.ones((2, 4)), "label": jnp.array([0, 1])}, jax.random.PRNGKey(0), 0.1, 2)
+    >>> out["targets"].sum(1).tolist()
+    [1.0, 1.0]
+    """
+    weight = jax.random.beta(rng, alpha, alpha)
+    one_hot = jax.nn.one_hot(batch["label"], num_classes)
+    image = batch["image"]
+    mixed = weight * image + (1 - weight) * image[::-1]
+    return {**batch, "image": mixed.astype(image.dtype), "targets": weight * one_hot + (1 - weight) * one_hot[::-1]}
 
 
 def classification_sums(logits: jax.Array, batch: dict) -> dict[str, jax.Array]:
@@ -136,12 +160,12 @@ class Classification(Objective):
         if not self.transferability:
             return {}
         split = self.primary
-        features, labels = methods.extract_features(
+        features, labels = extract_features(
             model, variables, jdata.eval_batches(split["train"], self.eval_batch_size, split["eval_transform"])
         )
         return {
-            "transferability/logme": float(methods.logme(features, labels, self.num_classes)),
-            "transferability/h_score": float(methods.h_score(features, labels, self.num_classes)),
+            "transferability/logme": float(logme(features, labels, self.num_classes)),
+            "transferability/h_score": float(h_score(features, labels, self.num_classes)),
         }
 
     # --- pure -------------------------------------------------------------------------------------------------------
@@ -149,7 +173,7 @@ class Classification(Objective):
         if self.mixup_alpha <= 0:
             return batch, rng
         rng, mix_rng = jax.random.split(rng)
-        return methods.mixup(batch, mix_rng, self.mixup_alpha, self.num_classes), rng
+        return mixup(batch, mix_rng, self.mixup_alpha, self.num_classes), rng
 
     def loss(self, forward: Any, params: Any, state: Any, batch: dict, step: jax.Array) -> tuple:
         del params, state, step

@@ -1,6 +1,7 @@
 """Multi-task learning on a shared backbone: one head per task (the objective's ``heads`` params), each task with
-its own data, batch, loss and metrics, and the task weightings of :mod:`jtl.methods` (equal, uncertainty, DWA,
-GradNorm, PCGrad).
+its own data, batch, loss and metrics, and a task weighting (equal, uncertainty, DWA, GradNorm, PCGrad; the pure
+pieces are public here too: :func:`uncertainty_weighted_loss`, :func:`dwa_weights`, :func:`gradnorm_loss`,
+:func:`pcgrad`).
 
 GradNorm and PCGrad need each task's own gradient: the objective asks the step for one gradient per task loss
 (``jax.jacrev``: one forward pass, one backward pass per task, batched by ``vmap``), over the trainable
@@ -21,9 +22,10 @@ import ml_collections
 import optax
 
 from jtl import data as jdata
-from jtl import methods, models
+from jtl import models
 from jtl.config import ConfigError
 from jtl.objectives._base import Load, Objective, Stream, Sums
+from jtl.objectives._weighting import dwa_weights, gradnorm_loss, pcgrad, uncertainty_weighted_loss
 
 # The parts of the step's gradient tree (jtl.step.trained): the shared backbone's and the objective's own.
 MODEL, OBJECTIVE = "model", "objective"
@@ -227,9 +229,7 @@ def _update_extra(extra: dict, weighting: Weighting, step: jax.Array, losses: ja
         shared = task_grads[MODEL]
         squares = [jnp.sum(g.astype(jnp.float32) ** 2, axis=tuple(range(1, g.ndim))) for g in jax.tree.leaves(shared)]
         norms = jnp.sqrt(sum(squares))
-        weight_grad = jax.grad(methods.gradnorm_loss)(
-            extra["weights"], norms, losses, initial, weighting.gradnorm_alpha
-        )
+        weight_grad = jax.grad(gradnorm_loss)(extra["weights"], norms, losses, initial, weighting.gradnorm_alpha)
         weights = jnp.maximum(extra["weights"] - weighting.gradnorm_learning_rate * weight_grad, 1e-3)
         return {"weights": weights * count / jnp.sum(weights), "initial_losses": initial}
     return extra
@@ -295,7 +295,7 @@ class MultiTask(Objective):
     def _weights(self, state: Any) -> jax.Array:
         if self.weighting.method == "dwa":
             ready = state["periods"] >= 2
-            dwa = methods.dwa_weights(state["previous"], state["before"], self.weighting.dwa_temperature)
+            dwa = dwa_weights(state["previous"], state["before"], self.weighting.dwa_temperature)
             return jnp.where(ready, dwa, jnp.ones(len(self.tasks)))
         if self.weighting.method == "gradnorm":
             return state["weights"]
@@ -319,7 +319,7 @@ class MultiTask(Objective):
         if self.per_loss_gradients:
             return losses, (batch_stats, metrics)
         if self.weighting.method == "uncertainty":
-            total = methods.uncertainty_weighted_loss(losses, params["loss_weights"]["log_variance"])
+            total = uncertainty_weighted_loss(losses, params["loss_weights"]["log_variance"])
         else:
             total = jnp.sum(self._weights(state) * losses)
         return total, (batch_stats, metrics)
@@ -335,7 +335,7 @@ class MultiTask(Objective):
             if self.weighting.method == "pcgrad":
                 _, pcgrad_rng = jax.random.split(rng)
                 grads = {
-                    MODEL: methods.pcgrad(task_grads[MODEL], pcgrad_rng),
+                    MODEL: pcgrad(task_grads[MODEL], pcgrad_rng),
                     OBJECTIVE: _sum_over_tasks(task_grads[OBJECTIVE], jnp.ones(count)),
                 }
             else:
@@ -412,3 +412,24 @@ def from_config(config: ml_collections.ConfigDict) -> MultiTask:
         return MultiTask(tasks, weighting, data={name: task.data for name, task in config.tasks.items()})
     except ValueError as e:
         raise ConfigError(f"config.tasks / config.multitask: {e}") from e
+
+
+__all__ = [
+    "EQUAL",
+    "KINDS",
+    "WEIGHTINGS",
+    "MultiTask",
+    "Task",
+    "Weighting",
+    "check",
+    "dwa_weights",
+    "from_config",
+    "gradnorm_loss",
+    "init_heads",
+    "init_loss_weights",
+    "init_state",
+    "metric_name",
+    "pcgrad",
+    "task_batch",
+    "uncertainty_weighted_loss",
+]

@@ -3,9 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from jtl import data, methods, models
+from jtl import data, models
 from jtl.config import ConfigError, base_config
 from jtl.extract import cache_features, extract_and_fit, load_features, main
+from jtl.features import extract_features, fit_linear, fit_linear_search
 from jtl.weights import load_pretrained
 
 from .test_methods import source  # noqa: F401  (the module-scoped pretrained fixture)
@@ -29,7 +30,7 @@ def test_cached_features_equal_the_backbones_and_the_classifier_uses_them(source
     result = extract_and_fit(_config(source), tmp_path)
     model, variables, _ = load_pretrained(str(source), num_classes=3, verbose=False)
     task = data.digits_task((0, 1, 2), shots=16)
-    direct, labels = methods.extract_features(model, variables, data.eval_batches(task["train"], 7))
+    direct, labels = extract_features(model, variables, data.eval_batches(task["train"], 7))
     cached, cached_labels = load_features(tmp_path / "features" / "train", len(task["train"]))
     np.testing.assert_allclose(cached, direct, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(cached_labels, labels)
@@ -61,7 +62,7 @@ def test_linear_search_prefers_the_better_strength_and_refits():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 400)
     features = np.eye(4)[labels] + rng.normal(size=(400, 4)) * 0.4
-    classifier, scores = methods.fit_linear_search(features, labels, 4, l2_grid=(1e-4, 100.0), epochs=20)
+    classifier, scores = fit_linear_search(features, labels, 4, l2_grid=(1e-4, 100.0), epochs=20)
     assert scores[1e-4] > scores[100.0] and classifier.l2 == 1e-4
 
 
@@ -72,7 +73,7 @@ def test_softmax_regression_matches_scikit_learns_optimum():
     labels = rng.integers(0, 4, 400)
     features = np.eye(4)[labels] * 1.5 + rng.normal(size=(400, 4)) * 0.5
     l2 = 1e-2
-    ours = methods.fit_linear(features, labels, 4, l2=l2, epochs=3000, batch_size=400, learning_rate=1e-2)
+    ours = fit_linear(features, labels, 4, l2=l2, epochs=3000, batch_size=400, learning_rate=1e-2)
     standardised = (features - np.asarray(ours.mean)) / np.asarray(ours.std)
     # Same objective: mean cross-entropy + l2/2 ||W||^2  <=>  C * sum cross-entropy + 1/2 ||W||^2, C = 1/(n l2).
     reference = LogisticRegression(C=1 / (len(labels) * l2), tol=1e-10, max_iter=10_000).fit(standardised, labels)

@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 
 import jtl.masking as jm
-from jtl import data, methods, models
+from jtl import data, models
+from jtl.adapters import load_adapters
 from jtl.config import ConfigError
+from jtl.features import extract_features, h_score, logme
+from jtl.objectives.classification import mixup
+from jtl.optim import bit_hyperrule, l2_sp
 from jtl.weights import load_pretrained, save_pretrained
 
 from .test_train import _run as _run_with_checkpoints
@@ -110,7 +114,7 @@ def test_l2_sp_keeps_the_backbone_near_the_pretrained_weights(tiny_config, sourc
 
 def test_l2_sp_gradient_under_freeze():
     params = {"body": np.array([1.0, 2.0]), "frozen": np.array([5.0]), "head": np.array([3.0])}
-    tx = jm.freeze(methods.l2_sp(alpha=0.5, beta=0.25, new="head"), trainable=["body", "head"])
+    tx = jm.freeze(l2_sp(alpha=0.5, beta=0.25, new="head"), trainable=["body", "head"])
     state = tx.init(params)
     moved = {"body": np.array([2.0, 0.0]), "frozen": np.array([5.0]), "head": np.array([4.0])}
     zeros = jax.tree_util.tree_map(np.zeros_like, params)
@@ -131,7 +135,7 @@ def test_lora_from_a_config_trains_only_adapters_and_head_and_saves_them(tiny_co
         if not name.startswith("head/"):
             np.testing.assert_array_equal(names[name], before, err_msg=name)
     assert sum(n.endswith("lora_b") for n in names) == 4
-    model, variables = methods.load_adapters(tmp_path / "adapters")
+    model, variables = load_adapters(tmp_path / "adapters")
     images = data.digits_task([0], shots=2)["train"].images
     np.testing.assert_array_equal(model.apply(variables, images), model.apply({"params": result["params"]}, images))
     assert result["eval/accuracy"] == json.loads((tmp_path / "final_metrics.json").read_text())["eval/accuracy"]
@@ -161,21 +165,21 @@ def test_batch_norm_reestimate_equals_the_training_sets_statistics(tiny_config, 
 
 
 def test_bit_hyperrule_picks_the_schedule_from_the_dataset_size(tiny_config, tmp_path):
-    rule = methods.bit_hyperrule(48, batch_size=16)
+    rule = bit_hyperrule(48, batch_size=16)
     assert (rule.total_steps, rule.warmup_steps, rule.decay_steps, rule.mixup_alpha) == (500, 100, (200, 300, 400), 0.0)
     schedule = rule.schedule()
     lr = rule.learning_rate
     assert lr == pytest.approx(0.003 * 16 / 512)
     for step, expected in [(50, lr / 2), (150, lr), (250, lr / 10), (350, lr / 100), (450, lr / 1000)]:
         assert float(schedule(step)) == pytest.approx(expected, rel=1e-5)
-    assert methods.bit_hyperrule(50_000).mixup_alpha == 0.1 and methods.bit_hyperrule(50_000).total_steps == 10_000
+    assert bit_hyperrule(50_000).mixup_alpha == 0.1 and bit_hyperrule(50_000).total_steps == 10_000
     result = _run(tiny_config, tmp_path, hyperrule="bit", log_every=100, checkpoint_every=0)
     assert result["step"] == 500
 
 
 def test_mixup_blends_images_and_targets_alike():
     batch = {"image": np.arange(6, dtype=np.float32).reshape(3, 2), "label": np.array([0, 1, 2])}
-    out = methods.mixup(batch, jax.random.PRNGKey(3), 0.4, 3)
+    out = mixup(batch, jax.random.PRNGKey(3), 0.4, 3)
     weight = float(out["targets"][0, 0])
     np.testing.assert_allclose(out["image"], weight * batch["image"] + (1 - weight) * batch["image"][::-1], rtol=1e-6)
     np.testing.assert_allclose(out["targets"][0], [weight, 0, 1 - weight], rtol=1e-6)
@@ -206,9 +210,9 @@ def test_transferability_scores_and_scratch_baseline_in_the_final_report(tiny_co
     )
     model, variables, _ = load_pretrained(str(source), num_classes=3, verbose=False)
     train = data.digits_task((0, 1, 2), shots=16)["train"]
-    features, labels = methods.extract_features(model, variables, data.eval_batches(train, 16))
-    assert result["transferability/logme"] == pytest.approx(float(methods.logme(features, labels, 3)), rel=1e-5)
-    assert result["transferability/h_score"] == pytest.approx(float(methods.h_score(features, labels, 3)), rel=1e-5)
+    features, labels = extract_features(model, variables, data.eval_batches(train, 16))
+    assert result["transferability/logme"] == pytest.approx(float(logme(features, labels, 3)), rel=1e-5)
+    assert result["transferability/h_score"] == pytest.approx(float(h_score(features, labels, 3)), rel=1e-5)
     scratch = json.loads((tmp_path / "scratch_baseline" / "final_metrics.json").read_text())["eval/accuracy"]
     assert result["baseline/eval/accuracy"] == scratch
     assert result["negative_transfer"] == (result["eval/accuracy"] < scratch)

@@ -1,7 +1,4 @@
-"""From a config to what trains and how: the trainable rules, gradual-unfreezing stages, the learning-rate
-schedule (or BiT-HyperRule's), and the optax chain over :func:`jtl.step.trained`'s tree (L2-SP, clipping, the
-base optimizer with its weight-decay mask, learning-rate multipliers and layer-wise decay; frozen leaves get no
-update and no state)."""
+"""The config's choices as the trainer reads them."""
 
 from __future__ import annotations
 
@@ -13,8 +10,10 @@ import ml_collections
 import optax
 
 import jtl.masking as jm
-from jtl import methods, models, step
+from jtl import models, step
+from jtl.adapters import LORA_TRAINABLE
 from jtl.config import ConfigError
+from jtl.optim._recipes import bit_hyperrule, l2_sp
 
 
 def trainable(config: ml_collections.ConfigDict, model: Any) -> Any:
@@ -42,7 +41,7 @@ def trainable(config: ml_collections.ConfigDict, model: Any) -> Any:
     if config.frozen:
         return lambda tree: jm.trainable_mask(tree, frozen=list(config.frozen))
     if config.lora.rank:
-        return list(methods.LORA_TRAINABLE)
+        return list(LORA_TRAINABLE)
     return step.everything
 
 
@@ -168,7 +167,7 @@ def optimizer(
         raise ConfigError(f"config.optimizer={config.optimizer!r}; known: sgd, adam, adamw")
     chain = []
     if config.l2sp_alpha or config.l2sp_beta:
-        chain.append(step.on_model(methods.l2_sp(config.l2sp_alpha, config.l2sp_beta)))
+        chain.append(step.on_model(l2_sp(config.l2sp_alpha, config.l2sp_beta)))
     chain += [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip else []
     tx = step.freeze(optax.chain(*chain, base), trainable)
     scaling = []
@@ -199,7 +198,7 @@ def apply_hyperrule(config: ml_collections.ConfigDict, num_examples: int, verbos
     """
     if config.hyperrule != "bit":
         raise ConfigError(f"config.hyperrule={config.hyperrule!r}; known: bit")
-    rule = methods.bit_hyperrule(num_examples, batch_size=config.batch_size)
+    rule = bit_hyperrule(num_examples, batch_size=config.batch_size)
     config = ml_collections.ConfigDict(config.to_dict())
     config.total_steps, config.warmup_steps, config.learning_rate = (
         rule.total_steps,
@@ -235,14 +234,3 @@ def train_batch_stats(config: ml_collections.ConfigDict, mask: Any) -> bool:
         raise ConfigError(f"config.batch_norm={config.batch_norm!r}; known: train, frozen, reestimate")
     bn_trainable = all(m for name, m in jm.named_leaves(mask) if "/bn" in name or name.startswith("bn"))
     return config.batch_norm == "train" and bn_trainable
-
-
-__all__ = [
-    "Stages",
-    "apply_hyperrule",
-    "optimizer",
-    "schedule",
-    "stages",
-    "train_batch_stats",
-    "trainable",
-]

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl.methods._domain import (
+from jtl.objectives._domain import (
     cdan_inputs,
     coral,
     dann_coefficient,

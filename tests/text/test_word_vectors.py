@@ -5,9 +5,18 @@ import numpy as np
 import optax
 import pytest
 
-from jtl import methods
 from jtl.objectives import Classification
 from jtl.step import freeze, init_state, make_train_step
+from jtl.text import (
+    BagOfEmbeddings,
+    TextCNN,
+    Vocabulary,
+    WordVectorError,
+    WordVectors,
+    embedding_table,
+    load_word_vectors,
+    with_pretrained_embedding,
+)
 
 
 def _synthetic_vectors(seed=0, dim=16):
@@ -20,7 +29,7 @@ def _synthetic_vectors(seed=0, dim=16):
     vectors = rng.normal(size=(len(words), dim)).astype(np.float32) * 0.5
     vectors[:20, 0] += 2.0
     vectors[20:40, 0] -= 2.0
-    return methods.WordVectors(tuple(words), vectors), positive, negative, fillers
+    return WordVectors(tuple(words), vectors), positive, negative, fillers
 
 
 def _write_all_formats(vectors, directory):
@@ -40,28 +49,28 @@ def _write_all_formats(vectors, directory):
 def test_the_three_formats_load_the_same_vectors(tmp_path):
     vectors, *_ = _synthetic_vectors()
     glove, text, binary = _write_all_formats(vectors, tmp_path)
-    loaded = {path: methods.load_word_vectors(path) for path in (glove, text, binary)}
+    loaded = {path: load_word_vectors(path) for path in (glove, text, binary)}
     for path, result in loaded.items():
         assert result.words == vectors.words, path
         np.testing.assert_allclose(result.vectors, vectors.vectors, atol=1e-6 if path != binary else 0)
-    assert methods.load_word_vectors(text, format="word2vec").words == vectors.words
+    assert load_word_vectors(text, format="word2vec").words == vectors.words
 
 
 def test_bad_files_name_the_file_and_line(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("good 1.0 0.5\nbad -1.0\n")
-    with pytest.raises(methods.WordVectorError, match=r"bad.txt: line 2 \('bad'\) has 1 values, expected 2"):
-        methods.load_word_vectors(bad)
+    with pytest.raises(WordVectorError, match=r"bad.txt: line 2 \('bad'\) has 1 values, expected 2"):
+        load_word_vectors(bad)
     cut = tmp_path / "cut.bin"
     cut.write_bytes(b"2 4\ngood " + struct.pack("<4f", 1, 2, 3, 4) + b"bad " + b"\x00" * 6)
-    with pytest.raises(methods.WordVectorError, match=r"cut.bin: entry 1 \('bad'\) is cut short"):
-        methods.load_word_vectors(cut)
+    with pytest.raises(WordVectorError, match=r"cut.bin: entry 1 \('bad'\) is cut short"):
+        load_word_vectors(cut)
 
 
 def test_oov_rows_and_unknown_tokens():
     vectors, *_ = _synthetic_vectors()
-    vocab = methods.Vocabulary.build(["pos0", "never_seen"])
-    table, found = methods.embedding_table(vectors, vocab, oov="random", seed=1)
+    vocab = Vocabulary.build(["pos0", "never_seen"])
+    table, found = embedding_table(vectors, vocab, oov="random", seed=1)
     assert found == 1
     np.testing.assert_array_equal(table[2], vectors.vectors[0])
     assert np.all(table[0] == 0) and np.any(table[3] != 0)
@@ -98,14 +107,14 @@ def test_frozen_word_vectors_generalise_to_words_unseen_in_training(architecture
     # Training texts use half of the sentiment words; test texts only the other half.
     train_texts, train_labels = _texts(rng, positive[:10], negative[:10], fillers, 200)
     test_texts, test_labels = _texts(rng, positive[10:], negative[10:], fillers, 200)
-    vocab = methods.Vocabulary.build(vectors.words)
-    table, found = methods.embedding_table(vectors, vocab)
+    vocab = Vocabulary.build(vectors.words)
+    table, found = embedding_table(vectors, vocab)
     assert found == len(vectors.words)
     if architecture == "bag":
-        model = methods.BagOfEmbeddings(len(vocab.words), vectors.dim, 2)
+        model = BagOfEmbeddings(len(vocab.words), vectors.dim, 2)
         head = ["head/.*"]
     else:
-        model = methods.TextCNN(len(vocab.words), vectors.dim, 2)
+        model = TextCNN(len(vocab.words), vectors.dim, 2)
         head = ["head/.*", "conv_.*"]
     train = {**vocab.encode(train_texts, 8), "label": train_labels}
     test = vocab.encode(test_texts, 8)
@@ -115,7 +124,7 @@ def test_frozen_word_vectors_generalise_to_words_unseen_in_training(architecture
         logits = model.apply({"params": params}, test["input_ids"], test["attention_mask"])
         return float(np.mean(np.argmax(logits, -1) == test_labels))
 
-    pretrained = methods.with_pretrained_embedding(init, table)
+    pretrained = with_pretrained_embedding(init, table)
     frozen = _train(model, pretrained, head, train)
     np.testing.assert_array_equal(frozen["embed"]["embedding"], table)  # frozen: bit-identical
     scratch = _train(

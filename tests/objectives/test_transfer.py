@@ -6,7 +6,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jtl import methods
+from jtl.objectives.adaptation import (
+    AdaptationSpec,
+    DomainDiscriminator,
+    cdan_inputs,
+    coral,
+    dann_coefficient,
+    deep_embedded_validation,
+    density_ratios,
+    dev_risk,
+    init_discriminator,
+    mcc,
+    mmd,
+    transfer_loss,
+)
 
 
 @pytest.fixture
@@ -23,28 +36,28 @@ def batch():
 @pytest.mark.parametrize(
     ("method", "direct"),
     [
-        ("mmd", lambda b: methods.mmd(b["source_features"], b["target_features"])),
-        ("coral", lambda b: methods.coral(b["source_features"], b["target_features"])),
-        ("mcc", lambda b: methods.mcc(b["target_logits"], 2.5)),
+        ("mmd", lambda b: mmd(b["source_features"], b["target_features"])),
+        ("coral", lambda b: coral(b["source_features"], b["target_features"])),
+        ("mcc", lambda b: mcc(b["target_logits"], 2.5)),
     ],
 )
 def test_statistic_methods_weight_their_loss(batch, method, direct):
-    spec = methods.AdaptationSpec(method, weight=3.0)
-    loss, metrics = methods.transfer_loss(spec, None, **batch, step=0)
+    spec = AdaptationSpec(method, weight=3.0)
+    loss, metrics = transfer_loss(spec, None, **batch, step=0)
     np.testing.assert_allclose(loss, 3.0 * direct(batch), rtol=1e-6)
     np.testing.assert_allclose(metrics["transfer_loss"], direct(batch), rtol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["dann", "cdan"])
 def test_adversarial_methods_train_the_discriminator_and_reverse_the_features_gradient(batch, method):
-    spec = methods.AdaptationSpec(method, weight=1.0, total_steps=100, discriminator_width=8)
-    params = methods.init_discriminator(spec, 4, 3, jax.random.PRNGKey(0))
+    spec = AdaptationSpec(method, weight=1.0, total_steps=100, discriminator_width=8)
+    params = init_discriminator(spec, 4, 3, jax.random.PRNGKey(0))
     step = 30
-    coefficient = float(methods.dann_coefficient(step, 100))
+    coefficient = float(dann_coefficient(step, 100))
 
     def loss(params, features):
         source, target = features[:8], features[8:]
-        return methods.transfer_loss(spec, params, source, target, batch["source_logits"],
+        return transfer_loss(spec, params, source, target, batch["source_logits"],
                                      batch["target_logits"], step)[0]  # fmt: skip
 
     features = jnp.concatenate([batch["source_features"], batch["target_features"]])
@@ -53,8 +66,8 @@ def test_adversarial_methods_train_the_discriminator_and_reverse_the_features_gr
     weights = None
     if method == "cdan":
         probs = jax.nn.softmax(jnp.concatenate([batch["source_logits"], batch["target_logits"]]), -1)
-        inputs, weights = methods.cdan_inputs(features, probs)
-    logits = methods.DomainDiscriminator(8).apply({"params": params}, inputs)
+        inputs, weights = cdan_inputs(features, probs)
+    logits = DomainDiscriminator(8).apply({"params": params}, inputs)
     labels = np.concatenate([np.ones(8), np.zeros(8)])
     bce = np.logaddexp(0, -logits) * labels + np.logaddexp(0, logits) * (1 - labels)
     if weights is not None:
@@ -71,8 +84,8 @@ def test_adversarial_methods_train_the_discriminator_and_reverse_the_features_gr
     def plain(features):
         inputs = features
         if method == "cdan":
-            inputs, _ = methods.cdan_inputs(features, probs)
-        out = methods.DomainDiscriminator(8).apply({"params": params}, inputs)
+            inputs, _ = cdan_inputs(features, probs)
+        out = DomainDiscriminator(8).apply({"params": params}, inputs)
         w = np.ones(16) if weights is None else np.asarray(weights)
         w = np.concatenate([w[:8] / w[:8].mean(), w[8:] / w[8:].mean()])
         per = jnp.logaddexp(0, -out) * labels + jnp.logaddexp(0, out) * (1 - labels)
@@ -83,11 +96,11 @@ def test_adversarial_methods_train_the_discriminator_and_reverse_the_features_gr
 
 def test_unknown_method_is_named():
     with pytest.raises(ValueError, match="unknown domain-adaptation method 'adda'; known: none, dann"):
-        methods.init_discriminator(methods.AdaptationSpec("adda"), 4, 2, jax.random.PRNGKey(0))
+        init_discriminator(AdaptationSpec("adda"), 4, 2, jax.random.PRNGKey(0))
 
 
 def test_source_only_adds_nothing(batch):
-    loss, metrics = methods.transfer_loss(methods.AdaptationSpec("none"), None, **batch, step=5)
+    loss, metrics = transfer_loss(AdaptationSpec("none"), None, **batch, step=5)
     assert float(loss) == 0.0 and metrics == {}
 
 
@@ -97,7 +110,7 @@ def test_dev_risk_matches_the_formula():
     weighted = weights * losses
     eta = -np.sum((weighted - weighted.mean()) * (weights - weights.mean())) / np.sum((weights - weights.mean()) ** 2)
     expected = weighted.mean() + eta * weights.mean() - eta
-    assert methods.dev_risk(losses, weights) == pytest.approx(expected, rel=1e-12)
+    assert dev_risk(losses, weights) == pytest.approx(expected, rel=1e-12)
 
 
 def test_density_ratios_recover_a_known_ratio():
@@ -105,7 +118,7 @@ def test_density_ratios_recover_a_known_ratio():
     rng = np.random.default_rng(0)
     source, target = rng.normal(size=(20000, 1)), rng.normal(1.0, 1.0, size=(20000, 1))
     query = np.array([[-1.0], [0.0], [0.5], [1.5]])
-    np.testing.assert_allclose(np.log(methods.density_ratios(source, target, query)), query[:, 0] - 0.5, atol=0.05)
+    np.testing.assert_allclose(np.log(density_ratios(source, target, query)), query[:, 0] - 0.5, atol=0.05)
 
 
 def test_dev_weights_validation_losses_toward_the_target():
@@ -115,6 +128,6 @@ def test_dev_weights_validation_losses_toward_the_target():
     target = rng.normal(size=(4000, 2)) + np.array([2.0, 0.0])
     validation = rng.normal(size=(400, 2))
     losses = np.where(validation[:, 0] > 0, 2.0, 0.0)  # the model fails where the target lies
-    dev = methods.deep_embedded_validation(source, target, validation, losses)
+    dev = deep_embedded_validation(source, target, validation, losses)
     assert losses.mean() == pytest.approx(1.0, abs=0.1)
     assert dev > 1.6

@@ -1,11 +1,10 @@
-"""Fine-tuning recipes as pure pieces: the L2-SP penalty, the BiT-HyperRule schedule, BatchNorm re-estimation."""
+"""Fine-tuning recipes as pure pieces: the L2-SP penalty and the BiT-HyperRule schedule."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -119,69 +118,3 @@ def bit_hyperrule(num_examples: int, image_size: tuple[int, int] | None = None, 
         resolution = (160, 128) if image_size[0] * image_size[1] < 96 * 96 else (512, 480)
     mixup = 0.0 if num_examples < 20_000 else 0.1
     return HyperRule(total, warmup, tuple(decay), 0.003 * batch_size / 512, mixup, resolution)
-
-
-def reestimate_batch_stats(
-    model: nn.Module, variables: dict, batches: Iterable[dict], rng: jax.Array | None = None
-) -> PyTree:
-    """Recomputes BatchNorm statistics on new data (AdaBN, Li et al. 2016; "precise BN"): the average over
-    ``batches`` of each batch's mean and variance, computed in training mode with the current weights.
-
-    Args:
-      model: a model with a ``bn_momentum`` field (jtl's ResNet).
-      variables: its ``params`` and ``batch_stats``.
-      batches: dicts with ``image`` (full batches; padding would bias the statistics).
-      rng: for dropout, if the model has any.
-
-    Returns:
-      The new ``batch_stats``.
-
-    >>> from jtl import models
-    >>> model = models.create("resnet-testing", num_classes=2)
-    >>> variables = models.init(model)
-    >>> stats = reestimate_batch_stats(model, variables, [{"image": jnp.ones((4, 32, 32, 3))}])
-    >>> sorted(stats) == sorted(variables["batch_stats"])
-    True
-    """
-    if "bn_momentum" not in getattr(model, "__dataclass_fields__", {}):
-        raise TypeError(f"{type(model).__name__} has no bn_momentum field: no BatchNorm statistics to re-estimate")
-    # With momentum 0 a training-mode pass returns exactly this batch's statistics.
-    probe = model.clone(bn_momentum=0.0)
-    rng = jax.random.PRNGKey(0) if rng is None else rng
-
-    @jax.jit
-    def batch_statistics(variables: dict, images: jax.Array, rng: jax.Array) -> PyTree:
-        _, updated = probe.apply(variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
-        return updated["batch_stats"]
-
-    total, count = None, 0
-    for i, batch in enumerate(batches):
-        stats = batch_statistics(variables, jnp.asarray(batch["image"]), jax.random.fold_in(rng, i))
-        total = stats if total is None else jax.tree_util.tree_map(jnp.add, total, stats)
-        count += 1
-    if not count:
-        raise ValueError("reestimate_batch_stats got no batches")
-    return jax.tree_util.tree_map(lambda s: s / count, total)
-
-
-def mixup(batch: dict, rng: jax.Array, alpha: float, num_classes: int) -> dict:
-    """MixUp (Zhang et al., 2018): each image blended with the batch's reverse, targets likewise.
-
-    Args:
-      batch: ``image`` and integer ``label``.
-      rng: draws the mixing weight from Beta(alpha, alpha).
-      alpha: the Beta distribution's parameter.
-      num_classes: for the soft targets.
-
-    Returns:
-      The batch with mixed ``image`` and a soft ``targets`` (N, num_classes) entry.
-
-    >>> out = mixup({"image": jnp.ones((2, 4)), "label": jnp.array([0, 1])}, jax.random.PRNGKey(0), 0.1, 2)
-    >>> out["targets"].sum(1).tolist()
-    [1.0, 1.0]
-    """
-    weight = jax.random.beta(rng, alpha, alpha)
-    one_hot = jax.nn.one_hot(batch["label"], num_classes)
-    image = batch["image"]
-    mixed = weight * image + (1 - weight) * image[::-1]
-    return {**batch, "image": mixed.astype(image.dtype), "targets": weight * one_hot + (1 - weight) * one_hot[::-1]}

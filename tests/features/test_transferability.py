@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from jtl import methods
+from jtl.features import h_score, leep, logme, nce
 
 
 def leep_reference(probs, labels, num_classes):
@@ -82,26 +82,26 @@ def data(request):
 
 def test_leep_matches_formula(data):
     _features, labels, classes, probs = data
-    got = jax.jit(methods.leep, static_argnums=2)(probs, labels, classes)
+    got = jax.jit(leep, static_argnums=2)(probs, labels, classes)
     np.testing.assert_allclose(got, leep_reference(probs.astype(np.float64), labels, classes), rtol=1e-5)
 
 
 def test_nce_matches_formula(data):
     _, labels, classes, probs = data
     source_labels = probs.argmax(1)
-    got = jax.jit(methods.nce, static_argnums=(2, 3))(source_labels, labels, 7, classes)
+    got = jax.jit(nce, static_argnums=(2, 3))(source_labels, labels, 7, classes)
     np.testing.assert_allclose(got, nce_reference(source_labels, labels), rtol=1e-5, atol=1e-7)
 
 
 def test_h_score_matches_formula(data):
     features, labels, classes, _ = data
-    got = jax.jit(methods.h_score, static_argnums=2)(features, labels, classes)
+    got = jax.jit(h_score, static_argnums=2)(features, labels, classes)
     np.testing.assert_allclose(got, h_score_reference(features.astype(np.float64), labels), rtol=1e-4)
 
 
 def test_logme_matches_formula(data):
     features, labels, classes, _ = data
-    got = jax.jit(methods.logme, static_argnums=2)(features, labels, classes)
+    got = jax.jit(logme, static_argnums=2)(features, labels, classes)
     np.testing.assert_allclose(got, logme_reference(features.astype(np.float64), labels, classes), rtol=1e-4)
 
 
@@ -110,5 +110,5 @@ def test_scores_prefer_informative_features():
     labels = rng.integers(0, 3, 200)
     informative = np.eye(3)[labels] * 3 + rng.normal(size=(200, 3))
     noise = rng.normal(size=(200, 3))
-    for score in (methods.logme, methods.h_score):
+    for score in (logme, h_score):
         assert score(informative, labels, 3) > score(noise, labels, 3)

@@ -4,12 +4,22 @@ import optax
 import pytest
 
 import jtl.masking as jm
-from jtl import methods, models
+from jtl import models
+from jtl.adapters import (
+    BITFIT_TRAINABLE,
+    LORA_TRAINABLE,
+    LoRASpec,
+    add_adapters,
+    load_adapters,
+    merge_adapters,
+    save_adapters,
+    with_lora,
+)
 from jtl.objectives import Classification
 from jtl.step import freeze, init_state, make_train_step
 from jtl.weights import WeightLoadError, save_pretrained
 
-SPEC = methods.LoRASpec(targets=(r"encoder/block_\d+/attn/(query|value)", r"encoder/block_\d+/mlp/fc1"), rank=4)
+SPEC = LoRASpec(targets=(r"encoder/block_\d+/attn/(query|value)", r"encoder/block_\d+/mlp/fc1"), rank=4)
 
 
 def _perturbed_adapters(params, seed=1):
@@ -29,29 +39,29 @@ def _perturbed_adapters(params, seed=1):
 def adapted(request):
     model = models.create(request.param, num_classes=3, head_zero_init=False)
     variables = models.init(model)
-    params = methods.add_adapters(variables["params"], SPEC, jax.random.PRNGKey(0))
+    params = add_adapters(variables["params"], SPEC, jax.random.PRNGKey(0))
     return model, variables, params
 
 
 def test_adapters_start_as_the_identity_and_merge_within_1e5(adapted):
     model, variables, params = adapted
-    lora = methods.with_lora(model, SPEC)
+    lora = with_lora(model, SPEC)
     inputs = model.example_inputs()
     np.testing.assert_array_equal(lora.apply({"params": params}, *inputs), model.apply(variables, *inputs))
     trained = _perturbed_adapters(params)
     unmerged = lora.apply({"params": trained}, *inputs)
-    merged = model.apply({"params": methods.merge_adapters(trained, SPEC)}, *inputs)
+    merged = model.apply({"params": merge_adapters(trained, SPEC)}, *inputs)
     assert not np.allclose(unmerged, model.apply(variables, *inputs), atol=1e-3)
     np.testing.assert_allclose(merged, unmerged, atol=1e-5)
 
 
 def test_rslora_scale_and_dropout():
-    assert methods.LoRASpec(rank=16, alpha=8.0).scale == 0.5
-    assert methods.LoRASpec(rank=16, alpha=8.0, rslora=True).scale == 2.0
+    assert LoRASpec(rank=16, alpha=8.0).scale == 0.5
+    assert LoRASpec(rank=16, alpha=8.0, rslora=True).scale == 2.0
     model = models.create("vit-testing", num_classes=3, head_zero_init=False, dropout_rate=0.0)
     spec = SPEC._replace(dropout=0.5)
-    params = _perturbed_adapters(methods.add_adapters(models.init(model)["params"], spec, jax.random.PRNGKey(0)))
-    lora = methods.with_lora(model, spec)
+    params = _perturbed_adapters(add_adapters(models.init(model)["params"], spec, jax.random.PRNGKey(0)))
+    lora = with_lora(model, spec)
     (x,) = model.example_inputs()
     evaluation = lora.apply({"params": params}, x)
     np.testing.assert_array_equal(evaluation, lora.apply({"params": params}, x))
@@ -61,9 +71,9 @@ def test_rslora_scale_and_dropout():
 
 def test_only_adapters_and_head_change_in_a_train_step():
     model = models.create("vit-testing", num_classes=3)
-    params = methods.add_adapters(models.init(model)["params"], SPEC, jax.random.PRNGKey(0))
-    lora = methods.with_lora(model, SPEC)
-    trainable = list(methods.LORA_TRAINABLE)
+    params = add_adapters(models.init(model)["params"], SPEC, jax.random.PRNGKey(0))
+    lora = with_lora(model, SPEC)
+    trainable = list(LORA_TRAINABLE)
     tx = freeze(optax.adam(1e-2), trainable)
     step = jax.jit(make_train_step(lora, Classification(3), tx, trainable))
     state = init_state({"params": params}, tx)
@@ -81,19 +91,19 @@ def test_only_adapters_and_head_change_in_a_train_step():
 
 def test_vit_b_lora_r8_trains_under_one_percent():
     model = models.create("vit-b16", num_classes=10)
-    spec = methods.LoRASpec(rank=8)
+    spec = LoRASpec(rank=8)
 
     def adapted():
-        return methods.add_adapters(models.init(model)["params"], spec, jax.random.PRNGKey(0))
+        return add_adapters(models.init(model)["params"], spec, jax.random.PRNGKey(0))
 
     params = jax.eval_shape(adapted)
-    report = jm.report(params, trainable=list(methods.LORA_TRAINABLE))
+    report = jm.report(params, trainable=list(LORA_TRAINABLE))
     total = sum(x.size for x in jax.tree_util.tree_leaves(params))
     trainable = sum(
         x.size
         for x, t in zip(
             jax.tree_util.tree_leaves(params),
-            jax.tree_util.tree_leaves(jm.select(params, list(methods.LORA_TRAINABLE))),
+            jax.tree_util.tree_leaves(jm.select(params, list(LORA_TRAINABLE))),
             strict=False,
         )
         if t
@@ -110,7 +120,7 @@ def test_bitfit_preset_selects_biases_and_head():
         n
         for (n, _), t in zip(
             jm.named_leaves(params),
-            jax.tree_util.tree_leaves(jm.select(params, list(methods.BITFIT_TRAINABLE))),
+            jax.tree_util.tree_leaves(jm.select(params, list(BITFIT_TRAINABLE))),
             strict=True,
         )
         if t
@@ -122,21 +132,21 @@ def test_bitfit_preset_selects_biases_and_head():
 def test_target_matching_nothing_is_an_error():
     params = models.init(models.create("vit-testing", num_classes=3))["params"]
     with pytest.raises(jm.MaskingError, match=r"attn/qkv.*match no 2-D Dense kernel.*encoder/block_0"):
-        methods.add_adapters(params, methods.LoRASpec(targets=("encoder/.*/attn/qkv",)), jax.random.PRNGKey(0))
+        add_adapters(params, LoRASpec(targets=("encoder/.*/attn/qkv",)), jax.random.PRNGKey(0))
 
 
 def test_save_and_load_adapters_round_trip(tmp_path):
     model = models.create("vit-testing", num_classes=3, head_zero_init=False)
     variables = models.init(model)
     save_pretrained(tmp_path / "base", model, variables)
-    lora = methods.with_lora(model, SPEC)
-    params = _perturbed_adapters(methods.add_adapters(variables["params"], SPEC, jax.random.PRNGKey(0)))
+    lora = with_lora(model, SPEC)
+    params = _perturbed_adapters(add_adapters(variables["params"], SPEC, jax.random.PRNGKey(0)))
     params = {**params, "head": jax.tree_util.tree_map(lambda x: x + 1.0, params["head"])}
     # The head is saved even when the patterns leave it out.
-    methods.save_adapters(tmp_path / "adapters", lora, params, base=str(tmp_path / "base"), trainable=(".*/lora_.",))
+    save_adapters(tmp_path / "adapters", lora, params, base=str(tmp_path / "base"), trainable=(".*/lora_.",))
     with np.load(tmp_path / "adapters" / "adapters.npz") as saved:
         assert sorted(saved.files) == sorted(n for n, _ in jm.named_leaves(params) if "lora_" in n or "head/" in n)
-    loaded_model, loaded = methods.load_adapters(tmp_path / "adapters")
+    loaded_model, loaded = load_adapters(tmp_path / "adapters")
     assert loaded_model.lora == SPEC
     (x,) = model.example_inputs()
     np.testing.assert_array_equal(loaded_model.apply(loaded, x), lora.apply({"params": params}, x))
@@ -146,9 +156,9 @@ def test_adapters_for_another_base_are_a_clear_error(tmp_path):
     small = models.create("vit-testing", num_classes=3)
     wide = models.create("vit-testing", num_classes=3, hidden_size=32)
     save_pretrained(tmp_path / "wide", wide, models.init(wide))
-    params = methods.add_adapters(models.init(small)["params"], SPEC, jax.random.PRNGKey(0))
-    methods.save_adapters(tmp_path / "adapters", methods.with_lora(small, SPEC), params, base=str(tmp_path / "wide"))
+    params = add_adapters(models.init(small)["params"], SPEC, jax.random.PRNGKey(0))
+    save_adapters(tmp_path / "adapters", with_lora(small, SPEC), params, base=str(tmp_path / "wide"))
     with pytest.raises(
         WeightLoadError, match=r"(?s)adapters.npz does not fit .*encoder/block_0/attn/query/lora_a: shape"
     ):
-        methods.load_adapters(tmp_path / "adapters")
+        load_adapters(tmp_path / "adapters")

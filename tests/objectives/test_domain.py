@@ -6,7 +6,15 @@ import numpy as np
 import optax
 import pytest
 
-from jtl import methods
+from jtl.objectives.adaptation import (
+    cdan_inputs,
+    coral,
+    dann_coefficient,
+    domain_adversarial_loss,
+    gradient_reversal,
+    mcc,
+    mmd,
+)
 
 
 @pytest.fixture(params=[0, 1])
@@ -27,24 +35,24 @@ def test_mmd_matches_the_formula(features):
     k = sum(np.exp(-d2 / (m * base)) for m in multipliers)
     n = len(source)
     expected = k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
-    np.testing.assert_allclose(jax.jit(methods.mmd)(*features), expected, rtol=1e-4)
+    np.testing.assert_allclose(jax.jit(mmd)(*features), expected, rtol=1e-4)
     fixed = sum(np.exp(-d2 / (m * 3.0)) for m in multipliers)
     expected_fixed = fixed[:n, :n].mean() + fixed[n:, n:].mean() - 2 * fixed[:n, n:].mean()
-    np.testing.assert_allclose(methods.mmd(*features, bandwidth=3.0), expected_fixed, rtol=1e-4)
+    np.testing.assert_allclose(mmd(*features, bandwidth=3.0), expected_fixed, rtol=1e-4)
 
 
 def test_coral_matches_the_formula(features):
     source, target = (x.astype(np.float64) for x in features)
     d = source.shape[1]
     expected = np.sum((np.cov(source, rowvar=False) - np.cov(target, rowvar=False)) ** 2) / (4 * d * d)
-    np.testing.assert_allclose(jax.jit(methods.coral)(*features), expected, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(coral)(*features), expected, rtol=1e-5)
 
 
 def test_cdan_inputs_and_weighted_loss_match_the_formula(features):
     source, _ = features
     rng = np.random.default_rng(3)
     probs = rng.dirichlet(np.ones(3), size=len(source)).astype(np.float32)
-    inputs, weights = methods.cdan_inputs(source, probs)
+    inputs, weights = cdan_inputs(source, probs)
     np.testing.assert_allclose(inputs, np.einsum("nc,nd->ncd", probs, source).reshape(len(source), -1), rtol=1e-6)
     h = -(probs * np.log(probs + 1e-8)).sum(1)
     np.testing.assert_allclose(weights, 1 + np.exp(-h), rtol=1e-5)
@@ -58,7 +66,7 @@ def test_cdan_inputs_and_weighted_loss_match_the_formula(features):
     expected = 0.5 * (
         np.mean(bce(logits_s, 1) * weights / weights.mean()) + np.mean(bce(logits_t, 0) * w_t / w_t.mean())
     )
-    got = methods.domain_adversarial_loss(jnp.asarray(logits_s), jnp.asarray(logits_t), weights, jnp.asarray(w_t))
+    got = domain_adversarial_loss(jnp.asarray(logits_s), jnp.asarray(logits_t), weights, jnp.asarray(w_t))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -71,13 +79,13 @@ def test_mcc_matches_the_formula():
     c = (p * w[:, None]).T @ p
     c = c / c.sum(1, keepdims=True)
     expected = (c.sum() - np.trace(c)) / 4
-    np.testing.assert_allclose(jax.jit(methods.mcc)(logits), expected, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(mcc)(logits), expected, rtol=1e-5)
 
 
 def test_gradient_reversal_reverses_and_scales_only_upstream():
     def loss(encoder, discriminator, x, coefficient):
         features = x @ encoder
-        return jnp.sum(methods.gradient_reversal(features, coefficient) @ discriminator)
+        return jnp.sum(gradient_reversal(features, coefficient) @ discriminator)
 
     x = jnp.array([[1.0, 2.0]])
     encoder, discriminator = jnp.eye(2), jnp.array([0.5, -1.0])
@@ -116,12 +124,10 @@ def test_adversarial_training_removes_a_domain_revealing_feature():
             task = optax.softmax_cross_entropy_with_integer_labels(fs @ params["head"], labels).mean()
             if not adapt:
                 return task
-            coefficient = methods.dann_coefficient(step, 600)
-            reversed_s = methods.gradient_reversal(fs, coefficient)
-            reversed_t = methods.gradient_reversal(ft, coefficient)
-            domain = methods.domain_adversarial_loss(
-                reversed_s @ params["discriminator"], reversed_t @ params["discriminator"]
-            )
+            coefficient = dann_coefficient(step, 600)
+            reversed_s = gradient_reversal(fs, coefficient)
+            reversed_t = gradient_reversal(ft, coefficient)
+            domain = domain_adversarial_loss(reversed_s @ params["discriminator"], reversed_t @ params["discriminator"])
             return task + domain
 
         @jax.jit
