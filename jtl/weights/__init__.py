@@ -22,6 +22,7 @@ from jtl.weights._readers import (
     read_safetensors,
     read_sharded,
     read_torch,
+    safetensors_shapes,
 )
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "read_sharded",
     "read_torch",
     "resample_pos_embedding",
+    "safetensors_shapes",
     "save_big_vision_npz",
     "save_pretrained",
 ]

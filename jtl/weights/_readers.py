@@ -78,6 +78,13 @@ def safetensors_shapes(path: str | Path) -> dict[str, TensorSpec]:
 
     Returns:
       ``{tensor name: TensorSpec}``.
+
+    >>> import tempfile, safetensors.numpy
+    >>> path = Path(tempfile.mkdtemp()) / "model.safetensors"
+    >>> safetensors.numpy.save_file({"w": np.zeros((2, 3), np.float32)}, str(path))
+    >>> spec = safetensors_shapes(path)["w"]
+    >>> spec.shape, spec.dtype
+    ((2, 3), dtype('float32'))
     """
     return {name: spec for name, (spec, _, _) in _safetensors_header(Path(path))[0].items()}
 

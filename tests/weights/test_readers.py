@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from jtl.weights import WeightLoadError, read_file
-from jtl.weights._readers import safetensors_shapes
+from jtl.weights import WeightLoadError, read_file, safetensors_shapes
 
 
 def _tensors():
