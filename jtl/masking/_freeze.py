@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jtl.masking._names import PyTree, _flatten_with_names
+from jtl.masking._names import PyTree, flatten_with_names
 from jtl.masking._rules import MaskSpec, trainable_mask
 
 TRAINABLE = "trainable"
@@ -172,8 +172,8 @@ def carry_over_state(old_state: PyTree, new_state: PyTree) -> PyTree:
     >>> mu["a"].tolist(), mu["b"].tolist()
     ([0.1..., 0.1...], [0.0, 0.0])
     """
-    old = dict(zip(*_flatten_with_names(old_state)[:2], strict=True))
-    names, leaves, treedef = _flatten_with_names(new_state)
+    old = dict(zip(*flatten_with_names(old_state)[:2], strict=True))
+    names, leaves, treedef = flatten_with_names(new_state)
 
     def take(name: str, leaf: Any) -> Any:
         prev = old.get(name)

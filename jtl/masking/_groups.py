@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jtl.masking._names import MaskingError, PyTree, _flatten_with_names, _preview
+from jtl.masking._names import MaskingError, PyTree, flatten_with_names, preview
 from jtl.masking._rules import Rules, labels_for_names, select
 
 
@@ -25,7 +25,7 @@ def _scale_by_name(multipliers_for: Callable[[list[str]], list[float]]) -> optax
 
     def update(updates: PyTree, state: optax.EmptyState, params: PyTree = None) -> tuple[PyTree, Any]:
         del params
-        names, leaves, treedef = _flatten_with_names(updates)
+        names, leaves, treedef = flatten_with_names(updates)
         scaled = [
             u if m == 1.0 else u * jnp.asarray(m, dtype=u.dtype)
             for u, m in zip(leaves, multipliers_for(names), strict=True)
@@ -86,7 +86,7 @@ def layerwise_multipliers(
     layers = [layer_of(n) for n in names]
     bad = [f"{n} -> {layer!r}" for n, layer in zip(names, layers, strict=True) if not _valid_layer(layer, num_layers)]
     if bad:
-        raise MaskingError(f"layer_of must return a layer in [0, {num_layers}] for every leaf; got {_preview(bad)}")
+        raise MaskingError(f"layer_of must return a layer in [0, {num_layers}] for every leaf; got {preview(bad)}")
     return [float(decay ** (num_layers - layer)) for layer in layers]
 
 
@@ -178,7 +178,7 @@ def weight_decay_mask(tree: PyTree, *, exclude: str | Sequence[str] = ()) -> PyT
     {'dense': {'bias': False, 'kernel': True}, 'embed': {'embedding': False}}
     """
     excluded = select(tree, exclude, allow_unused=True) if exclude else None
-    names, leaves, treedef = _flatten_with_names(tree)
+    names, leaves, treedef = flatten_with_names(tree)
 
     def decays(name: str, leaf: Any) -> bool:
         if jnp.ndim(leaf) < 2:

@@ -36,7 +36,7 @@ def _key_to_str(key: Any) -> str:
     return str(key)
 
 
-def _flatten_with_names(tree: PyTree) -> tuple[list[str], list[Any], Any]:
+def flatten_with_names(tree: PyTree) -> tuple[list[str], list[Any], Any]:
     """Leaves in ``jax.tree_util.tree_flatten`` order, their names and the treedef."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     names = []
@@ -77,7 +77,7 @@ def leaf_names(tree: PyTree) -> PyTree:
     >>> leaf_names({"encoder": [{"kernel": jnp.ones(2)}], "head": {"bias": jnp.zeros(1)}})
     {'encoder': [{'kernel': 'encoder/0/kernel'}], 'head': {'bias': 'head/bias'}}
     """
-    names, _, treedef = _flatten_with_names(tree)
+    names, _, treedef = flatten_with_names(tree)
     return jax.tree_util.tree_unflatten(treedef, names)
 
 
@@ -94,7 +94,7 @@ def named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
     >>> [(n, x.shape) for n, x in named_leaves({"b": jnp.ones(3), "a": {"w": jnp.ones((2, 2))}})]
     [('a/w', (2, 2)), ('b', (3,))]
     """
-    names, leaves, _ = _flatten_with_names(tree)
+    names, leaves, _ = flatten_with_names(tree)
     return list(zip(names, leaves, strict=True))
 
 
@@ -113,7 +113,7 @@ def map_with_names(fn: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTre
     >>> map_with_names(lambda name, x: name.endswith("bias"), {"w": jnp.ones(2), "bias": jnp.ones(2)})
     {'bias': True, 'w': False}
     """
-    names, leaves, treedef = _flatten_with_names(tree)
+    names, leaves, treedef = flatten_with_names(tree)
     others = []
     for i, other in enumerate(rest):
         try:
@@ -130,8 +130,8 @@ def map_with_names(fn: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTre
 def structure_diff(expected: PyTree, found: PyTree) -> str:
     """Describes how two trees differ, by leaf name, for error messages."""
     try:
-        want = set(_flatten_with_names(expected)[0])
-        got = set(_flatten_with_names(found)[0])
+        want = set(flatten_with_names(expected)[0])
+        got = set(flatten_with_names(found)[0])
     except MaskingError as e:
         return str(e)
     missing, extra = sorted(want - got), sorted(got - want)
@@ -140,10 +140,11 @@ def structure_diff(expected: PyTree, found: PyTree) -> str:
             "same leaf names but different node types: "
             f"{jax.tree_util.tree_structure(expected)} vs {jax.tree_util.tree_structure(found)}"
         )
-    return f"missing leaves {_preview(missing)}; unexpected leaves {_preview(extra)}"
+    return f"missing leaves {preview(missing)}; unexpected leaves {preview(extra)}"
 
 
-def _preview(names: list[str], limit: int = 20) -> str:
+def preview(names: list[str], limit: int = 20) -> str:
+    """The names for an error message, cut after ``limit``."""
     if len(names) <= limit:
         return str(names)
     return f"{names[:limit]} and {len(names) - limit} more"

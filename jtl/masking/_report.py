@@ -9,7 +9,7 @@ import numpy as np
 import optax
 
 from jtl.masking._freeze import freeze
-from jtl.masking._names import SEPARATOR, PyTree, _flatten_with_names
+from jtl.masking._names import SEPARATOR, PyTree, flatten_with_names
 from jtl.masking._rules import MaskSpec, Rules, labels_for_names, trainable_mask
 
 UNATTRIBUTED = "(optimizer scalars)"
@@ -121,7 +121,7 @@ def report(
         mask = jax.tree_util.tree_map(lambda _: True, params)
     else:
         mask = trainable_mask(params, trainable=trainable, frozen=frozen)
-    names, leaves, _ = _flatten_with_names(params)
+    names, leaves, _ = flatten_with_names(params)
     is_trainable = jax.tree_util.tree_leaves(mask)
     if groups is not None:
         group_of = dict(zip(names, map(str, labels_for_names(names, groups)), strict=True))
@@ -140,7 +140,7 @@ def report(
     total_state = 0
     if optimizer is not None:
         state = jax.eval_shape(freeze(optimizer, trainable=mask).init, params)
-        for state_name, state_leaf in zip(*_flatten_with_names(state)[:2], strict=True):
+        for state_name, state_leaf in zip(*flatten_with_names(state)[:2], strict=True):
             nbytes = _nbytes(state_leaf)
             total_state += nbytes
             group = _owner(state_name, group_of)

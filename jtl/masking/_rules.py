@@ -8,7 +8,7 @@ from typing import Any
 
 import jax
 
-from jtl.masking._names import MaskingError, PyTree, _flatten_with_names, _preview, structure_diff
+from jtl.masking._names import MaskingError, PyTree, flatten_with_names, preview, structure_diff
 
 Rules = Sequence[tuple[str, Hashable]]
 # A mask may be given as patterns (regexes on names), as a callable from the tree to a boolean tree,
@@ -54,7 +54,7 @@ def labels_for_names(
 
     problems = []
     if uncovered:
-        problems.append(f"no rule covers these leaves: {_preview(uncovered)}")
+        problems.append(f"no rule covers these leaves: {preview(uncovered)}")
     if not allow_unused:
         for i, (regex, label) in enumerate(compiled):
             if wins[i]:
@@ -70,7 +70,7 @@ def labels_for_names(
             else:
                 problems.append(
                     f"rule {i} ({regex.pattern!r} -> {label!r}) matches no leaf "
-                    f"(leaf names look like {_preview(list(names[:3]), 3)})"
+                    f"(leaf names look like {preview(list(names[:3]), 3)})"
                 )
     if problems:
         raise MaskingError("; ".join(problems))
@@ -99,7 +99,7 @@ def label_by_rules(tree: PyTree, rules: Rules, *, default: Any = _NO_DEFAULT, al
     >>> label_by_rules(params, [("head/.*", "trainable"), (".*", "frozen")])
     {'encoder': {'kernel': 'frozen'}, 'head': {'kernel': 'trainable'}}
     """
-    names, _, treedef = _flatten_with_names(tree)
+    names, _, treedef = flatten_with_names(tree)
     labels = labels_for_names(names, rules, default=default, allow_unused=allow_unused)
     return jax.tree_util.tree_unflatten(treedef, labels)
 
@@ -130,14 +130,12 @@ def select(tree: PyTree, patterns: str | Sequence[str], *, allow_unused: bool = 
     {'a': {'bias': True, 'kernel': False}}
     """
     patterns = _as_patterns(patterns)
-    names, _, treedef = _flatten_with_names(tree)
+    names, _, treedef = flatten_with_names(tree)
     compiled = [_compile(p, f"pattern {i}") for i, p in enumerate(patterns)]
     if not allow_unused:
         unused = [p.pattern for p in compiled if not any(p.fullmatch(n) for n in names)]
         if unused:
-            raise MaskingError(
-                f"these patterns match no leaf: {unused} (leaf names look like {_preview(names[:3], 3)})"
-            )
+            raise MaskingError(f"these patterns match no leaf: {unused} (leaf names look like {preview(names[:3], 3)})")
     return jax.tree_util.tree_unflatten(treedef, [any(p.fullmatch(n) for p in compiled) for n in names])
 
 
@@ -169,11 +167,11 @@ def resolve_mask(spec: MaskSpec, tree: PyTree, *, allow_unused: bool = False) ->
         raise MaskingError(f"the mask does not fit the params: {structure_diff(tree, mask)}")
     bad = [
         (name, leaf)
-        for name, leaf in zip(_flatten_with_names(tree)[0], jax.tree_util.tree_leaves(mask), strict=True)
+        for name, leaf in zip(flatten_with_names(tree)[0], jax.tree_util.tree_leaves(mask), strict=True)
         if not isinstance(leaf, bool)
     ]
     if bad:
-        found = _preview([f"{n}={v!r}" for n, v in bad])
+        found = preview([f"{n}={v!r}" for n, v in bad])
         raise MaskingError(f"mask leaves must be Python bools (masks are static); got {found}")
     return mask
 

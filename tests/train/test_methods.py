@@ -13,14 +13,14 @@ from jtl.config import ConfigError
 from jtl.features import extract_features, h_score, logme
 from jtl.objectives.classification import mixup
 from jtl.optim import bit_hyperrule, l2_sp
+from jtl.train import train_and_evaluate
 from jtl.weights import load_pretrained, save_pretrained
-
-from .test_train import _run as _run_with_checkpoints
+from tests.train.conftest import with_changes
 
 
 def _run(config, workdir, **changes):
     """A run without checkpoints (Orbax saves dominate these few-step runs) unless the test asks for them."""
-    return _run_with_checkpoints(config, workdir, **{"checkpoint_every": 0, **changes})
+    return train_and_evaluate(with_changes(config, **{"checkpoint_every": 0, **changes}), workdir)
 
 
 @pytest.fixture(scope="module")
