@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ def pretrained_source(cache: Path, quiet: bool, steps: int = 0, variant: str = "
     config = load_config(f"{CONFIG}:{variant}")
     if steps:
         config.total_steps = steps
+    print(f"running: the {variant} task (digits 0-4), {config.total_steps} steps, once", file=sys.stderr, flush=True)
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         result = train_and_evaluate(config, cache / "run")
     print(f"{variant} task (digits 0-4): held-out accuracy {result['eval/accuracy']:.3f}; cached in {export}")
@@ -92,18 +94,20 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     source_dir = workdir / (f"source-steps{args.source_steps}" if args.source_steps else "source")
     source = pretrained_source(source_dir, quiet=not args.verbose, steps=args.source_steps)
     accuracies: dict[str, list[float]] = {name: [] for name in RUNS}
-    for seed in seeds:
-        for name, variant in RUNS.items():
-            config = load_config(f"{CONFIG}:{variant}")
-            config.seed = seed
-            if args.steps:
-                config.total_steps = args.steps
-            if variant != "scratch":
-                config.model.pretrained = str(source)
-            run_dir = workdir / f"{variant}-seed{seed}-steps{config.total_steps}"
-            with contextlib.redirect_stdout(io.StringIO()) if not args.verbose else contextlib.nullcontext():
-                result = train_and_evaluate(config, run_dir)
-            accuracies[name].append(result["eval/accuracy"])
+    runs = [(seed, name, variant) for seed in seeds for name, variant in RUNS.items()]
+    for number, (seed, name, variant) in enumerate(runs, 1):
+        config = load_config(f"{CONFIG}:{variant}")
+        config.seed = seed
+        if args.steps:
+            config.total_steps = args.steps
+        # The table goes to stdout; what is running goes to stderr, so the table stays as the README shows it.
+        print(f"running {number}/{len(runs)}: {name}, seed {seed}", file=sys.stderr, flush=True)
+        if variant != "scratch":
+            config.model.pretrained = str(source)
+        run_dir = workdir / f"{variant}-seed{seed}-steps{config.total_steps}"
+        with contextlib.redirect_stdout(io.StringIO()) if not args.verbose else contextlib.nullcontext():
+            result = train_and_evaluate(config, run_dir)
+        accuracies[name].append(result["eval/accuracy"])
 
     print(f"\ntarget task: digits 5-9, 10 labels per class; accuracy on the held-out target digits (seeds {seeds})")
     width = max(map(len, accuracies))

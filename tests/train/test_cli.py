@@ -1,6 +1,7 @@
 """`python -m jtl.train` as users run it: command-line errors, SIGKILL and restart, SIGTERM."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,76 @@ def test_wrongly_typed_override_is_an_error(config_file, capsys):
     with pytest.raises(SystemExit):
         main(["--config", str(config_file), "--config.total_steps=many"])
     assert "--config.total_steps=many: not a int literal" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--config.optimizer=adamx"], r"error: config.optimizer='adamx'; known: sgd, adam, adamw"),
+        (
+            ["--config.trainable=('encoder/nothing_here/.*', 'head/.*')"],
+            r"error: these patterns match no leaf: .*nothing_here",
+        ),
+        (
+            ["--config.data.source=folder", "--config.data.train_dir=/no/such/dir", "--config.data.test_dir=/no/such"],
+            r"error: image folder /no/such/dir: no such directory",
+        ),
+        (["--config.model.pretrained=/no/such/weights.npz"], r"error: .*/no/such/weights.npz"),
+    ],
+    ids=["config", "masking", "data", "weights"],
+)
+def test_each_kind_of_user_error_exits_2_with_one_message(config_file, tmp_path, capsys, overrides, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config_file), "--workdir", str(tmp_path), *overrides])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert err.startswith("python -m jtl.train: error: ") and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("how", ["--debug", "JTL_DEBUG=1"])
+def test_debug_shows_the_exception_with_its_traceback(config_file, tmp_path, monkeypatch, how):
+    from jtl.config import ConfigError
+
+    if how == "--debug":
+        extra = ["--debug"]
+    else:
+        monkeypatch.setenv("JTL_DEBUG", "1")
+        extra = []
+    with pytest.raises(ConfigError, match=r"config\.optimizer='adamx'"):
+        main(["--config", str(config_file), "--workdir", str(tmp_path), "--config.optimizer=adamx", *extra])
+
+
+def test_checkpoint_of_another_model_exits_2_naming_what_differs(config_file, tmp_path, capsys):
+    main(["--config", str(config_file), "--workdir", str(tmp_path), "--config.total_steps=4"])
+    deeper = tmp_path / "deeper.py"
+    deeper.write_text(CONFIG.replace('"dropout_rate": 0.0}', '"dropout_rate": 0.0, "num_layers": 3}'))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(deeper), "--workdir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"error: .*different model \(.*num_layers: checkpoint 2, this run 3", err), err
+
+
+def test_non_finite_loss_exits_1_and_keeps_the_last_good_checkpoint(config_file, tmp_path, capsys):
+    main(
+        [
+            "--config",
+            str(config_file),
+            "--workdir",
+            str(tmp_path),
+            "--config.total_steps=4",
+            "--config.checkpoint_every=4",
+        ]
+    )
+    good = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config_file), "--workdir", str(tmp_path), "--config.total_steps=12",
+              "--config.checkpoint_every=4", "--config.learning_rate=1e30"])  # fmt: skip
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert re.search(r"run failed: non-finite training loss by step \d+ .*last good checkpoint is step 4", err), err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == good
 
 
 def _start(config_file, workdir):

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 import jtl.masking as jm
-from jtl.checkpoint import CheckpointError
-from jtl.train import TrainingError, train_and_evaluate
+from jtl.train import train_and_evaluate
 from tests.train.conftest import with_changes
 
 
@@ -81,32 +80,6 @@ def test_resume_after_restart_equals_an_uninterrupted_run(tiny_config, tmp_path)
         jax.tree_util.tree_leaves(uninterrupted["params"]), jax.tree_util.tree_leaves(resumed["params"]), strict=True
     ):
         np.testing.assert_array_equal(a, b)
-
-
-def test_checkpoint_of_another_model_is_a_clear_error(tiny_config, tmp_path):
-    _run(tiny_config, tmp_path, total_steps=4)
-    with pytest.raises(CheckpointError, match=r"different model \(.*num_layers: checkpoint 2, this run 3"):
-        _run(
-            tiny_config,
-            tmp_path,
-            **{
-                "model.overrides": {
-                    "image_size": 8,
-                    "patch_size": 4,
-                    "num_channels": 1,
-                    "dropout_rate": 0.0,
-                    "num_layers": 3,
-                }
-            },
-        )
-
-
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
-    _run(tiny_config, tmp_path, total_steps=4, checkpoint_every=4)
-    good = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    with pytest.raises(TrainingError, match=r"non-finite training loss by step \d+ .*last good checkpoint is step 4"):
-        _run(tiny_config, tmp_path, total_steps=12, learning_rate=1e30)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == good
 
 
 def test_tensorboard_event_files_hold_the_logged_scalars(tiny_config, tmp_path):
