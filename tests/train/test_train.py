@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -72,8 +73,9 @@ def test_frozen_backbone_stays_bit_identical_with_fixed_batch_stats(tiny_config,
 
 def test_resume_after_restart_equals_an_uninterrupted_run(tiny_config, tmp_path):
     uninterrupted = _run(tiny_config, tmp_path / "a")
-    # The same run stopped after its step-4 checkpoint, then restarted in the same workdir.
+    # The same run stopped after its step-4 checkpoint (what it wrote later removed), then restarted.
     _run(tiny_config, tmp_path / "b", total_steps=8, checkpoint_every=4)
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "8")
     (tmp_path / "b" / "final_metrics.json").unlink()
     resumed = _run(tiny_config, tmp_path / "b")
     for a, b in zip(
