@@ -2,7 +2,17 @@
 the objectives jtl ships (classification, domain adaptation, multi-task learning on a shared backbone)."""
 
 from jtl.objectives import adaptation, classification, multitask
-from jtl.objectives._base import Load, Objective, Stream, Sums, available, from_config, register, unregister
+from jtl.objectives._base import (
+    Load,
+    Objective,
+    Stream,
+    Sums,
+    available,
+    check_unset,
+    from_config,
+    register,
+    unregister,
+)
 from jtl.objectives.adaptation import DomainAdaptation
 from jtl.objectives.classification import Classification
 from jtl.objectives.multitask import MultiTask, Task, Weighting
@@ -23,6 +33,7 @@ __all__ = [
     "Weighting",
     "adaptation",
     "available",
+    "check_unset",
     "classification",
     "from_config",
     "multitask",

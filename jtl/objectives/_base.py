@@ -9,7 +9,7 @@ calls (``load``, ``train_stream``, ``init``, ``start``, ``evaluate``, ``summariz
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,36 @@ def available() -> list[str]:
     ['adaptation', 'classification', 'multitask']
     """
     return sorted(_REGISTRY)
+
+
+def check_unset(config: ml_collections.ConfigDict, keys: Sequence[str], why: str) -> None:
+    """Refuses settings that an objective cannot honour: one error naming each of ``keys`` that is set.
+
+    Args:
+      config: the experiment config.
+      keys: dotted keys (``"baseline.scratch"``) that must be unset (false, zero or empty).
+      why: the reason, which ends the message.
+
+    Returns:
+      None.
+
+    >>> from jtl.config import base_config
+    >>> config = base_config()
+    >>> config.mixup_alpha = 0.2
+    >>> check_unset(config, ("mixup_alpha", "hyperrule"), "single-task settings, not with config.tasks")
+    Traceback (most recent call last):
+    ...
+    jtl.config.ConfigError: config.mixup_alpha=0.2: single-task settings, not with config.tasks
+    """
+    found = []
+    for key in keys:
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        if value:
+            found.append(f"config.{key}={value!r}")
+    if found:
+        raise ConfigError(f"{', '.join(found)}: {why}")
 
 
 def from_config(config: ml_collections.ConfigDict) -> Objective:

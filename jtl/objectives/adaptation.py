@@ -20,7 +20,7 @@ from jtl import data as jdata
 from jtl import models
 from jtl.config import ConfigError
 from jtl.features import features_and_logits
-from jtl.objectives._base import Load, Stream, Sums
+from jtl.objectives._base import Load, Stream, Sums, check_unset
 from jtl.objectives._domain import (
     cdan_inputs,
     coral,
@@ -246,11 +246,8 @@ def from_config(config: ml_collections.ConfigDict) -> DomainAdaptation:
     a = config.adaptation
     if a.method not in METHODS:
         raise ConfigError(f"config.adaptation.method={a.method!r}; known: {', '.join(METHODS)}")
-    if config.mixup_alpha or config.hyperrule or config.baseline.scratch:
-        raise ConfigError(
-            "config.mixup_alpha, config.hyperrule and config.baseline.scratch apply to single-task training, "
-            "not with config.target (domain adaptation)"
-        )
+    single_task = ("mixup_alpha", "hyperrule", "baseline.scratch")
+    check_unset(config, single_task, "single-task training only, not with config.target (domain adaptation)")
     spec = AdaptationSpec(
         a.method, a.weight, config.total_steps, a.gamma, a.temperature, a.entropy_conditioning, a.discriminator_width
     )

@@ -24,7 +24,7 @@ import optax
 from jtl import data as jdata
 from jtl import models
 from jtl.config import ConfigError
-from jtl.objectives._base import Load, Objective, Stream, Sums
+from jtl.objectives._base import Load, Objective, Stream, Sums, check_unset
 from jtl.objectives._weighting import dwa_weights, gradnorm_loss, pcgrad, uncertainty_weighted_loss
 
 # The parts of the step's gradient tree (jtl.step.trained): the shared backbone's and the objective's own.
@@ -400,11 +400,8 @@ def from_config(config: ml_collections.ConfigDict) -> MultiTask:
     """
     if config.target.source:
         raise ConfigError("config.target (domain adaptation) and config.tasks (multi-task) cannot be combined")
-    if config.mixup_alpha or config.hyperrule or config.baseline.scratch or config.transferability:
-        raise ConfigError(
-            "config.mixup_alpha, config.hyperrule, config.baseline.scratch and config.transferability apply to "
-            "single-task training, not with config.tasks (multi-task)"
-        )
+    single_task = ("mixup_alpha", "hyperrule", "baseline.scratch", "transferability")
+    check_unset(config, single_task, "single-task training only, not with config.tasks (multi-task)")
     tasks = [Task(name, t.kind, t.num_classes, t.weight) for name, t in config.tasks.items()]
     m = config.multitask
     weighting = Weighting(m.weighting, m.dwa_temperature, m.dwa_period, m.gradnorm_alpha, m.gradnorm_learning_rate)
