@@ -28,14 +28,17 @@ def _preprocessing_stats(data: ml_collections.ConfigDict, pretrained: str) -> tu
 
 
 def load_splits(
-    data: ml_collections.ConfigDict, input_kind: str = "image", image_size: int = 224, pretrained: str = ""
+    data: ml_collections.ConfigDict,
+    input_kind: str = "image",
+    image_size: int | tuple[int, int] = 224,
+    pretrained: str = "",
 ) -> dict[str, Any]:
     """The train and test sources of one dataset config, and their transforms.
 
     Args:
       data: a dataset config (:func:`jtl.config.data_config`).
       input_kind: the model's input, ``image`` or ``text`` (:func:`jtl.models.input_kind`).
-      image_size: the model's input resolution (images).
+      image_size: the model's input resolution (images; an int is square).
       pretrained: the pretrained source, whose tokenizer (text) or normalisation (``preprocessor_config.json``)
         the transforms use.
 

@@ -8,46 +8,47 @@ from typing import Any, NamedTuple
 import numpy as np
 
 
-def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
-    """Resizes an HWC image to ``size`` x ``size`` with bilinear interpolation (half-pixel centres).
+def resize_bilinear(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resizes an HWC image with bilinear interpolation (half-pixel centres).
 
     Args:
       image: (H, W, C) array.
-      size: the output height and width.
+      size: the output (height, width); an int is square.
 
     Returns:
-      (size, size, C) float32 array.
+      (height, width, C) float32 array.
 
-    >>> resize_bilinear(np.ones((4, 6, 3)), 8).shape
-    (8, 8, 3)
+    >>> resize_bilinear(np.ones((4, 6, 3)), 8).shape, resize_bilinear(np.ones((4, 6, 3)), (8, 5)).shape
+    ((8, 8, 3), (8, 5, 3))
     """
     image = np.asarray(image, np.float32)
+    height, width = (size, size) if isinstance(size, int) else size
 
-    def coordinates(n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
+    def coordinates(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
         low = np.floor(x).astype(np.int64)
         high = np.minimum(low + 1, n_in - 1)
         return low, high, (x - low).astype(np.float32)
 
-    y0, y1, wy = coordinates(image.shape[0])
-    x0, x1, wx = coordinates(image.shape[1])
+    y0, y1, wy = coordinates(image.shape[0], height)
+    x0, x1, wx = coordinates(image.shape[1], width)
     rows = image[y0] * (1 - wy)[:, None, None] + image[y1] * wy[:, None, None]
     return rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
 
 
 def random_resized_crop(
-    rng: np.random.Generator, image: np.ndarray, size: int, scale: tuple[float, float] = (0.08, 1.0)
+    rng: np.random.Generator, image: np.ndarray, size: int | tuple[int, int], scale: tuple[float, float] = (0.08, 1.0)
 ) -> np.ndarray:
     """Inception-style crop: a random area (``scale`` of the image) and aspect ratio (3/4 to 4/3), resized.
 
     Args:
       rng: the per-example generator (grain's ``random_map`` seeds it, so resumed runs crop alike).
       image: (H, W, C).
-      size: the output size.
+      size: the output (height, width); an int is square.
       scale: the range of the crop's share of the image area.
 
     Returns:
-      (size, size, C) float32 array.
+      (height, width, C) float32 array.
 
     >>> random_resized_crop(np.random.default_rng(0), np.zeros((32, 48, 3), np.uint8), 16).shape
     (16, 16, 3)
@@ -72,7 +73,7 @@ class ImagePreprocessing(NamedTuple):
     where there is one.
     """
 
-    size: int
+    size: int | tuple[int, int]
     mean: Sequence[float] = (0.5, 0.5, 0.5)
     std: Sequence[float] = (0.5, 0.5, 0.5)
     crop: bool = True

@@ -1,5 +1,5 @@
-"""Pieces the families share, with jtl's uniform parameter names: the transformer encoder of ViT and BERT, and
-the ``head`` every model ends with."""
+"""Pieces the families share, with jtl's uniform parameter names: the transformer encoder (ViT, BERT, DINOv2),
+and the ``head`` every model ends with."""
 
 from __future__ import annotations
 
@@ -63,21 +63,57 @@ class SelfAttention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """``fc1``, GELU, ``fc2``; with ``swiglu``, ``fc1`` gives twice ``hidden_dim`` and ``silu(a) * b`` of its two
+    halves goes to ``fc2`` (DINOv2's SwiGLU feed-forward)."""
+
     hidden_dim: int
     gelu_approximate: bool = False
     dropout_rate: float = 0.0
+    swiglu: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         width = x.shape[-1]
-        y = gelu(self.gelu_approximate)(nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x))
+        if self.swiglu:
+            gate, value = jnp.split(nn.Dense(2 * self.hidden_dim, dtype=self.dtype, name="fc1")(x), 2, axis=-1)
+            y = nn.silu(gate) * value
+        else:
+            y = gelu(self.gelu_approximate)(nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x))
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         return nn.Dense(width, dtype=self.dtype, name="fc2")(y)
 
 
+class LayerScale(nn.Module):
+    """A learned per-channel scale of a residual branch (CaiT, DINOv2): the param ``scale``."""
+
+    init_value: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.constant(self.init_value), (x.shape[-1],), jnp.float32)
+        return x * scale.astype(self.dtype)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, a whole residual branch is dropped per example with probability ``rate``
+    (the kept ones scaled by ``1 / (1 - rate)``); the identity in evaluation. Draws from the ``dropout`` stream."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        if not train or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        kept = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(kept, x / keep, jnp.zeros_like(x))
+
+
 class EncoderBlock(nn.Module):
-    """A transformer block: pre-norm (ViT) or post-norm (BERT) residual attention and MLP."""
+    """A transformer block: pre-norm (ViT) or post-norm (BERT) residual attention and MLP; pre-norm blocks may
+    scale each branch (``layer_scale``: ``scale1``/``scale2``) and drop it per example (``drop_path_rate``)."""
 
     num_heads: int
     mlp_dim: int
@@ -86,18 +122,32 @@ class EncoderBlock(nn.Module):
     gelu_approximate: bool = False
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
+    qkv_bias: bool = True
+    layer_scale: float | None = None
+    drop_path_rate: float = 0.0
+    swiglu: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False) -> jax.Array:
         norm1 = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm1")
         norm2 = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm2")
-        attn = SelfAttention(self.num_heads, self.attention_dropout_rate, dtype=self.dtype, name="attn")
-        mlp = Mlp(self.mlp_dim, self.gelu_approximate, self.dropout_rate, dtype=self.dtype, name="mlp")
+        attn = SelfAttention(
+            self.num_heads, self.attention_dropout_rate, use_bias=self.qkv_bias, dtype=self.dtype, name="attn"
+        )
+        mlp = Mlp(self.mlp_dim, self.gelu_approximate, self.dropout_rate, self.swiglu, dtype=self.dtype, name="mlp")
         drop = nn.Dropout(self.dropout_rate)
         if self.pre_norm:
-            x = x + drop(attn(norm1(x), mask, train=train), deterministic=not train)
-            return x + drop(mlp(norm2(x), train=train), deterministic=not train)
+            branches = [
+                lambda y: drop(attn(norm1(y), mask, train=train), deterministic=not train),
+                lambda y: drop(mlp(norm2(y), train=train), deterministic=not train),
+            ]
+            for i, branch in enumerate(branches, 1):
+                y = branch(x)
+                if self.layer_scale is not None:
+                    y = LayerScale(self.layer_scale, self.dtype, name=f"scale{i}")(y)
+                x = x + DropPath(self.drop_path_rate)(y, train=train)
+            return x
         x = norm1(x + drop(attn(x, mask, train=train), deterministic=not train))
         return norm2(x + drop(mlp(x, train=train), deterministic=not train))
 
@@ -118,13 +168,26 @@ class Encoder(nn.Module):
         return x
 
 
-def transformer_encoder(config: nn.Module, *, mlp_dim: int, pre_norm: bool) -> Encoder:
-    """The ``encoder`` of a ViT or BERT module, built from the fields both share.
+def transformer_encoder(
+    config: nn.Module,
+    *,
+    mlp_dim: int,
+    pre_norm: bool,
+    qkv_bias: bool = True,
+    layer_scale: float | None = None,
+    drop_path_rate: float = 0.0,
+    swiglu: bool = False,
+) -> Encoder:
+    """The ``encoder`` of a transformer family's module, built from the fields they share.
 
     Args:
-      config: the ViT or BERT module whose fields (heads, layers, norms, dropout, dtype) it takes.
+      config: the module whose fields (heads, layers, norms, dropout, dtype) it takes.
       mlp_dim: the blocks' MLP width.
       pre_norm: LayerNorm before attention/MLP (ViT) or after the residual (BERT).
+      qkv_bias: biases on the query, key and value projections.
+      layer_scale: the initial LayerScale of each pre-norm branch (``None``: no LayerScale).
+      drop_path_rate: stochastic depth of each pre-norm branch, in training.
+      swiglu: a SwiGLU feed-forward instead of GELU.
 
     Returns:
       The ``Encoder`` named ``encoder``.
@@ -142,6 +205,10 @@ def transformer_encoder(config: nn.Module, *, mlp_dim: int, pre_norm: bool) -> E
         gelu_approximate=config.gelu_approximate,
         dropout_rate=config.dropout_rate,
         attention_dropout_rate=config.attention_dropout_rate,
+        qkv_bias=qkv_bias,
+        layer_scale=layer_scale,
+        drop_path_rate=drop_path_rate,
+        swiglu=swiglu,
         dtype=config.dtype,
         parent=None,
     )

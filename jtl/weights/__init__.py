@@ -3,7 +3,7 @@ families register, head surgery, resolution change, reports, export, and jtl's o
 
 from jtl.weights._convert import LoadReport, Rule, batch_norm, conv, convert, layer_norm, linear, merge_into
 from jtl.weights._export import export, save_big_vision_npz
-from jtl.weights._layout import Layout, first_match, hf_gelu_approximate, resample_pos_embedding
+from jtl.weights._layout import Layout, first_match, hf_gelu_approximate, resample_pos_embedding, resize_grid
 from jtl.weights._load import (
     Pretrained,
     download_from_hub,
@@ -53,6 +53,7 @@ __all__ = [
     "read_sharded",
     "read_torch",
     "resample_pos_embedding",
+    "resize_grid",
     "safetensors_shapes",
     "save_big_vision_npz",
     "save_pretrained",

@@ -99,15 +99,63 @@ def hf_gelu_approximate(config: Mapping[str, Any]) -> bool:
     return act in _TANH_GELUS
 
 
-def resample_pos_embedding(num_prefix_tokens: int) -> Resizer:
-    """Resamples ViT position embeddings to a new patch grid, keeping the class token's embedding, as
-    vit_jax and big_vision do when fine-tuning at a new resolution (bilinear on the grid).
+def _cubic_weights(n_in: int, n_out: int) -> np.ndarray:
+    """The (n_out, n_in) matrix of PyTorch's bicubic interpolation along one axis (``align_corners=False``, no
+    antialias): Keys' kernel with a = -0.75, source coordinates ``(i + 0.5) * n_in / n_out - 0.5`` (not clamped),
+    taps clamped to the border."""
+    a = -0.75
+    source = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    floor = np.floor(source)
+    t = source - floor
+    near = lambda d: ((a + 2) * d - (a + 3)) * d * d + 1  # |d| <= 1
+    far = lambda d: ((a * d - 5 * a) * d + 8 * a) * d - 4 * a  # 1 < |d| < 2
+    weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+    matrix = np.zeros((n_out, n_in))
+    for tap in range(4):
+        columns = np.clip(floor.astype(np.int64) - 1 + tap, 0, n_in - 1)
+        np.add.at(matrix, (np.arange(n_out), columns), weights[:, tap])
+    return matrix
+
+
+def resize_grid(grid: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
+    """Resizes an (H, W, C) grid of embeddings.
+
+    Args:
+      grid: the embeddings.
+      size: the new (H, W).
+      method: ``"bilinear"`` (``jax.image.resize``, as vit_jax and big_vision resample) or ``"bicubic"`` (PyTorch's
+        ``F.interpolate(mode="bicubic", align_corners=False)``, as Hugging Face's ViT and DINOv2 interpolate).
+
+    Returns:
+      The resized float32 grid.
+
+    >>> grid = np.arange(16, dtype=np.float32).reshape(4, 4, 1)
+    >>> resize_grid(grid, (8, 8), "bicubic").shape, float(resize_grid(grid, (4, 4), "bicubic")[1, 2, 0])
+    ((8, 8, 1), 6.0)
+    """
+    grid = np.asarray(grid, np.float32)
+    if method == "bilinear":
+        return np.asarray(jax.image.resize(grid, (*size, grid.shape[-1]), method="bilinear"))
+    if method != "bicubic":
+        raise ValueError(f"resize method {method!r}: expected 'bilinear' or 'bicubic'")
+    rows, columns = _cubic_weights(grid.shape[0], size[0]), _cubic_weights(grid.shape[1], size[1])
+    return np.einsum("oh,hwc,pw->opc", rows, grid.astype(np.float64), columns).astype(np.float32)
+
+
+def resample_pos_embedding(
+    num_prefix_tokens: int, method: str = "bilinear", grid: tuple[int, int] | None = None
+) -> Resizer:
+    """Resamples ViT position embeddings to a new patch grid, keeping the prefix tokens' embeddings, as the
+    source's own code does at a new resolution: bilinear for vit_jax and big_vision, PyTorch's bicubic for Hugging
+    Face's ViT and DINOv2.
 
     Args:
       num_prefix_tokens: tokens before the patch grid (1 for a class token).
+      method: ``"bilinear"`` or ``"bicubic"`` (see :func:`resize_grid`).
+      grid: the new patch grid (rows, columns); ``None``: square.
 
     Returns:
-      ``resize(pos (1, prefix + n*n, D), target_shape) -> (1, prefix + m*m, D)``.
+      ``resize(pos (1, prefix + n*n, D), target_shape) -> (1, prefix + rows*columns, D)``.
 
     >>> resize = resample_pos_embedding(1)
     >>> resize(np.ones((1, 1 + 4 * 4, 8), np.float32), (1, 1 + 6 * 6, 8)).shape
@@ -115,12 +163,16 @@ def resample_pos_embedding(num_prefix_tokens: int) -> Resizer:
     """
 
     def resize(pos: np.ndarray, target_shape: tuple) -> np.ndarray:
-        prefix, grid = pos[:, :num_prefix_tokens], pos[0, num_prefix_tokens:]
-        old, new = math.isqrt(grid.shape[0]), math.isqrt(target_shape[1] - num_prefix_tokens)
-        if old * old != grid.shape[0] or new * new != target_shape[1] - num_prefix_tokens:
-            raise WeightLoadError(f"position embeddings {pos.shape} -> {target_shape}: not square patch grids")
-        grid = grid.reshape(old, old, -1).astype(np.float32)
-        resized = jax.image.resize(grid, (new, new, grid.shape[-1]), method="bilinear")
-        return np.concatenate([prefix, np.asarray(resized).reshape(1, new * new, -1)], axis=1)
+        prefix, old_grid = pos[:, :num_prefix_tokens], pos[0, num_prefix_tokens:]
+        old = math.isqrt(old_grid.shape[0])
+        new_count = target_shape[1] - num_prefix_tokens
+        new = grid or (math.isqrt(new_count),) * 2
+        if old * old != old_grid.shape[0] or new[0] * new[1] != new_count:
+            raise WeightLoadError(
+                f"position embeddings {pos.shape} -> {target_shape}: the source's patch grid must be square and the "
+                f"target's {new[0]}x{new[1]}"
+            )
+        resized = resize_grid(old_grid.reshape(old, old, -1), new, method)
+        return np.concatenate([prefix, resized.reshape(1, new_count, -1)], axis=1)
 
     return resize

@@ -46,7 +46,7 @@ def load_pretrained(
     source: str | os.PathLike,
     *,
     num_classes: int | None = None,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     drop_pre_logits: bool = False,
     strict: bool = True,
     verbose: bool = True,
@@ -65,7 +65,8 @@ def load_pretrained(
         the layout registered for it; a bare file goes to the one layout whose detector claims its tensor names.
       num_classes: a new number of classes: the checkpoint's head (if any) is dropped and a fresh head,
         zero-initialised for ViT as vit_jax does, replaces it. ``None`` keeps the checkpoint's head.
-      image_size: a new ViT input resolution; position embeddings are resampled to the new patch grid.
+      image_size: a new input resolution ((height, width), or an int for square); position embeddings are
+        resampled to the new patch grid as the source's own code does.
       drop_pre_logits: drop a ViT pre-logits layer (Hugging Face's in21k pooler, vit_jax's
         ``representation_size``), as vit_jax does for fine-tuning.
       strict: if True, model variables that the checkpoint lacks (other than a replaced head) are an error.
@@ -144,7 +145,7 @@ def _abstract_model(
     config: dict,
     tensor_shapes: dict,
     num_classes: int | None,
-    image_size: int | None,
+    image_size: int | tuple[int, int] | None,
     drop_pre_logits: bool,
     overrides: dict,
     seed: int,

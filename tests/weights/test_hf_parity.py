@@ -73,6 +73,31 @@ def test_vit_model_pooler_becomes_pre_logits(tiny_vit_config, tmp_path_factory):
     assert _max_abs(pooled, expected) < TOL
 
 
+def test_vit_without_qkv_bias_on_rectangular_images_and_at_a_new_resolution(tiny_vit_config, tmp_path_factory):
+    pixels = torch.randn(2, 3, 32, 24)
+    torch.manual_seed(2)
+    config = transformers.ViTConfig(**{**tiny_vit_config.to_dict(), "qkv_bias": False, "image_size": [32, 24]})
+    reference = transformers.ViTForImageClassification(config).eval()
+    model, variables, report = load_pretrained(_save(reference, tmp_path_factory, "vit_rect"), verbose=False)
+    assert not report.missing and not report.unexpected and model.image_size == (32, 24) and not model.qkv_bias
+    assert "bias" not in variables["params"]["encoder"]["block_0"]["attn"]["query"]
+    with torch.no_grad():
+        expected = reference(pixel_values=pixels).logits.numpy()
+    assert _max_abs(model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
+
+    # A square checkpoint run on 48x40 images: Hugging Face interpolates its position embeddings on every
+    # call; jtl resamples them once, at load, the same way.
+    torch.manual_seed(3)
+    reference = transformers.ViTForImageClassification(tiny_vit_config).eval()
+    path = _save(reference, tmp_path_factory, "vit_resized")
+    pixels = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        expected = reference(pixel_values=pixels, interpolate_pos_encoding=True).logits.numpy()
+    model, variables, report = load_pretrained(path, image_size=(48, 40), verbose=False)
+    assert report.resized == [("params/embed/pos_embedding", (1, 17, 32), (1, 31, 32))]
+    assert _max_abs(model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
+
+
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
     config = transformers.BertConfig(

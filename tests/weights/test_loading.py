@@ -70,9 +70,10 @@ def test_resolution_change_resamples_position_embeddings(hf_vit_dir):
     old, new = _params(base.variables)["embed/pos_embedding"], _params(variables)["embed/pos_embedding"]
     assert old.shape == (1, 17, 32) and new.shape == (1, 65, 32)
     np.testing.assert_array_equal(new[:, 0], old[:, 0])  # the class token's embedding is kept
-    grid = np.asarray(old[0, 1:]).reshape(4, 4, 32)
-    expected = jax.image.resize(grid, (8, 8, 32), method="bilinear").reshape(64, 32)
-    np.testing.assert_allclose(new[0, 1:], expected, atol=1e-6)
+    # As Hugging Face's ViT interpolates at run time: PyTorch's bicubic, align_corners=False.
+    grid = torch.tensor(np.asarray(old[0, 1:]).reshape(1, 4, 4, 32)).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(grid, size=(8, 8), mode="bicubic", align_corners=False)
+    np.testing.assert_allclose(new[0, 1:], expected.permute(0, 2, 3, 1).reshape(64, 32).numpy(), atol=1e-6)
     assert report.resized == [("params/embed/pos_embedding", (1, 17, 32), (1, 65, 32))]
     assert model.apply(variables, _images(64)).shape == (2, 5)
 

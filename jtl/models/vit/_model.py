@@ -3,7 +3,8 @@
 Parameter names (``embed/...``, ``encoder/block_{i}/...``, ``norm``, ``pre_logits``, ``head``) are the same
 for both; the variants differ in settings taken from the checkpoint: GELU form (exact for Hugging Face,
 tanh for vit_jax), LayerNorm epsilon (1e-12 vs 1e-6), pooling (class token or global average), and an
-optional pre-logits layer (Hugging Face's in21k "pooler", vit_jax's ``representation_size``).
+optional pre-logits layer (Hugging Face's in21k "pooler", vit_jax's ``representation_size``), and biases on the
+query/key/value projections (``qkv_bias``). Images and patches may be rectangular (``(height, width)`` sizes).
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ class ViT(nn.Module):
     (2, 3)
     """
 
-    patch_size: int = 16
+    patch_size: int | tuple[int, int] = 16
     hidden_size: int = 768
     num_layers: int = 12
     num_heads: int = 12
     mlp_dim: int = 3072
-    image_size: int = 224
+    image_size: int | tuple[int, int] = 224
     num_channels: int = 3
     num_classes: int = 1000
     pooling: str = "cls"
@@ -56,12 +57,13 @@ class ViT(nn.Module):
     layer_norm_eps: float = 1e-12
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
+    qkv_bias: bool = True
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
 
     def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
         """Inputs of the right shape for ``init``."""
-        return (jnp.zeros((batch_size, self.image_size, self.image_size, self.num_channels), jnp.float32),)
+        return (jnp.zeros((batch_size, *pair(self.image_size), self.num_channels), jnp.float32),)
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -75,7 +77,7 @@ class ViT(nn.Module):
             self.dtype,
             name="embed",
         )(images.astype(self.dtype), train=train)
-        x = transformer_encoder(self, mlp_dim=self.mlp_dim, pre_norm=True)(x, train=train)
+        x = transformer_encoder(self, mlp_dim=self.mlp_dim, pre_norm=True, qkv_bias=self.qkv_bias)(x, train=train)
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
         x = x[:, 0] if self.pooling == "cls" else x.mean(axis=1)
         if self.pre_logits_size is not None:
@@ -88,7 +90,7 @@ class ViT(nn.Module):
 class PatchEmbed(nn.Module):
     """Patches -> tokens: ``embed/patch`` (conv), ``embed/cls`` (class token), ``embed/pos_embedding``."""
 
-    patch_size: int
+    patch_size: int | tuple[int, int]
     hidden_size: int
     class_token: bool
     dropout_rate: float = 0.0
@@ -96,8 +98,8 @@ class PatchEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-        p = self.patch_size
-        x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="patch")(images)
+        p = pair(self.patch_size)
+        x = nn.Conv(self.hidden_size, p, strides=p, padding="VALID", dtype=self.dtype, name="patch")(images)
         batch, h, w, width = x.shape
         x = x.reshape(batch, h * w, width)
         if self.class_token:
@@ -106,6 +108,38 @@ class PatchEmbed(nn.Module):
         pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, x.shape[1], width), jnp.float32)
         x = x + pos.astype(x.dtype)
         return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+
+
+def pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    """An image or patch size as (height, width): an int is square.
+
+    Args:
+      size: an int or a (height, width) pair (a list from a JSON config too).
+
+    Returns:
+      The pair.
+
+    >>> pair(16), pair([224, 160])
+    ((16, 16), (224, 160))
+    """
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def patch_grid(image_size: int | tuple[int, int], patch_size: int | tuple[int, int]) -> tuple[int, int]:
+    """The (rows, columns) of patches an image is cut into.
+
+    Args:
+      image_size: the image's size (an int is square).
+      patch_size: the patch's size.
+
+    Returns:
+      The grid.
+
+    >>> patch_grid((224, 160), 16)
+    (14, 10)
+    """
+    (height, width), (ph, pw) = pair(image_size), pair(patch_size)
+    return height // ph, width // pw
 
 
 def vit_config(name: str) -> dict:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
 
+from jtl.models.vit._model import pair, patch_grid
 from jtl.weights import (
     Layout,
     Rule,
@@ -22,9 +23,16 @@ from jtl.weights import (
 )
 
 
-def resizers(fields: dict[str, Any]) -> dict:
-    """Position embeddings follow the image size (a new patch grid), the class token's kept."""
-    return {r"params/embed/pos_embedding": resample_pos_embedding(1 if fields.get("pooling") == "cls" else 0)}
+def _resizers(method: str) -> Callable[[dict[str, Any]], dict]:
+    """Position embeddings follow the image size (a new patch grid) as the source's code resamples them; the
+    class token's is kept."""
+
+    def resizers(fields: dict[str, Any]) -> dict:
+        prefix = 1 if fields.get("pooling") == "cls" else 0
+        grid = patch_grid(fields.get("image_size", 224), fields.get("patch_size", 16))
+        return {r"params/embed/pos_embedding": resample_pos_embedding(prefix, method, grid)}
+
+    return resizers
 
 
 # --- Hugging Face ViT / DeiT (no distillation token) ------------------------------------------------------
@@ -49,29 +57,29 @@ HF_VIT_RULES = [
 def hf_vit_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
     if any("distillation" in k for k in state):
         raise WeightLoadError("distilled DeiT checkpoints (with a distillation token) are not supported")
-    if not config.get("qkv_bias", True):
-        raise WeightLoadError("config.json: qkv_bias=false is not supported")
     classifier = first_match(state, r"classifier\.weight")
     pooler = first_match(state, _HF_VIT + r"pooler\.dense\.weight")
     return {
-        "patch_size": config.get("patch_size", 16),
+        "patch_size": pair(config.get("patch_size", 16)),
         "hidden_size": config.get("hidden_size", 768),
         "num_layers": config.get("num_hidden_layers", 12),
         "num_heads": config.get("num_attention_heads", 12),
         "mlp_dim": config.get("intermediate_size", 3072),
-        "image_size": config.get("image_size", 224),
+        "image_size": pair(config.get("image_size", 224)),
         "num_channels": config.get("num_channels", 3),
         "layer_norm_eps": config.get("layer_norm_eps", 1e-12),
         "gelu_approximate": hf_gelu_approximate(config),
         "dropout_rate": config.get("hidden_dropout_prob", 0.0),
         "attention_dropout_rate": config.get("attention_probs_dropout_prob", 0.0),
+        "qkv_bias": config.get("qkv_bias", True),
         "pooling": "cls",
         "pre_logits_size": None if pooler is None else pooler.shape[0],
         "num_classes": 0 if classifier is None else classifier.shape[0],
     }
 
 
-HF_VIT = Layout("hf-vit", HF_VIT_RULES, hf_vit_fields, model_types=("vit", "deit"), resizers=resizers)
+# Hugging Face's ViT interpolates position embeddings bicubically (PyTorch's kernel) at a new resolution.
+HF_VIT = Layout("hf-vit", HF_VIT_RULES, hf_vit_fields, model_types=("vit", "deit"), resizers=_resizers("bicubic"))
 
 # --- big_vision / vit_jax ViT .npz ------------------------------------------------------------------------
 # Published vit_jax checkpoints name the block's layers LayerNorm_0, MultiHeadDotProductAttention_1,
@@ -201,6 +209,6 @@ BIG_VISION_VIT = Layout(
     BIG_VISION_VIT_RULES,
     big_vision_vit_fields,
     detect=is_big_vision_vit,
-    resizers=resizers,
+    resizers=_resizers("bilinear"),
     prepare=unstack_scanned_blocks,
 )
