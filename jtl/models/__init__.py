@@ -1,6 +1,6 @@
 """jtl's Flax models, with uniform parameter names (``embed/...``, ``encoder/block_{i}/...``, ``head/...``).
 
-Each family is one package (``vit``, ``bert``, ``resnet``, ``vgg``) that registers itself, with its named
+Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``) that registers itself, with its named
 configurations, layer index, input kind and weight layouts, when it is imported here.
 """
 
@@ -19,6 +19,7 @@ from jtl.models._registry import (
     unregister,
 )
 from jtl.models.bert import Bert, mean_pool
+from jtl.models.dinov2 import Dinov2
 from jtl.models.resnet import ResNet
 from jtl.models.vgg import VGG, adaptive_avg_pool
 from jtl.models.vit import ViT
@@ -26,6 +27,7 @@ from jtl.models.vit import ViT
 __all__ = [
     "VGG",
     "Bert",
+    "Dinov2",
     "Family",
     "ResNet",
     "ViT",

@@ -152,6 +152,36 @@ class EncoderBlock(nn.Module):
         return norm2(x + drop(mlp(x, train=train), deterministic=not train))
 
 
+class PatchEmbed(nn.Module):
+    """Patches -> tokens: ``patch`` (conv), ``cls`` (class token), ``pos_embedding`` (for the class token and the
+    patches), then ``registers`` (DINOv2's register tokens, after the class token, without position embeddings).
+    """
+
+    patch_size: int | tuple[int, int]
+    hidden_size: int
+    class_token: bool
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    num_registers: int = 0
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        p = pair(self.patch_size)
+        x = nn.Conv(self.hidden_size, p, strides=p, padding="VALID", dtype=self.dtype, name="patch")(images)
+        batch, h, w, width = x.shape
+        x = x.reshape(batch, h * w, width)
+        if self.class_token:
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, width), jnp.float32)
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, width)), x], axis=1)
+        pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, x.shape[1], width), jnp.float32)
+        x = x + pos.astype(x.dtype)
+        if self.num_registers:
+            registers = self.param("registers", nn.initializers.zeros, (1, self.num_registers, width), jnp.float32)
+            registers = jnp.broadcast_to(registers.astype(x.dtype), (batch, self.num_registers, width))
+            x = jnp.concatenate([x[:, :1], registers, x[:, 1:]], axis=1)
+        return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+
+
 class Encoder(nn.Module):
     """``num_layers`` copies of ``block`` named ``block_{i}``; the input and each block's output are sown as
     ``intermediates/encoder/hidden_states``, like Hugging Face's ``output_hidden_states``."""
@@ -233,3 +263,35 @@ def classifier_head(num_classes: int, zero_init: bool, dtype: jnp.dtype) -> nn.D
     """
     kernel_init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
     return nn.Dense(num_classes, kernel_init=kernel_init, dtype=dtype, name="head")
+
+
+def pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    """An image or patch size as (height, width): an int is square.
+
+    Args:
+      size: an int or a (height, width) pair (a list from a JSON config too).
+
+    Returns:
+      The pair.
+
+    >>> pair(16), pair([224, 160])
+    ((16, 16), (224, 160))
+    """
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def patch_grid(image_size: int | tuple[int, int], patch_size: int | tuple[int, int]) -> tuple[int, int]:
+    """The (rows, columns) of patches an image is cut into.
+
+    Args:
+      image_size: the image's size (an int is square).
+      patch_size: the patch's size.
+
+    Returns:
+      The grid.
+
+    >>> patch_grid((224, 160), 16)
+    (14, 10)
+    """
+    (height, width), (ph, pw) = pair(image_size), pair(patch_size)
+    return height // ph, width // pw

@@ -111,7 +111,7 @@ def families() -> tuple[Family, ...]:
       The :class:`Family` tuples.
 
     >>> sorted(family.name for family in families())
-    ['bert', 'resnet', 'vgg', 'vit']
+    ['bert', 'dinov2', 'resnet', 'vgg', 'vit']
     """
     return tuple(_FAMILIES.values())
 

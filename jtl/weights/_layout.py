@@ -117,14 +117,40 @@ def _cubic_weights(n_in: int, n_out: int) -> np.ndarray:
     return matrix
 
 
+def _antialiased_cubic_weights(n_in: int, n_out: int) -> np.ndarray:
+    """The (n_out, n_in) matrix of PyTorch's ``antialias=True`` bicubic (PIL's resampling): Keys' kernel with
+    a = -0.5, widened by the downscaling factor, taps beyond the border dropped and each row normalised."""
+    a = -0.5
+
+    def cubic(d: np.ndarray) -> np.ndarray:
+        d = np.abs(d)
+        near = ((a + 2) * d - (a + 3)) * d * d + 1
+        far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+        return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+    scale = n_in / n_out
+    support = 2.0 * max(scale, 1.0)
+    inverse = 1.0 / scale if scale >= 1.0 else 1.0
+    matrix = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        center = scale * (i + 0.5)
+        low = max(int(center - support + 0.5), 0)
+        high = min(int(center + support + 0.5), n_in)
+        taps = np.arange(low, high)
+        weights = cubic((taps - center + 0.5) * inverse)
+        matrix[i, taps] = weights / weights.sum() if weights.sum() else weights
+    return matrix
+
+
 def resize_grid(grid: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
     """Resizes an (H, W, C) grid of embeddings.
 
     Args:
       grid: the embeddings.
       size: the new (H, W).
-      method: ``"bilinear"`` (``jax.image.resize``, as vit_jax and big_vision resample) or ``"bicubic"`` (PyTorch's
-        ``F.interpolate(mode="bicubic", align_corners=False)``, as Hugging Face's ViT and DINOv2 interpolate).
+      method: ``"bilinear"`` (``jax.image.resize``, as vit_jax and big_vision resample), ``"bicubic"`` (PyTorch's
+        ``F.interpolate(mode="bicubic", align_corners=False)``, as Hugging Face's ViT and DINOv2 interpolate) or
+        ``"bicubic-antialias"`` (the same with ``antialias=True``, as DINOv2 with registers does).
 
     Returns:
       The resized float32 grid.
@@ -136,9 +162,10 @@ def resize_grid(grid: np.ndarray, size: tuple[int, int], method: str) -> np.ndar
     grid = np.asarray(grid, np.float32)
     if method == "bilinear":
         return np.asarray(jax.image.resize(grid, (*size, grid.shape[-1]), method="bilinear"))
-    if method != "bicubic":
-        raise ValueError(f"resize method {method!r}: expected 'bilinear' or 'bicubic'")
-    rows, columns = _cubic_weights(grid.shape[0], size[0]), _cubic_weights(grid.shape[1], size[1])
+    weights = {"bicubic": _cubic_weights, "bicubic-antialias": _antialiased_cubic_weights}.get(method)
+    if weights is None:
+        raise ValueError(f"resize method {method!r}: expected 'bilinear', 'bicubic' or 'bicubic-antialias'")
+    rows, columns = weights(grid.shape[0], size[0]), weights(grid.shape[1], size[1])
     return np.einsum("oh,hwc,pw->opc", rows, grid.astype(np.float64), columns).astype(np.float32)
 
 

@@ -5,11 +5,11 @@ import optax
 import pytest
 
 import jtl.masking as jm
-from jtl.models import Bert, ResNet, ViT, available, create, init, layer_index
+from jtl.models import Bert, Dinov2, ResNet, ViT, available, create, init, layer_index
 
 
 def test_every_registered_name_creates_its_family():
-    families = {"vit": ViT, "bert": Bert, "minilm": Bert, "resnet": ResNet}
+    families = {"vit": ViT, "dinov2": Dinov2, "bert": Bert, "minilm": Bert, "resnet": ResNet}
     for name in available():
         model = create(name, num_classes=3)
         expected = families.get(name.split("-")[0])
@@ -31,7 +31,7 @@ def test_unknown_names_and_fields_are_clear_errors():
         create("vit-b16", imagesize=384)
 
 
-@pytest.mark.parametrize("name", ["vit-testing", "resnet-testing", "vgg-testing", "bert-testing"])
+@pytest.mark.parametrize("name", ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing"])
 def test_layer_index_covers_every_parameter(name):
     model = create(name, num_classes=2)
     params = init(model)["params"]
@@ -55,7 +55,7 @@ def _batch(model, name):
     return (jnp.asarray(rng.normal(size=(4, size, size, 3)), jnp.float32),), labels
 
 
-@pytest.mark.parametrize("name", ["vit-testing", "resnet-testing", "vgg-testing", "bert-testing"])
+@pytest.mark.parametrize("name", ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing"])
 def test_tiny_config_trains_end_to_end_with_a_frozen_stem(name):
     model = create(name, num_classes=2, **({"dropout_rate": 0.0} if name != "resnet-testing" else {}))
     variables = init(model)

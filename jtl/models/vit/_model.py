@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import classifier_head, transformer_encoder
+from jtl.models._layers import PatchEmbed, classifier_head, pair, transformer_encoder
 
 # name: (hidden size, depth, heads, MLP size), as in the ViT and DeiT papers.
 SIZES = {
@@ -85,61 +85,6 @@ class ViT(nn.Module):
         if not self.num_classes:
             return x
         return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
-
-
-class PatchEmbed(nn.Module):
-    """Patches -> tokens: ``embed/patch`` (conv), ``embed/cls`` (class token), ``embed/pos_embedding``."""
-
-    patch_size: int | tuple[int, int]
-    hidden_size: int
-    class_token: bool
-    dropout_rate: float = 0.0
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-        p = pair(self.patch_size)
-        x = nn.Conv(self.hidden_size, p, strides=p, padding="VALID", dtype=self.dtype, name="patch")(images)
-        batch, h, w, width = x.shape
-        x = x.reshape(batch, h * w, width)
-        if self.class_token:
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, width), jnp.float32)
-            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, width)), x], axis=1)
-        pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, x.shape[1], width), jnp.float32)
-        x = x + pos.astype(x.dtype)
-        return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-
-
-def pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    """An image or patch size as (height, width): an int is square.
-
-    Args:
-      size: an int or a (height, width) pair (a list from a JSON config too).
-
-    Returns:
-      The pair.
-
-    >>> pair(16), pair([224, 160])
-    ((16, 16), (224, 160))
-    """
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def patch_grid(image_size: int | tuple[int, int], patch_size: int | tuple[int, int]) -> tuple[int, int]:
-    """The (rows, columns) of patches an image is cut into.
-
-    Args:
-      image_size: the image's size (an int is square).
-      patch_size: the patch's size.
-
-    Returns:
-      The grid.
-
-    >>> patch_grid((224, 160), 16)
-    (14, 10)
-    """
-    (height, width), (ph, pw) = pair(image_size), pair(patch_size)
-    return height // ph, width // pw
 
 
 def vit_config(name: str) -> dict:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from jtl.models.vit._model import pair, patch_grid
+from jtl.models._layers import pair, patch_grid
 from jtl.weights import (
     Layout,
     Rule,
