@@ -1,10 +1,11 @@
 """The BERT family: the module, its named sizes (``bert-{tiny,mini,small,base,large}``, ``minilm-l6``,
-``minilm-l12``, ``bert-testing``), layer index and weight layout (Hugging Face BERT); it takes text."""
+``minilm-l12``, ``bert-testing``), layer index and weight layouts (Hugging Face BERT, RoBERTa and XLM-RoBERTa);
+it takes text."""
 
 from jtl.models._registry import Family, register
 from jtl.models.bert._model import CONFIGS, Bert, bert_config, layer_index, mean_pool
-from jtl.models.bert._weights import HF_BERT
+from jtl.models.bert._weights import HF_BERT, HF_ROBERTA
 
-FAMILY = register(Family("bert", Bert, CONFIGS, layer_index, "text", (HF_BERT,)))
+FAMILY = register(Family("bert", Bert, CONFIGS, layer_index, "text", (HF_BERT, HF_ROBERTA)))
 
-__all__ = ["FAMILY", "HF_BERT", "Bert", "bert_config", "mean_pool"]
+__all__ = ["FAMILY", "HF_BERT", "HF_ROBERTA", "Bert", "bert_config", "mean_pool"]

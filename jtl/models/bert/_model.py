@@ -1,4 +1,5 @@
-"""BERT: the Hugging Face BERT family (bert-base-uncased, MiniLM, ...) with jtl's uniform names.
+"""BERT: the Hugging Face BERT family (bert-base-uncased, MiniLM, ...) and its RoBERTa / XLM-RoBERTa variant
+(position ids that start after the padding id), with jtl's uniform names.
 
 Outputs: ``"pooler"`` (Hugging Face's pooled output: tanh Dense on the first token), ``"cls"`` (the first
 token's final hidden state), ``"mean"`` (attention-masked mean of the tokens, as sentence-transformers
@@ -48,8 +49,26 @@ def mean_pool(tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
     return (tokens * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1e-9)
 
 
+def padded_positions(input_ids: jax.Array, padding_idx: int) -> jax.Array:
+    """RoBERTa's position ids: real tokens count from ``padding_idx + 1``, padding tokens get ``padding_idx``.
+
+    Args:
+      input_ids: (batch, length) token ids.
+      padding_idx: the padding token's id (which is also the first position id).
+
+    Returns:
+      (batch, length) position ids.
+
+    >>> padded_positions(jnp.array([[0, 5, 6, 1, 1]]), 1).tolist()
+    [[2, 3, 4, 1, 1]]
+    """
+    real = (input_ids != padding_idx).astype(jnp.int32)
+    return jnp.cumsum(real, axis=1) * real + padding_idx
+
+
 class BertEmbed(nn.Module):
-    """``embed/word``, ``embed/position``, ``embed/token_type`` tables and ``embed/norm``."""
+    """``embed/word``, ``embed/position``, ``embed/token_type`` tables and ``embed/norm``; positions count from
+    0, or as RoBERTa counts them (:func:`padded_positions`) when ``position_padding_idx`` is set."""
 
     vocab_size: int
     hidden_size: int
@@ -58,17 +77,26 @@ class BertEmbed(nn.Module):
     layer_norm_eps: float
     dropout_rate: float
     dtype: jnp.dtype = jnp.float32
+    position_padding_idx: int | None = None
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array, *, train: bool = False) -> jax.Array:
         init = nn.initializers.normal(stddev=0.02)
         length = input_ids.shape[1]
-        if length > self.max_position_embeddings:
-            raise ValueError(f"sequence length {length} exceeds max_position_embeddings={self.max_position_embeddings}")
+        first = 0 if self.position_padding_idx is None else self.position_padding_idx + 1
+        if first + length > self.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {length} exceeds the {self.max_position_embeddings - first} positions of "
+                f"max_position_embeddings={self.max_position_embeddings}"
+            )
+        if self.position_padding_idx is None:
+            positions = jnp.arange(length)[None]
+        else:
+            positions = padded_positions(input_ids, self.position_padding_idx)
         word = nn.Embed(self.vocab_size, self.hidden_size, embedding_init=init, dtype=self.dtype, name="word")
         position = nn.Embed(self.max_position_embeddings, self.hidden_size, embedding_init=init, name="position")
         token_type = nn.Embed(self.type_vocab_size, self.hidden_size, embedding_init=init, name="token_type")
-        x = word(input_ids) + token_type(token_type_ids) + position(jnp.arange(length))[None]
+        x = word(input_ids) + token_type(token_type_ids) + position(positions)
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x.astype(self.dtype))
         return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
@@ -93,6 +121,7 @@ class Bert(nn.Module):
     intermediate_size: int = 3072
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
+    position_padding_idx: int | None = None
     layer_norm_eps: float = 1e-12
     gelu_approximate: bool = False
     dropout_rate: float = 0.1
@@ -129,6 +158,7 @@ class Bert(nn.Module):
             self.layer_norm_eps,
             self.dropout_rate,
             self.dtype,
+            self.position_padding_idx,
             name="embed",
         )(input_ids, token_type_ids, train=train)
         x = transformer_encoder(self, mlp_dim=self.intermediate_size, pre_norm=False)(x, attention_mask, train=train)

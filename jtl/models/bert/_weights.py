@@ -1,4 +1,4 @@
-"""The BERT family's weight layout: Hugging Face BERT (bert-base-uncased, MiniLM, ...)."""
+"""The BERT family's weight layouts: Hugging Face BERT (bert-base-uncased, MiniLM, ...) and RoBERTa / XLM-RoBERTa."""
 
 from __future__ import annotations
 
@@ -7,31 +7,40 @@ from typing import Any
 
 from jtl.weights import Layout, Rule, WeightLoadError, first_match, hf_gelu_approximate, layer_norm, linear
 
-_HF_BERT = r"(?:bert\.)?"
-_HF_BERT_BLOCK = _HF_BERT + r"encoder\.layer\.(\d+)\."
-HF_BERT_RULES = [
-    Rule(_HF_BERT + r"embeddings\.word_embeddings\.weight", "params/embed/word/embedding"),
-    Rule(_HF_BERT + r"embeddings\.position_embeddings\.weight", "params/embed/position/embedding"),
-    Rule(_HF_BERT + r"embeddings\.token_type_embeddings\.weight", "params/embed/token_type/embedding"),
-    Rule(_HF_BERT + r"embeddings\.position_ids", None),
-    *layer_norm(_HF_BERT + r"embeddings\.LayerNorm", "embed/norm"),
-    *linear(_HF_BERT_BLOCK + r"attention\.self\.(query|key|value)", r"encoder/block_\1/attn/\2"),
-    *linear(_HF_BERT_BLOCK + r"attention\.output\.dense", r"encoder/block_\1/attn/out"),
-    *layer_norm(_HF_BERT_BLOCK + r"attention\.output\.LayerNorm", r"encoder/block_\1/norm1"),
-    *linear(_HF_BERT_BLOCK + r"intermediate\.dense", r"encoder/block_\1/mlp/fc1"),
-    *linear(_HF_BERT_BLOCK + r"output\.dense", r"encoder/block_\1/mlp/fc2"),
-    *layer_norm(_HF_BERT_BLOCK + r"output\.LayerNorm", r"encoder/block_\1/norm2"),
-    *linear(_HF_BERT + r"pooler\.dense", "pooler"),
-    *linear(r"classifier", "head"),
-]
+
+def _hf_rules(prefix: str, head: list[Rule]) -> list[Rule]:
+    """The encoder's table under a model prefix (``bert.``, ``roberta.``), then the model's own head rules."""
+    block = prefix + r"encoder\.layer\.(\d+)\."
+    return [
+        Rule(prefix + r"embeddings\.word_embeddings\.weight", "params/embed/word/embedding"),
+        Rule(prefix + r"embeddings\.position_embeddings\.weight", "params/embed/position/embedding"),
+        Rule(prefix + r"embeddings\.token_type_embeddings\.weight", "params/embed/token_type/embedding"),
+        Rule(prefix + r"embeddings\.(?:position_ids|token_type_ids)", None),
+        *layer_norm(prefix + r"embeddings\.LayerNorm", "embed/norm"),
+        *linear(block + r"attention\.self\.(query|key|value)", r"encoder/block_\1/attn/\2"),
+        *linear(block + r"attention\.output\.dense", r"encoder/block_\1/attn/out"),
+        *layer_norm(block + r"attention\.output\.LayerNorm", r"encoder/block_\1/norm1"),
+        *linear(block + r"intermediate\.dense", r"encoder/block_\1/mlp/fc1"),
+        *linear(block + r"output\.dense", r"encoder/block_\1/mlp/fc2"),
+        *layer_norm(block + r"output\.LayerNorm", r"encoder/block_\1/norm2"),
+        *linear(prefix + r"pooler\.dense", "pooler"),
+        *head,
+    ]
 
 
-def hf_bert_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+HF_BERT_RULES = _hf_rules(r"(?:bert\.)?", linear(r"classifier", "head"))
+# RoBERTa's sequence-classification head (dense, tanh, out_proj on the first token) is BERT's pooler and head.
+HF_ROBERTA_RULES = _hf_rules(
+    r"(?:roberta\.)?", [*linear(r"classifier\.dense", "pooler"), *linear(r"classifier\.out_proj", "head")]
+)
+
+
+def hf_bert_fields(config: dict[str, Any], state: Mapping[str, Any], head: str = r"classifier") -> dict[str, Any]:
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise WeightLoadError(
             f"config.json: position_embedding_type={config['position_embedding_type']!r} is not supported"
         )
-    classifier = first_match(state, r"classifier\.weight")
+    classifier = first_match(state, head + r"\.weight")
     return {
         "vocab_size": config.get("vocab_size", 30522),
         "hidden_size": config.get("hidden_size", 768),
@@ -49,3 +58,17 @@ def hf_bert_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str
 
 
 HF_BERT = Layout("hf-bert", HF_BERT_RULES, hf_bert_fields, model_types=("bert",))
+
+
+def hf_roberta_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        **hf_bert_fields(config, state, r"classifier\.out_proj"),
+        "type_vocab_size": config.get("type_vocab_size", 1),
+        "position_padding_idx": config.get("pad_token_id", 1),
+        "layer_norm_eps": config.get("layer_norm_eps", 1e-5),
+        "max_position_embeddings": config.get("max_position_embeddings", 514),
+        "vocab_size": config.get("vocab_size", 50265),
+    }
+
+
+HF_ROBERTA = Layout("hf-roberta", HF_ROBERTA_RULES, hf_roberta_fields, model_types=("roberta", "xlm-roberta"))
