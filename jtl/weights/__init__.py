@@ -3,7 +3,14 @@ families register, head surgery, resolution change, reports, export, and jtl's o
 
 from jtl.weights._convert import LoadReport, Rule, batch_norm, conv, convert, layer_norm, linear, merge_into
 from jtl.weights._export import export, save_big_vision_npz
-from jtl.weights._layout import Layout, first_match, hf_gelu_approximate, resample_pos_embedding, resize_grid
+from jtl.weights._layout import (
+    Layout,
+    adapt_input_channels,
+    first_match,
+    hf_gelu_approximate,
+    resample_pos_embedding,
+    resize_grid,
+)
 from jtl.weights._load import (
     Pretrained,
     download_from_hub,
@@ -31,6 +38,7 @@ __all__ = [
     "Pretrained",
     "Rule",
     "WeightLoadError",
+    "adapt_input_channels",
     "batch_norm",
     "conv",
     "convert",

@@ -169,6 +169,35 @@ def resize_grid(grid: np.ndarray, size: tuple[int, int], method: str) -> np.ndar
     return np.einsum("oh,hwc,pw->opc", rows, grid.astype(np.float64), columns).astype(np.float32)
 
 
+def adapt_input_channels(kernel: np.ndarray, target_shape: tuple) -> np.ndarray:
+    """A first convolution trained on RGB, for another number of input channels, as timm's ``adapt_input_conv``:
+    one channel gets the sum over RGB (a grey image gives what it gives repeated as RGB); N channels get RGB
+    repeated and cut to N, scaled by 3 / N (the activations keep their scale).
+
+    Args:
+      kernel: the checkpoint's (height, width, 3, out) kernel (Flax's HWIO).
+      target_shape: the model's kernel shape, which differs in the input channels only.
+
+    Returns:
+      The kernel for ``target_shape``.
+
+    >>> kernel = np.ones((1, 1, 3, 2), np.float32)
+    >>> adapt_input_channels(kernel, (1, 1, 1, 2))[0, 0, :, 0].tolist()
+    [3.0]
+    >>> adapt_input_channels(kernel, (1, 1, 4, 2))[0, 0, :, 0].tolist()
+    [0.75, 0.75, 0.75, 0.75]
+    """
+    channels = target_shape[2]
+    if kernel.ndim != 4 or tuple(kernel.shape[:2]) + kernel.shape[3:] != tuple(target_shape[:2]) + target_shape[3:]:
+        raise WeightLoadError(f"input convolution {kernel.shape} -> {target_shape}: only the input channels may differ")
+    if kernel.shape[2] != 3:
+        raise WeightLoadError(f"input convolution {kernel.shape}: adapting input channels needs an RGB (3-channel) one")
+    if channels == 1:
+        return kernel.sum(axis=2, keepdims=True)
+    repeats = -(-channels // 3)
+    return (np.tile(kernel, (1, 1, repeats, 1))[:, :, :channels] * (3 / channels)).astype(kernel.dtype)
+
+
 def resample_pos_embedding(
     num_prefix_tokens: int, method: str = "bilinear", grid: tuple[int, int] | None = None
 ) -> Resizer:

@@ -17,6 +17,7 @@ from jtl.masking import named_leaves  # noqa: E402
 from jtl.models import create, init  # noqa: E402
 from jtl.weights import (  # noqa: E402
     WeightLoadError,
+    adapt_input_channels,
     load_pretrained,
     read_torch,
     resample_pos_embedding,
@@ -82,6 +83,43 @@ def test_resample_keeps_a_constant_grid_constant():
     pos = np.concatenate([np.full((1, 1, 3), 7.0), np.ones((1, 9, 3))], axis=1)
     out = resample_pos_embedding(1)(pos, (1, 26, 3))
     assert out.shape == (1, 26, 3) and np.allclose(out[0, 1:], 1.0) and np.all(out[0, 0] == 7.0)
+
+
+def _timm_adapt_input_conv(in_chans, conv_weight):
+    """timm's ``adapt_input_conv`` (timm/models/_manipulate.py), transcribed in numpy for (O, I, H, W) RGB kernels."""
+    if in_chans == 1:
+        return conv_weight.sum(axis=1, keepdims=True)
+    repeat = int(np.ceil(in_chans / 3))
+    return np.tile(conv_weight, (1, repeat, 1, 1))[:, :in_chans] * (3 / float(in_chans))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 4, 7])
+def test_input_channels_are_adapted_by_timms_formula(channels):
+    oihw = np.random.default_rng(channels).normal(size=(5, 3, 2, 2)).astype(np.float32)
+    ours = adapt_input_channels(oihw.transpose(2, 3, 1, 0), (2, 2, channels, 5)).transpose(3, 2, 0, 1)
+    np.testing.assert_allclose(ours, _timm_adapt_input_conv(channels, oihw), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing"])
+def test_an_rgb_checkpoint_loads_for_one_or_four_channels(name, tmp_path):
+    model = create(name, num_classes=3)
+    variables = init(model, seed=1)
+    head = variables["params"]["head"]  # random, not ViT's zeros or a constant that LayerNorm's output sums away
+    keys = iter(jax.random.split(jax.random.PRNGKey(2), len(head)))
+    variables["params"]["head"] = {k: jax.random.normal(next(keys), v.shape) for k, v in head.items()}
+    save_pretrained(tmp_path, model, variables)
+    (rgb,) = model.example_inputs(2)
+    images = jax.random.normal(jax.random.PRNGKey(0), (*rgb.shape[:-1], 4))
+    # The adapted first layer is linear in the channels: one channel is the RGB model on the grey image
+    # repeated; four channels (RGB, R repeated, each scaled 3/4) are the RGB model on 3/4 (R + 4th, G, B).
+    grey = images[..., :1]
+    rgb_of_four = 0.75 * jnp.stack([images[..., 0] + images[..., 3], images[..., 1], images[..., 2]], axis=-1)
+    for channels, inputs, rgb_inputs in ((1, grey, jnp.repeat(grey, 3, axis=-1)), (4, images, rgb_of_four)):
+        adapted, adapted_variables, report = load_pretrained(tmp_path, num_channels=channels, verbose=False)
+        assert len(report.resized) == 1 and report.resized[0][2][2] == channels, report.resized
+        expected = model.apply(variables, rgb_inputs)
+        assert float(jnp.std(expected)) > 0.1  # outputs that differ between examples and classes
+        np.testing.assert_allclose(adapted.apply(adapted_variables, inputs), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_drop_pre_logits(tmp_path):

@@ -9,6 +9,7 @@ from jtl.models._layers import pair, patch_grid
 from jtl.weights import (
     Layout,
     Rule,
+    adapt_input_channels,
     conv,
     first_match,
     hf_gelu_approximate,
@@ -65,11 +66,15 @@ def hf_dinov2_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[s
 
 
 def _resizers(method: str) -> Callable[[dict[str, Any]], dict]:
-    """Position embeddings follow the image size as Hugging Face interpolates them; the class token's is kept."""
+    """Position embeddings follow the image size as Hugging Face interpolates them, the class token's kept; the
+    patch embedding follows the number of input channels."""
 
     def resizers(fields: dict[str, Any]) -> dict:
         grid = patch_grid(fields.get("image_size", 518), fields.get("patch_size", 14))
-        return {r"params/embed/pos_embedding": resample_pos_embedding(1, method, grid)}
+        return {
+            r"params/embed/pos_embedding": resample_pos_embedding(1, method, grid),
+            r"params/embed/patch/kernel": adapt_input_channels,
+        }
 
     return resizers
 

@@ -7,7 +7,14 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from jtl.weights import Layout, WeightLoadError, batch_norm, conv, first_match, linear
+from jtl.weights import Layout, WeightLoadError, adapt_input_channels, batch_norm, conv, first_match, linear
+
+
+def resizers(fields: dict[str, Any]) -> dict:
+    """The stem convolution follows the number of input channels (timm's ``adapt_input_conv``)."""
+    del fields
+    return {r"params/embed/conv/kernel": adapt_input_channels}
+
 
 # --- Hugging Face ResNet ------------------------------------------------------------------------------------
 _HF_RESNET = r"(?:resnet\.)?"
@@ -45,7 +52,7 @@ def hf_resnet_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[s
     }
 
 
-HF_RESNET = Layout("hf-resnet", HF_RESNET_RULES, hf_resnet_fields, model_types=("resnet",))
+HF_RESNET = Layout("hf-resnet", HF_RESNET_RULES, hf_resnet_fields, model_types=("resnet",), resizers=resizers)
 
 # --- torchvision ResNet (models.resnet18 / resnet50 state dicts) --------------------------------------------
 # torchvision counts stages layer1..layer4 from 1; jtl counts stage_0.. from 0. Regexes cannot subtract, so
@@ -96,5 +103,9 @@ def is_torchvision_resnet(keys: Collection[str]) -> bool:
 
 
 TORCHVISION_RESNET = Layout(
-    "torchvision-resnet", TORCHVISION_RESNET_RULES, torchvision_resnet_fields, detect=is_torchvision_resnet
+    "torchvision-resnet",
+    TORCHVISION_RESNET_RULES,
+    torchvision_resnet_fields,
+    detect=is_torchvision_resnet,
+    resizers=resizers,
 )

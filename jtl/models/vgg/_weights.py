@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from jtl.weights import Layout, Rule, WeightLoadError, conv, linear
+from jtl.weights import Layout, Rule, WeightLoadError, adapt_input_channels, conv, linear
+
+
+def resizers(fields: dict[str, Any]) -> dict:
+    """The first convolution follows the number of input channels (timm's ``adapt_input_conv``)."""
+    del fields
+    return {r"params/encoder/block_0/kernel": adapt_input_channels}
 
 
 def _conv_indices(state: Mapping[str, Any]) -> list[int]:
@@ -69,4 +75,6 @@ def is_torchvision_vgg(keys: Collection[str]) -> bool:
     return "features.0.weight" in keys and any(k.startswith("classifier.") for k in keys)
 
 
-TORCHVISION_VGG = Layout("torchvision-vgg", torchvision_vgg_rules, torchvision_vgg_fields, detect=is_torchvision_vgg)
+TORCHVISION_VGG = Layout(
+    "torchvision-vgg", torchvision_vgg_rules, torchvision_vgg_fields, detect=is_torchvision_vgg, resizers=resizers
+)

@@ -14,6 +14,7 @@ from jtl.weights import (
     Layout,
     Rule,
     WeightLoadError,
+    adapt_input_channels,
     conv,
     first_match,
     hf_gelu_approximate,
@@ -24,13 +25,16 @@ from jtl.weights import (
 
 
 def _resizers(method: str) -> Callable[[dict[str, Any]], dict]:
-    """Position embeddings follow the image size (a new patch grid) as the source's code resamples them; the
-    class token's is kept."""
+    """Position embeddings follow the image size (a new patch grid) as the source's code resamples them, the
+    class token's kept; the patch embedding follows the number of input channels."""
 
     def resizers(fields: dict[str, Any]) -> dict:
         prefix = 1 if fields.get("pooling") == "cls" else 0
         grid = patch_grid(fields.get("image_size", 224), fields.get("patch_size", 16))
-        return {r"params/embed/pos_embedding": resample_pos_embedding(prefix, method, grid)}
+        return {
+            r"params/embed/pos_embedding": resample_pos_embedding(prefix, method, grid),
+            r"params/embed/patch/kernel": adapt_input_channels,
+        }
 
     return resizers
 
