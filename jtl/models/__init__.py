@@ -4,6 +4,7 @@ Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``) 
 configurations, layer index, input kind and weight layouts, when it is imported here.
 """
 
+from jtl.models._nnx import to_nnx
 from jtl.models._registry import (
     Family,
     available,
@@ -42,6 +43,7 @@ __all__ = [
     "mean_pool",
     "model_inputs",
     "register",
+    "to_nnx",
     "top_layers",
     "unregister",
 ]
