@@ -7,10 +7,12 @@ configurations, layer index, input kind and weight layouts, when it is imported 
 from jtl.models._nnx import to_nnx
 from jtl.models._registry import (
     Family,
+    FeatureMap,
     available,
     create,
     families,
     family_of,
+    feature_maps,
     init,
     input_kind,
     layer_index,
@@ -30,6 +32,7 @@ __all__ = [
     "Bert",
     "Dinov2",
     "Family",
+    "FeatureMap",
     "ResNet",
     "ViT",
     "adaptive_avg_pool",
@@ -37,6 +40,7 @@ __all__ = [
     "create",
     "families",
     "family_of",
+    "feature_maps",
     "init",
     "input_kind",
     "layer_index",

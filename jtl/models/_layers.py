@@ -4,6 +4,7 @@ and the ``head`` every model ends with."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -278,6 +279,33 @@ def pair(size: int | tuple[int, int]) -> tuple[int, int]:
     ((16, 16), (224, 160))
     """
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def token_feature_maps(
+    hidden_states: tuple, grid: tuple[int, int], prefix: int, layers: Sequence[int] | None
+) -> dict[str, jax.Array]:
+    """Chosen encoder blocks' patch tokens on their grid: ``{"block_{i}": (N, rows, columns, D)}``.
+
+    Args:
+      hidden_states: what ``Encoder`` sows (the embeddings, then each block's output).
+      grid: the patch grid (rows, columns).
+      prefix: the tokens before the patches (class token, registers) to drop.
+      layers: the blocks, 0-based; default the last block of each quarter of the encoder.
+
+    Returns:
+      The maps, by block.
+
+    >>> states = tuple(jnp.zeros((1, 1 + 6, 4)) for _ in range(5))
+    >>> {name: x.shape for name, x in token_feature_maps(states, (2, 3), 1, None).items()}
+    {'block_0': (1, 2, 3, 4), 'block_1': (1, 2, 3, 4), 'block_2': (1, 2, 3, 4), 'block_3': (1, 2, 3, 4)}
+    """
+    depth = len(hidden_states) - 1
+    layers = sorted({depth * (k + 1) // 4 - 1 for k in range(4)} - {-1}) if layers is None else layers
+    maps = {}
+    for i in layers:
+        tokens = hidden_states[i + 1][:, prefix:]
+        maps[f"block_{i}"] = tokens.reshape(tokens.shape[0], *grid, tokens.shape[-1])
+    return maps
 
 
 def patch_grid(image_size: int | tuple[int, int], patch_size: int | tuple[int, int]) -> tuple[int, int]:

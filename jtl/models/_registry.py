@@ -3,7 +3,7 @@ weight layouts); creation, layer indices and input kinds are looked up here and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -25,6 +25,8 @@ class Family(NamedTuple):
       layer_index: ``model -> (layer_of, top)``, see :func:`layer_index`.
       input_kind: ``"image"`` (``model(images)``) or ``"text"`` (``model(input_ids, attention_mask)``).
       layouts: the checkpoint layouts :func:`jtl.weights.load_pretrained` reads (and may export) for it.
+      feature_maps: ``(model, intermediates, layers) -> {name: (N, H, W, C) map}`` from what the model sows in
+        ``intermediates`` (an image family's multi-scale features, :func:`feature_maps`); ``None``: none.
 
     >>> family = Family("dense", nn.Dense, {"dense-testing": {"features": 2}}, lambda m: (lambda name: 0, 0))
     >>> family.input_kind, family.layouts
@@ -37,6 +39,7 @@ class Family(NamedTuple):
     layer_index: Callable[[nn.Module], tuple[Callable[[str], int], int]]
     input_kind: str = "image"
     layouts: tuple[Layout, ...] = ()
+    feature_maps: Callable[[nn.Module, dict, Sequence[int] | None], dict[str, jax.Array]] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -245,6 +248,43 @@ def top_layers(model: nn.Module, count: int) -> Callable[[Any], Any]:
     """
     layer_of, top = layer_index(model)
     return lambda tree: jm.map_with_names(lambda name, _: layer_of(name) > top - count, tree)
+
+
+class FeatureMap(NamedTuple):
+    """One scale of a backbone's features: ``features`` (N, H, W, C) and its ``stride`` in input pixels."""
+
+    features: jax.Array
+    stride: int
+
+
+def feature_maps(
+    model: nn.Module, variables: dict, images: jax.Array, layers: Sequence[int] | None = None
+) -> dict[str, FeatureMap]:
+    """A vision backbone's feature maps by stage, named and with their strides: what a detection head reads (the
+    interface of timm's ``features_only``). CNNs give their stages (``stage_{s}``; ResNet also ``stem``),
+    transformers chosen blocks' tokens on the patch grid (``block_{i}``; prefix tokens dropped).
+
+    Args:
+      model: a jtl vision model.
+      variables: its variables.
+      images: (N, H, W, C) inputs.
+      layers: the stages (CNNs; default all) or blocks (transformers; default the last of each quarter of the
+        encoder) to return, 0-based.
+
+    Returns:
+      ``{name: FeatureMap}``, from the finest to the coarsest.
+
+    >>> model = create("resnet-testing", num_classes=0)
+    >>> maps = feature_maps(model, init(model), jax.numpy.zeros((1, 64, 64, 3)))
+    >>> [(name, fm.features.shape[1], fm.stride) for name, fm in maps.items()]
+    [('stem', 16, 4), ('stage_0', 16, 4), ('stage_1', 8, 8)]
+    """
+    family = family_of(model)
+    if family.feature_maps is None:
+        raise ValueError(f"the {family.name} family offers no feature maps")
+    _, state = model.apply(variables, images, mutable=["intermediates"])
+    maps = family.feature_maps(model, state["intermediates"], layers)
+    return {name: FeatureMap(x, images.shape[1] // x.shape[1]) for name, x in maps.items()}
 
 
 def model_inputs(batch: dict) -> tuple:

@@ -10,7 +10,7 @@ tokens (2 x ``hidden_size``, registers left out), what the paper's linear probes
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -18,7 +18,14 @@ import jax
 import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import PatchEmbed, classifier_head, pair, transformer_encoder
+from jtl.models._layers import (
+    PatchEmbed,
+    classifier_head,
+    pair,
+    patch_grid,
+    token_feature_maps,
+    transformer_encoder,
+)
 
 # name: (hidden size, depth, heads, MLP width, SwiGLU), as Hugging Face's facebook/dinov2-* configs give them.
 SIZES = {
@@ -123,6 +130,13 @@ def dinov2_config(name: str) -> dict:
 def layer_index(model: Dinov2) -> tuple[Callable[[str], int], int]:
     """Embeddings are layer 0, ``encoder/block_{i}`` layer ``i + 1``, the final norm and head the top."""
     return block_layer_index(model.num_layers), model.num_layers + 1
+
+
+def feature_maps(model: Dinov2, intermediates: dict, layers: Sequence[int] | None) -> dict[str, jax.Array]:
+    """Chosen blocks' patch tokens on the patch grid, the class token and registers dropped (see
+    :func:`jtl.models.feature_maps`)."""
+    grid = patch_grid(model.image_size, model.patch_size)
+    return token_feature_maps(intermediates["encoder"]["hidden_states"], grid, 1 + model.num_registers, layers)
 
 
 def _configs() -> dict[str, dict[str, Any]]:

@@ -2,9 +2,11 @@
 index and weight layouts (Hugging Face ``microsoft/resnet-*``, torchvision ``resnet*`` state dicts)."""
 
 from jtl.models._registry import Family, register
-from jtl.models.resnet._model import CONFIGS, ResNet, layer_index, resnet_config
+from jtl.models.resnet._model import CONFIGS, ResNet, feature_maps, layer_index, resnet_config
 from jtl.models.resnet._weights import HF_RESNET, TORCHVISION_RESNET
 
-FAMILY = register(Family("resnet", ResNet, CONFIGS, layer_index, "image", (HF_RESNET, TORCHVISION_RESNET)))
+FAMILY = register(
+    Family("resnet", ResNet, CONFIGS, layer_index, "image", (HF_RESNET, TORCHVISION_RESNET), feature_maps)
+)
 
 __all__ = ["FAMILY", "HF_RESNET", "TORCHVISION_RESNET", "ResNet", "resnet_config"]

@@ -9,7 +9,7 @@ stride 2, which moves ResNet logits by ~2e-2.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -217,6 +217,15 @@ def resnet_config(name: str) -> dict:
 
 
 _STAGE_BLOCK = re.compile(r"(?:.*/)?stage_(\d+)/block_(\d+)/.*")
+
+
+def feature_maps(model: ResNet, intermediates: dict, layers: Sequence[int] | None) -> dict[str, jax.Array]:
+    """The stem's output and each chosen stage's (default: the stem and every stage; see
+    :func:`jtl.models.feature_maps`)."""
+    stem, *stages = intermediates["hidden_states"]
+    chosen = {"stem": stem} if layers is None else {}
+    chosen.update({f"stage_{s}": stages[s] for s in (range(len(stages)) if layers is None else layers)})
+    return chosen
 
 
 def layer_index(model: ResNet) -> tuple[Callable[[str], int], int]:

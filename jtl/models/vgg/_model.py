@@ -7,7 +7,7 @@ As in torchvision, the features are average-pooled to a fixed 7x7 grid (adaptive
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -78,6 +78,7 @@ class Convs(nn.Module):
         block = 0
         for layer in self.layers:
             if layer == POOL:
+                self.sow("intermediates", "hidden_states", x)  # each stage's output, before its pooling
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
             else:
                 x = nn.Conv(layer, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=f"block_{block}")(x)
@@ -141,6 +142,13 @@ def vgg_config(name: str) -> dict:
 
 
 _BLOCK = re.compile(r"(?:.*/)?encoder/block_(\d+)/.*")
+
+
+def feature_maps(model: VGG, intermediates: dict, layers: Sequence[int] | None) -> dict[str, jax.Array]:
+    """Each chosen stage's output before its max-pooling (default: every stage; see
+    :func:`jtl.models.feature_maps`)."""
+    stages = intermediates["encoder"]["hidden_states"]
+    return {f"stage_{s}": stages[s] for s in (range(len(stages)) if layers is None else layers)}
 
 
 def layer_index(model: VGG) -> tuple[Callable[[str], int], int]:

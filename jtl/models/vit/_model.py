@@ -9,7 +9,7 @@ query/key/value projections (``qkv_bias``). Images and patches may be rectangula
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -17,7 +17,14 @@ import jax
 import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import PatchEmbed, classifier_head, pair, transformer_encoder
+from jtl.models._layers import (
+    PatchEmbed,
+    classifier_head,
+    pair,
+    patch_grid,
+    token_feature_maps,
+    transformer_encoder,
+)
 
 # name: (hidden size, depth, heads, MLP size), as in the ViT and DeiT papers.
 SIZES = {
@@ -121,6 +128,13 @@ def _parse(name: str) -> tuple[str, int]:
 def layer_index(model: ViT) -> tuple[Callable[[str], int], int]:
     """Embeddings are layer 0, ``encoder/block_{i}`` layer ``i + 1``, the final norm and head the top."""
     return block_layer_index(model.num_layers), model.num_layers + 1
+
+
+def feature_maps(model: ViT, intermediates: dict, layers: Sequence[int] | None) -> dict[str, jax.Array]:
+    """Chosen blocks' patch tokens on the patch grid (see :func:`jtl.models.feature_maps`)."""
+    grid = patch_grid(model.image_size, model.patch_size)
+    prefix = 1 if model.pooling == "cls" else 0
+    return token_feature_maps(intermediates["encoder"]["hidden_states"], grid, prefix, layers)
 
 
 def _configs() -> dict[str, dict[str, Any]]:
