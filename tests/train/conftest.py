@@ -1,4 +1,6 @@
+import numpy as np
 import pytest
+from PIL import Image
 
 from jtl.config import base_config
 
@@ -34,3 +36,15 @@ def with_changes(config, **changes):
             node = node[part]
         node[last] = value
     return config
+
+
+def make_image_folder(root, per_class, seed):
+    """``root/{cat,dog,emu}/`` with ``per_class`` images each, of random sizes, PNG and JPEG, colours by class."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(["cat", "dog", "emu"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            size = (int(rng.integers(10, 30)), int(rng.integers(10, 30)))
+            pixels = np.clip(rng.normal(80 * c, 20, size=(size[1], size[0], 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root

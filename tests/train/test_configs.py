@@ -1,10 +1,13 @@
 """The shipped configs run end to end (tiny pretrained checkpoints written here, TFDS mocked, few steps)."""
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from jtl.config import apply_override, load_config
 from jtl.train import train_and_evaluate
+from jtl.weights import load_pretrained
+from tests.train.conftest import make_image_folder
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -49,6 +52,28 @@ def test_resnet_finetune_config(tmp_path):
     with tfds.testing.mock_data(num_examples=24):
         result = train_and_evaluate(config, tmp_path / "run")
     assert result["params"]["head"]["kernel"].shape == (16, 37)
+
+
+@pytest.mark.parametrize("mode", ["probe", "finetune"])
+def test_dinov2_config_on_an_image_folder(tmp_path, mode):
+    hf = transformers.Dinov2WithRegistersConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=4, num_register_tokens=2
+    )
+    transformers.Dinov2WithRegistersModel(hf).save_pretrained(tmp_path / "dinov2")
+    folders = {
+        "data.train_dir": str(make_image_folder(tmp_path / "train", 4, 0)),
+        "data.test_dir": str(make_image_folder(tmp_path / "test", 2, 1)),
+        "num_classes": "3",
+    }
+    config = _shrink(load_config(f"configs/dinov2_finetune.py:{mode},s14-reg"), tmp_path / "dinov2", **folders)
+    config.model.overrides = {**config.model.overrides, "image_size": 24}  # 4x4 position grid resampled to 6x6
+    result = train_and_evaluate(config, tmp_path / "run")
+    params = result["params"]
+    assert params["embed"]["pos_embedding"].shape == (1, 37, 16) and params["head"]["kernel"].shape == (32, 3)
+    start = load_pretrained(tmp_path / "dinov2", num_classes=3, image_size=24, verbose=False).variables["params"]
+    moved = not np.array_equal(start["encoder"]["block_0"]["attn"]["query"]["kernel"],
+                               params["encoder"]["block_0"]["attn"]["query"]["kernel"])  # fmt: skip
+    assert moved == (mode == "finetune")
 
 
 @pytest.mark.parametrize("spec", ["configs/vit_finetune.py:l16,cifar100", "configs/resnet_finetune.py:18,cifar10"])

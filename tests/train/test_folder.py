@@ -1,27 +1,16 @@
 import numpy as np
 import pytest
-from PIL import Image
 
 from jtl.data import DataError, ImageFolderSource
 from jtl.train import train_and_evaluate
-
-
-def _make_folder(root, per_class, seed):
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(["cat", "dog", "emu"]):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            size = (int(rng.integers(10, 30)), int(rng.integers(10, 30)))
-            pixels = np.clip(rng.normal(80 * c, 20, size=(size[1], size[0], 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
-    return root
+from tests.train.conftest import make_image_folder
 
 
 def test_train_on_an_image_folder(tiny_config, tmp_path):
     config = tiny_config.copy_and_resolve_references()
     config.data.source = "folder"
-    config.data.train_dir = str(_make_folder(tmp_path / "train", 8, 0))
-    config.data.test_dir = str(_make_folder(tmp_path / "test", 3, 1))
+    config.data.train_dir = str(make_image_folder(tmp_path / "train", 8, 0))
+    config.data.test_dir = str(make_image_folder(tmp_path / "test", 3, 1))
     config.model.overrides = {"image_size": 16, "patch_size": 8, "num_channels": 3, "dropout_rate": 0.0}
     result = train_and_evaluate(config, tmp_path / "run")
     assert result["eval/accuracy"] >= 0.0 and np.isfinite(result["eval/loss"])
