@@ -107,8 +107,6 @@ def test_bert_finetune_config_trains_a_roberta(tmp_path):
     config = _shrink(load_config("configs/bert_finetune.py:roberta"), tmp_path / "roberta", **text)
     with tfds.testing.mock_data(num_examples=16):
         result = train_and_evaluate(config, tmp_path / "run")
-    assert result["params"]["pooler"]["kernel"].shape == (16, 16) and result["params"]["head"]["kernel"].shape == (
-        16,
-        2,
-    )
+    params = result["params"]
+    assert params["pooler"]["kernel"].shape == (16, 16) and params["head"]["kernel"].shape == (16, 2)
     assert 0.0 <= result["eval/accuracy"] <= 1.0
