@@ -40,7 +40,7 @@ def features_and_logits(model: nn.Module, variables: dict, *inputs: jax.Array, *
     losses take), and the updated collections when ``apply_kwargs`` asks for ``mutable`` ones.
 
     Args:
-      model: a jtl model with a ``head``.
+      model: a jtl model with a head (it sows its pooled features as ``intermediates/features``).
       variables: its variables.
       *inputs: the model's positional inputs (:func:`jtl.models.model_inputs`).
       **apply_kwargs: passed to ``apply`` (``train``, ``rngs``, ``mutable``).
@@ -54,10 +54,11 @@ def features_and_logits(model: nn.Module, variables: dict, *inputs: jax.Array, *
     >>> bool(np.allclose(logits, model.apply(variables, *model.example_inputs()), atol=1e-6)), features.shape
     (True, (1, 16))
     """
-    out = model.clone(num_classes=0).apply(variables, *inputs, **apply_kwargs)
-    features, updates = out if apply_kwargs.get("mutable") else (out, {})
-    head = nn.Dense(model.num_classes, dtype=getattr(model, "dtype", None))
-    return features, head.apply({"params": variables["params"]["head"]}, features), updates
+    # Every jtl model sows its pooled features before its head, whatever the head is (DeiT's two heads).
+    mutable = ["intermediates", *apply_kwargs.pop("mutable", [])]
+    logits, updates = model.apply(variables, *inputs, mutable=mutable, **apply_kwargs)
+    features = updates.pop("intermediates")["features"][0]
+    return features, logits, dict(updates)
 
 
 def extract_features(

@@ -154,8 +154,9 @@ class EncoderBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Patches -> tokens: ``patch`` (conv), ``cls`` (class token), ``pos_embedding`` (for the class token and the
-    patches), then ``registers`` (DINOv2's register tokens, after the class token, without position embeddings).
+    """Patches -> tokens: ``patch`` (conv), ``cls`` (class token), ``dist`` (DeiT's distillation token, after the
+    class token), ``pos_embedding`` (for those tokens and the patches), then ``registers`` (DINOv2's register
+    tokens, after the class token, without position embeddings).
     """
 
     patch_size: int | tuple[int, int]
@@ -164,6 +165,7 @@ class PatchEmbed(nn.Module):
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
     num_registers: int = 0
+    distillation_token: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -171,9 +173,10 @@ class PatchEmbed(nn.Module):
         x = nn.Conv(self.hidden_size, p, strides=p, padding="VALID", dtype=self.dtype, name="patch")(images)
         batch, h, w, width = x.shape
         x = x.reshape(batch, h * w, width)
-        if self.class_token:
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, width), jnp.float32)
-            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, width)), x], axis=1)
+        tokens = ("cls",) * self.class_token + ("dist",) * self.distillation_token
+        for name in reversed(tokens):
+            token = self.param(name, nn.initializers.zeros, (1, 1, width), jnp.float32)
+            x = jnp.concatenate([jnp.broadcast_to(token.astype(x.dtype), (batch, 1, width)), x], axis=1)
         pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, x.shape[1], width), jnp.float32)
         x = x + pos.astype(x.dtype)
         if self.num_registers:

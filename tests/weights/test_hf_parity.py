@@ -98,6 +98,35 @@ def test_vit_without_qkv_bias_on_rectangular_images_and_at_a_new_resolution(tiny
     assert _max_abs(model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
 
 
+@pytest.mark.parametrize(
+    "model_class", [transformers.DeiTForImageClassificationWithTeacher, transformers.DeiTForImageClassification]
+)
+def test_deit_with_its_distillation_token_layer_by_layer(model_class, tmp_path_factory):
+    config = transformers.DeiTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=16,
+        patch_size=4, num_labels=3, layer_norm_eps=1e-6,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = model_class(config)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in reference.parameters():  # off the initial zeros and ones
+            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+    path = _save(reference, tmp_path_factory, model_class.__name__)
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = reference(pixel_values=pixels, output_hidden_states=True)
+    model, variables, report = load_pretrained(path, verbose=False)
+    assert not report.missing and not report.unexpected and model.distillation_token
+    # With the teacher's head, the two classifiers' logits are averaged; without it, the class token's alone.
+    distilled = model_class is transformers.DeiTForImageClassificationWithTeacher
+    assert model.pooling == ("cls+dist" if distilled else "cls")
+    logits, hidden = _hidden_states(model, variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1)))
+    for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
+        assert _max_abs(ours, theirs.numpy()) < TOL, f"hidden state {i}"
+    assert _max_abs(logits, expected.logits.numpy()) < TOL
+
+
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
     config = transformers.BertConfig(

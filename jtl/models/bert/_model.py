@@ -171,6 +171,7 @@ class Bert(nn.Module):
             "mean": mean_pool(x, attention_mask),
             "tokens": x,
         }[self.output]
+        self.sow("intermediates", "features", features)  # the pooled features, which features_and_logits reads
         if not self.num_classes:
             return features
         features = nn.Dropout(self.dropout_rate)(features, deterministic=not train)

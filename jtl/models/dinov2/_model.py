@@ -95,6 +95,7 @@ class Dinov2(nn.Module):
         )
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(encoder(x, train=train))
         x = jnp.concatenate([x[:, 0], x[:, 1 + self.num_registers :].mean(axis=1)], axis=-1)
+        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
         if not self.num_classes:
             return x
         return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)

@@ -193,6 +193,7 @@ class ResNet(nn.Module):
             )(x, train=train)
             self.sow("intermediates", "hidden_states", x)
         x = x.mean(axis=(1, 2))
+        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
         if not self.num_classes:
             return x
         return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)

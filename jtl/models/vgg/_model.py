@@ -119,6 +119,7 @@ class VGG(nn.Module):
         for name in ("fc1", "fc2"):
             x = nn.relu(nn.Dense(self.classifier_width, dtype=self.dtype, name=name)(x))
             x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
         if not self.num_classes:
             return x
         return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)

@@ -34,6 +34,9 @@ SIZES = {
     "l": (1024, 24, 16, 4096),
 }
 PATCHES = (8, 14, 16, 32)
+# "cls": the class token; "gap": the mean of the tokens; "cls+dist": a distilled DeiT's class and distillation
+# tokens, averaged as features, each with its own classifier (``head/cls``, ``head/dist``) whose logits are averaged.
+POOLINGS = ("cls", "gap", "cls+dist")
 
 
 class ViT(nn.Module):
@@ -65,6 +68,7 @@ class ViT(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     qkv_bias: bool = True
+    distillation_token: bool = False
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
 
@@ -74,24 +78,46 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-        if self.pooling not in ("cls", "gap"):
-            raise ValueError(f"ViT pooling must be 'cls' or 'gap', got {self.pooling!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"ViT pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.pooling == "cls+dist" and (not self.distillation_token or self.pre_logits_size is not None):
+            raise ValueError("ViT pooling 'cls+dist' needs distillation_token=True and no pre-logits layer")
         x = PatchEmbed(
             self.patch_size,
             self.hidden_size,
-            self.pooling == "cls",
+            self.pooling != "gap",
             self.dropout_rate,
             self.dtype,
+            distillation_token=self.distillation_token,
             name="embed",
         )(images.astype(self.dtype), train=train)
         x = transformer_encoder(self, mlp_dim=self.mlp_dim, pre_norm=True, qkv_bias=self.qkv_bias)(x, train=train)
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
-        x = x[:, 0] if self.pooling == "cls" else x.mean(axis=1)
+        tokens = x[:, :2]
+        x = {"cls": x[:, 0], "gap": x.mean(axis=1), "cls+dist": tokens.mean(axis=1)}[self.pooling]
         if self.pre_logits_size is not None:
             x = jnp.tanh(nn.Dense(self.pre_logits_size, dtype=self.dtype, name="pre_logits")(x))
+        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
         if not self.num_classes:
             return x
+        if self.pooling == "cls+dist":
+            return DistilledHead(self.num_classes, self.head_zero_init, self.dtype, name="head")(tokens)
         return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+
+
+class DistilledHead(nn.Module):
+    """DeiT's two classifiers, ``cls`` on the class token and ``dist`` on the distillation token, averaged (how
+    a distilled DeiT predicts, and fine-tunes without its teacher)."""
+
+    num_classes: int
+    zero_init: bool
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        kernel_init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
+        dense = lambda name: nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=self.dtype, name=name)
+        return (dense("cls")(tokens[:, 0]) + dense("dist")(tokens[:, 1])) / 2
 
 
 def vit_config(name: str) -> dict:
@@ -133,7 +159,7 @@ def layer_index(model: ViT) -> tuple[Callable[[str], int], int]:
 def feature_maps(model: ViT, intermediates: dict, layers: Sequence[int] | None) -> dict[str, jax.Array]:
     """Chosen blocks' patch tokens on the patch grid (see :func:`jtl.models.feature_maps`)."""
     grid = patch_grid(model.image_size, model.patch_size)
-    prefix = 1 if model.pooling == "cls" else 0
+    prefix = (0 if model.pooling == "gap" else 1) + model.distillation_token
     return token_feature_maps(intermediates["encoder"]["hidden_states"], grid, prefix, layers)
 
 

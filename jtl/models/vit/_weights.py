@@ -1,4 +1,5 @@
-"""The ViT family's weight layouts: Hugging Face ViT/DeiT, and big_vision/vit_jax ``.npz`` (exportable)."""
+"""The ViT family's weight layouts: Hugging Face ViT/DeiT (distilled too), and big_vision/vit_jax ``.npz``
+(exportable)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _resizers(method: str) -> Callable[[dict[str, Any]], dict]:
     class token's kept; the patch embedding follows the number of input channels."""
 
     def resizers(fields: dict[str, Any]) -> dict:
-        prefix = 1 if fields.get("pooling") == "cls" else 0
+        prefix = (0 if fields.get("pooling") == "gap" else 1) + fields.get("distillation_token", False)
         grid = patch_grid(fields.get("image_size", 224), fields.get("patch_size", 16))
         return {
             r"params/embed/pos_embedding": resample_pos_embedding(prefix, method, grid),
@@ -39,11 +40,12 @@ def _resizers(method: str) -> Callable[[dict[str, Any]], dict]:
     return resizers
 
 
-# --- Hugging Face ViT / DeiT (no distillation token) ------------------------------------------------------
+# --- Hugging Face ViT / DeiT ------------------------------------------------------------------------------
 _HF_VIT = r"(?:vit\.|deit\.)?"
 _HF_VIT_BLOCK = _HF_VIT + r"encoder\.layer\.(\d+)\."
 HF_VIT_RULES = [
     Rule(_HF_VIT + r"embeddings\.cls_token", "params/embed/cls"),
+    Rule(_HF_VIT + r"embeddings\.distillation_token", "params/embed/dist"),
     Rule(_HF_VIT + r"embeddings\.position_embeddings", "params/embed/pos_embedding"),
     *conv(_HF_VIT + r"embeddings\.patch_embeddings\.projection", "embed/patch"),
     *linear(_HF_VIT_BLOCK + r"attention\.attention\.(query|key|value)", r"encoder/block_\1/attn/\2"),
@@ -55,13 +57,15 @@ HF_VIT_RULES = [
     *layer_norm(_HF_VIT + r"layernorm", "norm"),
     *linear(_HF_VIT + r"pooler\.dense", "pre_logits"),
     *linear(r"classifier", "head"),
+    # A distilled DeiT (DeiTForImageClassificationWithTeacher): two classifiers, averaged.
+    *linear(r"cls_classifier", "head/cls"),
+    *linear(r"distillation_classifier", "head/dist"),
 ]
 
 
 def hf_vit_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
-    if any("distillation" in k for k in state):
-        raise WeightLoadError("distilled DeiT checkpoints (with a distillation token) are not supported")
-    classifier = first_match(state, r"classifier\.weight")
+    classifier = first_match(state, r"(?:cls_)?classifier\.weight")
+    distilled = first_match(state, r"cls_classifier\.weight") is not None
     pooler = first_match(state, _HF_VIT + r"pooler\.dense\.weight")
     return {
         "patch_size": pair(config.get("patch_size", 16)),
@@ -76,7 +80,8 @@ def hf_vit_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str,
         "dropout_rate": config.get("hidden_dropout_prob", 0.0),
         "attention_dropout_rate": config.get("attention_probs_dropout_prob", 0.0),
         "qkv_bias": config.get("qkv_bias", True),
-        "pooling": "cls",
+        "distillation_token": any(k.endswith("embeddings.distillation_token") for k in state),
+        "pooling": "cls+dist" if distilled else "cls",
         "pre_logits_size": None if pooler is None else pooler.shape[0],
         "num_classes": 0 if classifier is None else classifier.shape[0],
     }
