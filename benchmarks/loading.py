@@ -1,8 +1,8 @@
-"""Loading benchmark: a ViT-B/16-sized Hugging Face checkpoint through ``jtl.weights.load_pretrained`` against
-``safetensors.numpy.load_file`` of the same file, in time and in peak memory.
+"""Loading benchmark: base-sized Hugging Face checkpoints (ViT-B/16, DINOv2-B/14, RoBERTa-base) through
+``jtl.weights.load_pretrained`` against ``safetensors.numpy.load_file`` of the same file, in time and in peak memory.
 
-Run: ``python benchmarks/loading.py`` (writes a random-weight ViT-B/16 ``model.safetensors``, 343 MB, to a
-temporary directory). Each measurement runs in a fresh process, so peak RSS is that process's own; the figure
+Run: ``python benchmarks/loading.py`` (writes each random-weight ``model.safetensors``, 330-480 MiB, to a
+temporary directory in turn). Each measurement runs in a fresh process, so peak RSS is that process's own; the figure
 is the peak above the RSS after imports. Prints medians over ``--repeats`` interleaved pairs of processes.
 """
 
@@ -45,8 +45,27 @@ print(json.dumps({"seconds": seconds, "peak_mib": peak - base}))
 """
 
 
-def write_vit_b16(directory: Path, hidden: int = 768, depth: int = 12, mlp: int = 3072, patch: int = 16) -> int:
-    """Writes a random ViT-B/16 in Hugging Face's layout (config.json + model.safetensors); returns its bytes."""
+# The encoder blocks of each layout: (attention q/k/v, attention output, MLP in, MLP out, norms, extras).
+_BLOCK_NAMES = {
+    "vit": (
+        "attention.attention.{}", "attention.output.dense", "intermediate.dense", "output.dense",
+        ("layernorm_before", "layernorm_after"), (),
+    ),
+    "dinov2": (
+        "attention.attention.{}", "attention.output.dense", "mlp.fc1", "mlp.fc2", ("norm1", "norm2"),
+        ("layer_scale1.lambda1", "layer_scale2.lambda1"),
+    ),
+    "roberta": (
+        "attention.self.{}", "attention.output.dense", "intermediate.dense", "output.dense",
+        ("attention.output.LayerNorm", "output.LayerNorm"), (),
+    ),
+}  # fmt: skip
+
+
+def write_checkpoint(directory: Path, layout: str, depth: int = 12, hidden: int = 768, mlp: int = 3072) -> int:
+    """Writes a random base-sized model in Hugging Face's layout (config.json + model.safetensors): ``vit``
+    (ViT-B/16 at 224), ``dinov2`` (DINOv2-B/14 at 518, as the hub's) or ``roberta`` (RoBERTa-base); returns the
+    file's bytes."""
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(0)
@@ -54,41 +73,49 @@ def write_vit_b16(directory: Path, hidden: int = 768, depth: int = 12, mlp: int 
     def rand(*shape: int) -> np.ndarray:
         return rng.standard_normal(shape, dtype=np.float32) * 0.02
 
-    state = {
-        "vit.embeddings.cls_token": rand(1, 1, hidden),
-        "vit.embeddings.position_embeddings": rand(1, 197, hidden),
-        "vit.embeddings.patch_embeddings.projection.weight": rand(hidden, 3, patch, patch),
-        "vit.embeddings.patch_embeddings.projection.bias": rand(hidden),
-        "vit.layernorm.weight": rand(hidden),
-        "vit.layernorm.bias": rand(hidden),
-        "classifier.weight": rand(1000, hidden),
-        "classifier.bias": rand(1000),
-    }
+    def linear(name: str, out: int, inp: int) -> dict[str, np.ndarray]:
+        return {f"{name}.weight": rand(out, inp), f"{name}.bias": rand(out)}
+
+    prefix = {"vit": "vit.", "dinov2": "", "roberta": "roberta."}[layout]
+    if layout == "roberta":
+        state = {
+            "roberta.embeddings.word_embeddings.weight": rand(50265, hidden),
+            "roberta.embeddings.position_embeddings.weight": rand(514, hidden),
+            "roberta.embeddings.token_type_embeddings.weight": rand(1, hidden),
+            "roberta.embeddings.LayerNorm.weight": rand(hidden),
+            "roberta.embeddings.LayerNorm.bias": rand(hidden),
+            **linear("roberta.pooler.dense", hidden, hidden),
+        }
+        config = {"model_type": "roberta", "vocab_size": 50265, "max_position_embeddings": 514, "type_vocab_size": 1}
+    else:
+        patch, positions = (16, 197) if layout == "vit" else (14, 1370)
+        state = {
+            f"{prefix}embeddings.cls_token": rand(1, 1, hidden),
+            f"{prefix}embeddings.position_embeddings": rand(1, positions, hidden),
+            f"{prefix}embeddings.patch_embeddings.projection.weight": rand(hidden, 3, patch, patch),
+            f"{prefix}embeddings.patch_embeddings.projection.bias": rand(hidden),
+            f"{prefix}layernorm.weight": rand(hidden),
+            f"{prefix}layernorm.bias": rand(hidden),
+        }
+        if layout == "vit":
+            state.update(linear("classifier", 1000, hidden))
+        config = {"model_type": layout, "image_size": 224 if layout == "vit" else 518, "patch_size": patch}
+    qkv, attention_out, mlp_in, mlp_out, norms, extras = _BLOCK_NAMES[layout]
     for i in range(depth):
-        block = f"vit.encoder.layer.{i}."
-        for name in ("attention.attention.query", "attention.attention.key", "attention.attention.value"):
-            state[block + name + ".weight"], state[block + name + ".bias"] = rand(hidden, hidden), rand(hidden)
-        state[block + "attention.output.dense.weight"] = rand(hidden, hidden)
-        state[block + "attention.output.dense.bias"] = rand(hidden)
-        state[block + "intermediate.dense.weight"], state[block + "intermediate.dense.bias"] = (
-            rand(mlp, hidden),
-            rand(mlp),
-        )
-        state[block + "output.dense.weight"], state[block + "output.dense.bias"] = rand(hidden, mlp), rand(hidden)
-        for norm in ("layernorm_before", "layernorm_after"):
+        block = f"{prefix}encoder.layer.{i}."
+        for projection in ("query", "key", "value"):
+            state.update(linear(block + qkv.format(projection), hidden, hidden))
+        state.update(linear(block + attention_out, hidden, hidden))
+        state.update(linear(block + mlp_in, mlp, hidden))
+        state.update(linear(block + mlp_out, hidden, mlp))
+        for norm in norms:
             state[block + norm + ".weight"], state[block + norm + ".bias"] = rand(hidden), rand(hidden)
+        state.update({block + extra: rand(hidden) for extra in extras})
     save_file(state, str(directory / "model.safetensors"))
-    config = {
-        "model_type": "vit",
-        "hidden_size": hidden,
-        "num_hidden_layers": depth,
-        "num_attention_heads": hidden // 64,
-        "intermediate_size": mlp,
-        "image_size": 224,
-        "patch_size": patch,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-12,
-    }
+    config.update(
+        hidden_size=hidden, num_hidden_layers=depth, num_attention_heads=hidden // 64, intermediate_size=mlp,
+        hidden_act="gelu",
+    )  # fmt: skip
     (directory / "config.json").write_text(json.dumps(config))
     return (directory / "model.safetensors").stat().st_size
 
@@ -103,29 +130,33 @@ def measure(mode: str, directory: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--depth", type=int, default=12, help="blocks (12 for ViT-B; fewer for a smoke run)")
+    parser.add_argument("--depth", type=int, default=12, help="blocks (12 for base models; fewer for a smoke run)")
+    parser.add_argument("--layouts", default="vit,dinov2,roberta", help="of vit (ViT-B/16), dinov2, roberta")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        size = write_vit_b16(directory, depth=args.depth)
-        runs: dict[str, list[dict[str, float]]] = {"safetensors": [], "jtl": []}
-        for _ in range(args.repeats):  # interleaved, so that a noisy stretch of the machine hits both alike
-            for mode, mode_runs in runs.items():
-                mode_runs.append(measure(mode, directory))
-        results = {
+    names = {"vit": "ViT-B/16", "dinov2": "DINOv2-B/14", "roberta": "RoBERTa-base"}
+    labels = {"safetensors": "safetensors.numpy.load_file", "jtl": "jtl.weights.load_pretrained"}
+    results = {}
+    for layout in args.layouts.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp)
+            size = write_checkpoint(directory, layout, depth=args.depth)
+            runs: dict[str, list[dict[str, float]]] = {"safetensors": [], "jtl": []}
+            for _ in range(args.repeats):  # interleaved, so that a noisy stretch of the machine hits both alike
+                for mode, mode_runs in runs.items():
+                    mode_runs.append(measure(mode, directory))
+        results[layout] = {
             mode: {key: statistics.median(r[key] for r in mode_runs) for key in ("seconds", "peak_mib")}
             for mode, mode_runs in runs.items()
         }
-    base = results["safetensors"]
-    print(f"checkpoint: ViT-B/16 layout, depth {args.depth}, {size / 2**20:.0f} MiB safetensors (float32)")
-    print(f"{'loader':<40} {'seconds':>8} {'x':>6} {'peak MiB':>9} {'x':>6}")
-    labels = {"safetensors": "safetensors.numpy.load_file", "jtl": "jtl.weights.load_pretrained"}
-    for mode, r in results.items():
-        print(
-            f"{labels[mode]:<40} {r['seconds']:8.3f} {r['seconds'] / base['seconds']:6.2f} "
-            f"{r['peak_mib']:9.0f} {r['peak_mib'] / base['peak_mib']:6.2f}"
-        )
+        base = results[layout]["safetensors"]
+        print(f"checkpoint: {names[layout]} layout, depth {args.depth}, {size / 2**20:.0f} MiB safetensors (float32)")
+        print(f"{'loader':<40} {'seconds':>8} {'x':>6} {'peak MiB':>9} {'x':>6}")
+        for mode, r in results[layout].items():
+            print(
+                f"{labels[mode]:<40} {r['seconds']:8.3f} {r['seconds'] / base['seconds']:6.2f} "
+                f"{r['peak_mib']:9.0f} {r['peak_mib'] / base['peak_mib']:6.2f}"
+            )
     return results
 
 

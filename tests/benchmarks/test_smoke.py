@@ -29,8 +29,9 @@ def test_loading_benchmark_runs_tiny(capsys):
     from benchmarks import loading
 
     results = loading.main(["--depth", "1", "--repeats", "1"])
-    assert set(results) == {"safetensors", "jtl"} and all(r["seconds"] > 0 for r in results.values())
-    assert "jtl.weights.load_pretrained" in capsys.readouterr().out
+    assert set(results) == {"vit", "dinov2", "roberta"}
+    assert all(set(r) == {"safetensors", "jtl"} and r["jtl"]["seconds"] > 0 for r in results.values())
+    assert capsys.readouterr().out.count("jtl.weights.load_pretrained") == 3
 
 
 def test_feature_cache_benchmark_runs_tiny(capsys):
