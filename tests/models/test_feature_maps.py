@@ -8,17 +8,10 @@ import pytest
 
 from jtl import models
 from jtl.weights import load_pretrained
+from tests.parity import randomise
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-
-def _randomised(reference, seed):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in reference.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return reference.eval()
 
 
 def _nchw_to_nhwc(x):
@@ -30,7 +23,7 @@ def test_resnet_stages_equal_hugging_faces_backbone(tmp_path):
         embedding_size=8, hidden_sizes=[8, 16, 24], depths=[1, 1, 1], layer_type="basic",
         out_features=["stem", "stage1", "stage2", "stage3"],
     )  # fmt: skip
-    reference = _randomised(transformers.ResNetBackbone(config), 0)
+    reference = randomise(transformers.ResNetBackbone(config), 0, scale=0.05)
     reference.save_pretrained(tmp_path)
     pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -52,7 +45,7 @@ def test_dinov2_blocks_on_the_patch_grid_equal_hugging_faces_backbone(tmp_path):
         hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=16, patch_size=4,
         num_register_tokens=2, out_features=["stage2", "stage4"], apply_layernorm=False,
     )  # fmt: skip
-    reference = _randomised(transformers.Dinov2WithRegistersBackbone(config), 1)
+    reference = randomise(transformers.Dinov2WithRegistersBackbone(config), 1, scale=0.05)
     reference.save_pretrained(tmp_path)
     pixels = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

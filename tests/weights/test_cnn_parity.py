@@ -2,7 +2,6 @@
 (keyed exactly as torchvision names its state dicts; torchvision itself cannot be installed here)."""
 
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -11,12 +10,7 @@ from safetensors.torch import save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
 from jtl.weights import load_pretrained  # noqa: E402
-
-TOL = 1e-5
-
-
-def _max_abs(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+from tests.parity import TOL, max_abs  # noqa: E402
 
 
 def _nhwc(x):
@@ -57,8 +51,8 @@ def test_hf_resnet_layer_by_layer(layer_type, hidden_sizes, depths, tmp_path):
     hidden = state["intermediates"]["hidden_states"]
     assert len(hidden) == len(expected.hidden_states)
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
-        assert _max_abs(ours, theirs.numpy().transpose(0, 2, 3, 1)) < TOL, f"hidden state {i}"
-    assert _max_abs(logits, expected.logits.numpy()) < TOL
+        assert max_abs(ours, theirs.numpy().transpose(0, 2, 3, 1)) < TOL, f"hidden state {i}"
+    assert max_abs(logits, expected.logits.numpy()) < TOL
 
 
 class TorchvisionBasicBlock(nn.Module):
@@ -158,7 +152,7 @@ def test_torchvision_resnet(block, layers, width, fmt, tmp_path):
     model, variables, report = load_pretrained(path, verbose=False)
     assert not report.missing and not report.unexpected
     assert model.depths == tuple(layers) and model.layer_type == ("basic" if width == 64 else "bottleneck")
-    assert _max_abs(model.apply(variables, _nhwc(pixels)), expected) < TOL
+    assert max_abs(model.apply(variables, _nhwc(pixels)), expected) < TOL
 
 
 VGG16_TINY = [8, 8, "M", 16, 16, "M", 32, 32, 32, "M", 64, 64, 64, "M", 64, 64, 64, "M"]
@@ -204,6 +198,6 @@ def test_torchvision_vgg16_layout(tmp_path):
     model, variables, report = load_pretrained(path, verbose=False)
     assert not report.missing and not report.unexpected
     assert tuple(model.layers) == tuple(VGG16_TINY) and model.pool_size == 7
-    assert _max_abs(model.apply(variables, _nhwc(pixels)), expected) < TOL
+    assert max_abs(model.apply(variables, _nhwc(pixels)), expected) < TOL
     features, _ = load_pretrained(path, num_classes=0, verbose=False)[:2]
     assert features.apply(variables, _nhwc(pixels)).shape == (2, 32)

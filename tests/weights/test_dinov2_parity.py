@@ -10,21 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from jtl.weights import load_pretrained  # noqa: E402
-
-TOL = 1e-5
-
-
-def _max_abs(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-
-
-def _random_weights(model, seed):
-    """Every parameter moved off its initial value (zero biases, unit LayerNorm scales, constant LayerScale)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
-    return model.eval()
+from tests.parity import TOL, max_abs, randomise  # noqa: E402
 
 
 def _nhwc(pixels):
@@ -38,7 +24,7 @@ def _config(cls, **changes):
 
 def test_dinov2_swiglu_classifier_layer_by_layer(tmp_path):
     config = _config(transformers.Dinov2Config, use_swiglu_ffn=True, layerscale_value=0.3, num_labels=3)
-    reference = _random_weights(transformers.Dinov2ForImageClassification(config), 0)
+    reference = randomise(transformers.Dinov2ForImageClassification(config), 0)
     reference.save_pretrained(tmp_path)
     pixels = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
@@ -51,8 +37,8 @@ def test_dinov2_swiglu_classifier_layer_by_layer(tmp_path):
     hidden = state["intermediates"]["encoder"]["hidden_states"]
     assert len(hidden) == len(expected.hidden_states) == 3
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
-        assert _max_abs(ours, theirs.numpy()) < TOL, f"hidden state {i}"
-    assert _max_abs(logits, expected.logits.numpy()) < TOL
+        assert max_abs(ours, theirs.numpy()) < TOL, f"hidden state {i}"
+    assert max_abs(logits, expected.logits.numpy()) < TOL
     # Loaded parameters are the file's after transposes only.
     saved = load_file(tmp_path / "model.safetensors")
     block_1, block_0 = variables["params"]["encoder"]["block_1"], variables["params"]["encoder"]["block_0"]
@@ -71,7 +57,7 @@ def test_dinov2_with_registers_at_a_new_resolution(tmp_path):
         drop_path_rate=0.1,
         num_labels=4,
     )
-    reference = _random_weights(transformers.Dinov2WithRegistersForImageClassification(config), 1)
+    reference = randomise(transformers.Dinov2WithRegistersForImageClassification(config), 1)
     reference.save_pretrained(tmp_path)
     pixels = torch.randn(2, 3, 24, 20)  # Hugging Face interpolates the 4x4 position grid to 6x5 on every call
     with torch.no_grad():
@@ -81,7 +67,7 @@ def test_dinov2_with_registers_at_a_new_resolution(tmp_path):
     assert not report.missing and not report.unexpected, report
     assert report.resized == [("params/embed/pos_embedding", (1, 17, 32), (1, 31, 32))]
     assert model.num_registers == 3 and model.gelu_approximate and model.layer_norm_eps == 1e-5
-    assert _max_abs(model.apply(variables, _nhwc(pixels)), expected) < TOL
+    assert max_abs(model.apply(variables, _nhwc(pixels)), expected) < TOL
 
     # The backbone alone (the hub's facebook/dinov2-* checkpoints have no classifier): the pooled features are
     # the class token beside the mean of the patch tokens, registers left out.
@@ -89,4 +75,4 @@ def test_dinov2_with_registers_at_a_new_resolution(tmp_path):
     with torch.no_grad():
         tokens = reference.dinov2_with_registers(pixel_values=pixels).last_hidden_state.numpy()
     pooled = np.concatenate([tokens[:, 0], tokens[:, 4:].mean(axis=1)], axis=-1)
-    assert _max_abs(backbone.apply(backbone_variables, _nhwc(pixels)), pooled) < TOL
+    assert max_abs(backbone.apply(backbone_variables, _nhwc(pixels)), pooled) < TOL

@@ -9,12 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from jtl.weights import load_pretrained  # noqa: E402
-
-TOL = 1e-5
-
-
-def _max_abs(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+from tests.parity import TOL, max_abs, randomise  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +51,8 @@ def test_vit_for_image_classification_layer_by_layer(tiny_vit_config, tmp_path_f
     logits, hidden = _hidden_states(model, variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1)))
     assert len(hidden) == len(expected.hidden_states) == 4
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
-        assert _max_abs(ours, theirs.numpy()) < TOL, f"hidden state {i}"
-    assert _max_abs(logits, expected.logits.numpy()) < TOL
+        assert max_abs(ours, theirs.numpy()) < TOL, f"hidden state {i}"
+    assert max_abs(logits, expected.logits.numpy()) < TOL
 
 
 def test_vit_model_pooler_becomes_pre_logits(tiny_vit_config, tmp_path_factory):
@@ -70,7 +65,7 @@ def test_vit_model_pooler_becomes_pre_logits(tiny_vit_config, tmp_path_factory):
     model, variables, _ = load_pretrained(path, verbose=False)
     assert model.pre_logits_size == 32 and model.num_classes == 0
     pooled = model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1)))
-    assert _max_abs(pooled, expected) < TOL
+    assert max_abs(pooled, expected) < TOL
 
 
 def test_vit_without_qkv_bias_on_rectangular_images_and_at_a_new_resolution(tiny_vit_config, tmp_path_factory):
@@ -83,7 +78,7 @@ def test_vit_without_qkv_bias_on_rectangular_images_and_at_a_new_resolution(tiny
     assert "bias" not in variables["params"]["encoder"]["block_0"]["attn"]["query"]
     with torch.no_grad():
         expected = reference(pixel_values=pixels).logits.numpy()
-    assert _max_abs(model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
+    assert max_abs(model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
 
     # A square checkpoint run on 48x40 images: Hugging Face interpolates its position embeddings on every
     # call; jtl resamples them once, at load, the same way.
@@ -95,7 +90,7 @@ def test_vit_without_qkv_bias_on_rectangular_images_and_at_a_new_resolution(tiny
         expected = reference(pixel_values=pixels, interpolate_pos_encoding=True).logits.numpy()
     model, variables, report = load_pretrained(path, image_size=(48, 40), verbose=False)
     assert report.resized == [("params/embed/pos_embedding", (1, 17, 32), (1, 31, 32))]
-    assert _max_abs(model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
+    assert max_abs(model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
 
 
 @pytest.mark.parametrize(
@@ -107,11 +102,7 @@ def test_deit_with_its_distillation_token_layer_by_layer(model_class, tmp_path_f
         patch_size=4, num_labels=3, layer_norm_eps=1e-6,
     )  # fmt: skip
     torch.manual_seed(0)
-    reference = model_class(config)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in reference.parameters():  # off the initial zeros and ones
-            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+    reference = randomise(model_class(config), 1)
     path = _save(reference, tmp_path_factory, model_class.__name__)
     pixels = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
@@ -123,8 +114,8 @@ def test_deit_with_its_distillation_token_layer_by_layer(model_class, tmp_path_f
     assert model.pooling == ("cls+dist" if distilled else "cls")
     logits, hidden = _hidden_states(model, variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1)))
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
-        assert _max_abs(ours, theirs.numpy()) < TOL, f"hidden state {i}"
-    assert _max_abs(logits, expected.logits.numpy()) < TOL
+        assert max_abs(ours, theirs.numpy()) < TOL, f"hidden state {i}"
+    assert max_abs(logits, expected.logits.numpy()) < TOL
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +161,8 @@ def test_bert_sequence_classification_layer_by_layer(tiny_bert):
     logits, hidden = _hidden_states(model, variables, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
         real = mask.astype(bool)  # padded positions attend to garbage in both; compare real tokens
-        assert _max_abs(np.asarray(ours)[real], theirs.numpy()[real]) < TOL, f"hidden state {i}"
-    assert _max_abs(logits, expected.logits.numpy()) < TOL
+        assert max_abs(np.asarray(ours)[real], theirs.numpy()[real]) < TOL, f"hidden state {i}"
+    assert max_abs(logits, expected.logits.numpy()) < TOL
 
 
 def test_bert_outputs_tokens_cls_and_mean(tiny_bert):
@@ -186,7 +177,7 @@ def test_bert_outputs_tokens_cls_and_mean(tiny_bert):
         ours = np.asarray(model.apply(variables, jnp.asarray(ids), jnp.asarray(mask)))
         if output == "tokens":
             ours, expected = ours[mask.astype(bool)], expected[mask.astype(bool)]
-        assert _max_abs(ours, expected) < TOL, output
+        assert max_abs(ours, expected) < TOL, output
 
 
 def test_load_is_jittable_and_deterministic(tiny_bert):

@@ -9,13 +9,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from jtl.weights import load_pretrained  # noqa: E402
+from tests.parity import TOL, max_abs, randomise  # noqa: E402
 
-TOL = 1e-5
 PAD = 1
-
-
-def _max_abs(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 def _inputs():
@@ -50,12 +46,8 @@ def test_sequence_classification_layer_by_layer(tmp_path, model_class, config_cl
         num_labels=3,
     )
     torch.manual_seed(0)
-    reference = model_class(config)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in reference.parameters():  # off the initial zeros and ones
-            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
-    reference.eval().save_pretrained(tmp_path)
+    reference = randomise(model_class(config), 1)
+    reference.save_pretrained(tmp_path)
     ids, mask = _inputs()
     with torch.no_grad():
         expected = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
@@ -67,5 +59,5 @@ def test_sequence_classification_layer_by_layer(tmp_path, model_class, config_cl
     hidden = state["intermediates"]["encoder"]["hidden_states"]
     real = mask.astype(bool)  # padded positions attend to garbage in both; compare real tokens
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
-        assert _max_abs(np.asarray(ours)[real], theirs.numpy()[real]) < TOL, f"hidden state {i}"
-    assert _max_abs(logits, expected.logits.numpy()) < TOL
+        assert max_abs(np.asarray(ours)[real], theirs.numpy()[real]) < TOL, f"hidden state {i}"
+    assert max_abs(logits, expected.logits.numpy()) < TOL
