@@ -24,8 +24,9 @@ import numpy as np
 from absl import logging as absl_logging
 
 import jtl.masking as jm
-from jtl import data, methods, models, optim
+from jtl import data, models, optim
 from jtl.config import load_config
+from jtl.features import extract_features, h_score, leep, logme, nce
 from jtl.quickstart import CONFIG, pretrained_source
 from jtl.train import train_and_evaluate
 from jtl.weights import load_pretrained
@@ -103,16 +104,16 @@ def scores_of(source: Path) -> dict[str, float]:
     """Transferability of a source model to the target training set (10 labels x 5 digits)."""
     train = data.digits_task((5, 6, 7, 8, 9), shots=10)["train"]
     model, variables, _ = load_pretrained(str(source), num_classes=0, verbose=False)
-    features, labels = methods.extract_features(model, variables, data.eval_batches(train, 50))
+    features, labels = extract_features(model, variables, data.eval_batches(train, 50))
     # LEEP and NCE read the source classifier's own predictions over digits 0-4.
     classifier, source_variables, _ = load_pretrained(str(source), verbose=False)
     batch = next(data.eval_batches(train, len(train)))
     probs = jax.nn.softmax(classifier.apply(source_variables, batch["image"]))
     return {
-        "LogME": float(methods.logme(features, labels, 5)),
-        "H-score": float(methods.h_score(features, labels, 5)),
-        "NCE": float(methods.nce(np.argmax(probs, -1), labels, 5, 5)),
-        "LEEP": float(methods.leep(probs, labels, 5)),
+        "LogME": float(logme(features, labels, 5)),
+        "H-score": float(h_score(features, labels, 5)),
+        "NCE": float(nce(np.argmax(probs, -1), labels, 5, 5)),
+        "LEEP": float(leep(probs, labels, 5)),
     }
 
 
