@@ -139,18 +139,16 @@ class EncoderBlock(nn.Module):
         mlp = Mlp(self.mlp_dim, self.gelu_approximate, self.dropout_rate, self.swiglu, dtype=self.dtype, name="mlp")
         drop = nn.Dropout(self.dropout_rate)
         if self.pre_norm:
-            branches = [
-                lambda y: drop(attn(norm1(y), mask, train=train), deterministic=not train),
-                lambda y: drop(mlp(norm2(y), train=train), deterministic=not train),
-            ]
-            for i, branch in enumerate(branches, 1):
-                y = branch(x)
-                if self.layer_scale is not None:
-                    y = LayerScale(self.layer_scale, self.dtype, name=f"scale{i}")(y)
-                x = x + DropPath(self.drop_path_rate)(y, train=train)
-            return x
+            x = self._residual(x, drop(attn(norm1(x), mask, train=train), deterministic=not train), 1, train)
+            return self._residual(x, drop(mlp(norm2(x), train=train), deterministic=not train), 2, train)
         x = norm1(x + drop(attn(x, mask, train=train), deterministic=not train))
         return norm2(x + drop(mlp(x, train=train), deterministic=not train))
+
+    def _residual(self, x: jax.Array, branch: jax.Array, index: int, train: bool) -> jax.Array:
+        """``x`` plus a pre-norm branch, LayerScaled (``scale{index}``) and drop-pathed where the block says."""
+        if self.layer_scale is not None:
+            branch = LayerScale(self.layer_scale, self.dtype, name=f"scale{index}")(branch)
+        return x + DropPath(self.drop_path_rate)(branch, train=train)
 
 
 class PatchEmbed(nn.Module):

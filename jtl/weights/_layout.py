@@ -99,17 +99,23 @@ def hf_gelu_approximate(config: Mapping[str, Any]) -> bool:
     return act in _TANH_GELUS
 
 
+def _keys_cubic(d: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution kernel at distances ``d``: PyTorch's bicubic uses a = -0.75, PIL's (and PyTorch's
+    antialiased bicubic) a = -0.5."""
+    d = np.abs(d)
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
 def _cubic_weights(n_in: int, n_out: int) -> np.ndarray:
     """The (n_out, n_in) matrix of PyTorch's bicubic interpolation along one axis (``align_corners=False``, no
     antialias): Keys' kernel with a = -0.75, source coordinates ``(i + 0.5) * n_in / n_out - 0.5`` (not clamped),
     taps clamped to the border."""
-    a = -0.75
     source = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
     floor = np.floor(source)
     t = source - floor
-    near = lambda d: ((a + 2) * d - (a + 3)) * d * d + 1  # |d| <= 1
-    far = lambda d: ((a * d - 5 * a) * d + 8 * a) * d - 4 * a  # 1 < |d| < 2
-    weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+    weights = np.stack([_keys_cubic(d, -0.75) for d in (t + 1, t, 1 - t, 2 - t)], axis=1)
     matrix = np.zeros((n_out, n_in))
     for tap in range(4):
         columns = np.clip(floor.astype(np.int64) - 1 + tap, 0, n_in - 1)
@@ -120,14 +126,6 @@ def _cubic_weights(n_in: int, n_out: int) -> np.ndarray:
 def _antialiased_cubic_weights(n_in: int, n_out: int) -> np.ndarray:
     """The (n_out, n_in) matrix of PyTorch's ``antialias=True`` bicubic (PIL's resampling): Keys' kernel with
     a = -0.5, widened by the downscaling factor, taps beyond the border dropped and each row normalised."""
-    a = -0.5
-
-    def cubic(d: np.ndarray) -> np.ndarray:
-        d = np.abs(d)
-        near = ((a + 2) * d - (a + 3)) * d * d + 1
-        far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
-        return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
-
     scale = n_in / n_out
     support = 2.0 * max(scale, 1.0)
     inverse = 1.0 / scale if scale >= 1.0 else 1.0
@@ -137,7 +135,7 @@ def _antialiased_cubic_weights(n_in: int, n_out: int) -> np.ndarray:
         low = max(int(center - support + 0.5), 0)
         high = min(int(center + support + 0.5), n_in)
         taps = np.arange(low, high)
-        weights = cubic((taps - center + 0.5) * inverse)
+        weights = _keys_cubic((taps - center + 0.5) * inverse, -0.5)
         matrix[i, taps] = weights / weights.sum() if weights.sum() else weights
     return matrix
 
@@ -207,7 +205,7 @@ def resample_pos_embedding(
 
     Args:
       num_prefix_tokens: tokens before the patch grid (1 for a class token).
-      method: ``"bilinear"`` or ``"bicubic"`` (see :func:`resize_grid`).
+      method: ``"bilinear"``, ``"bicubic"`` or ``"bicubic-antialias"`` (see :func:`resize_grid`).
       grid: the new patch grid (rows, columns); ``None``: square.
 
     Returns:

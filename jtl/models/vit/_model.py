@@ -156,10 +156,26 @@ def layer_index(model: ViT) -> tuple[Callable[[str], int], int]:
     return block_layer_index(model.num_layers), model.num_layers + 1
 
 
+def prefix_tokens(pooling: str, distillation_token: bool) -> int:
+    """The tokens before the patch grid: the class token (unless ``gap`` pooling) and DeiT's distillation token.
+
+    Args:
+      pooling: the ViT's ``pooling``.
+      distillation_token: its ``distillation_token``.
+
+    Returns:
+      Their number.
+
+    >>> prefix_tokens("cls", False), prefix_tokens("gap", False), prefix_tokens("cls+dist", True)
+    (1, 0, 2)
+    """
+    return (0 if pooling == "gap" else 1) + distillation_token
+
+
 def feature_maps(model: ViT, intermediates: dict, layers: Sequence[int] | None) -> dict[str, jax.Array]:
     """Chosen blocks' patch tokens on the patch grid (see :func:`jtl.models.feature_maps`)."""
     grid = patch_grid(model.image_size, model.patch_size)
-    prefix = (0 if model.pooling == "gap" else 1) + model.distillation_token
+    prefix = prefix_tokens(model.pooling, model.distillation_token)
     return token_feature_maps(intermediates["encoder"]["hidden_states"], grid, prefix, layers)
 
 

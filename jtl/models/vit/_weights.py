@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from jtl.models._layers import pair, patch_grid
+from jtl.models.vit._model import prefix_tokens
 from jtl.weights import (
     Layout,
     Rule,
@@ -30,7 +31,7 @@ def _resizers(method: str) -> Callable[[dict[str, Any]], dict]:
     class token's kept; the patch embedding follows the number of input channels."""
 
     def resizers(fields: dict[str, Any]) -> dict:
-        prefix = (0 if fields.get("pooling") == "gap" else 1) + fields.get("distillation_token", False)
+        prefix = prefix_tokens(fields.get("pooling", "cls"), fields.get("distillation_token", False))
         grid = patch_grid(fields.get("image_size", 224), fields.get("patch_size", 16))
         return {
             r"params/embed/pos_embedding": resample_pos_embedding(prefix, method, grid),
