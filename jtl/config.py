@@ -327,6 +327,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.baseline = ml_collections.ConfigDict()
     c.baseline.scratch = False
     c.baseline.learning_rate = 0.0  # 0: the run's own
+    # WiSE-FT: after training, the starting weights (pretrained, or a zero-shot head's) and the fine-tuned ones
+    # interpolated at each alpha here (0: start, 1: fine-tuned) and evaluated, as wise_ft/<alpha>/<metric>.
+    c.wise_ft = ()
 
     # What trains (through jtl.masking; frozen parameters get no gradient computed). At most one of:
     c.trainable = ()  # regexes of trainable parameters (the rest is frozen)

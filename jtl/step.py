@@ -485,3 +485,34 @@ def fine_tune(
     train = jax.jit(make_train_step(model, objective, tx, trainable), donate_argnums=0)
     evaluate = jax.jit(make_eval_step(model, objective))
     return FineTuning(state, train, evaluate)
+
+
+def interpolate_weights(start: Any, end: Any, alpha: float) -> Any:
+    """WiSE-FT (Wortsman et al., 2022): ``(1 - alpha) * start + alpha * end`` leaf by leaf, in each leaf's dtype;
+    between the zero-shot (or pretrained) weights and the fine-tuned ones, it often keeps the robustness of the
+    first and most of the accuracy gain of the second.
+
+    Args:
+      start: the weights before fine-tuning (params or batch statistics), a pytree.
+      end: the fine-tuned weights, the same tree.
+      alpha: 0 gives ``start``, 1 gives ``end``.
+
+    Returns:
+      The interpolated tree.
+
+    Raises:
+      ValueError: the two trees differ in structure or in a leaf's shape.
+
+    >>> interpolate_weights({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, 0.25)["w"]
+    Array([0.25, 0.25], dtype=float32)
+    """
+    start_leaves, start_def = jax.tree_util.tree_flatten(start)
+    end_leaves, end_def = jax.tree_util.tree_flatten(end)
+    if start_def != end_def:
+        raise ValueError(f"interpolate_weights: the trees differ in structure:\n{start_def}\n{end_def}")
+    pairs = [(jnp.asarray(a), jnp.asarray(b)) for a, b in zip(start_leaves, end_leaves, strict=True)]
+    differ = [(i, a.shape, b.shape) for i, (a, b) in enumerate(pairs) if a.shape != b.shape]
+    if differ:
+        raise ValueError(f"interpolate_weights: leaf shapes differ (leaf index, start, end): {differ}")
+    mixed = [((1 - alpha) * a.astype(jnp.float32) + alpha * b.astype(jnp.float32)).astype(b.dtype) for a, b in pairs]
+    return jax.tree_util.tree_unflatten(end_def, mixed)

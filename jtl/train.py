@@ -34,7 +34,7 @@ from jtl.cadence import is_time
 from jtl.checkpoint import Checkpointer
 from jtl.cli import TrainingError, run_command
 from jtl.config import ConfigError, command_line_parser, parse_command_line
-from jtl.step import reestimate_batch_stats
+from jtl.step import interpolate_weights, reestimate_batch_stats
 from jtl.weights import load_pretrained
 
 
@@ -330,6 +330,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     # --- What trains, stage by stage (one stage unless gradual unfreezing / LP-FT), and the compiled steps -------
     stages = optim.stages(config, model, variables["params"])
+    # WiSE-FT's starting point, on the host: the train step donates the device buffers it is given.
+    start_weights = jax.device_get(variables) if config.wise_ft else None
 
     def build_stage(stage: int) -> tuple[Any, parallel.Compiled]:
         trainable = stages.trainables[stage]
@@ -403,6 +405,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if config.lora.rank and config.model.pretrained and is_chief:
         # Only the adapters and the head: a small checkpoint that points at the base weights.
         save_adapters(workdir / "adapters", model, final_state.params, base=config.model.pretrained)
+    for alpha in config.wise_ft:
+        result.update(_wise_ft(alpha, start_weights, objective, compiled, state, model, config.eval_batch_size))
     if config.baseline.scratch:
         result.update(_scratch_baseline(config, workdir, objective.metric, result, is_chief))
     if is_chief:
@@ -410,6 +414,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     result["params"], result["batch_stats"] = final_state.params, final_state.batch_stats
     result["objective_params"] = final_state.objective_params
     return result
+
+
+def _wise_ft(
+    alpha: float, start: dict, objective: Any, compiled: parallel.Compiled, state: Any, model: Any, batch_size: int
+) -> dict:
+    """The objective's evaluation of the starting and final weights interpolated (WiSE-FT), as
+    ``wise_ft/<alpha>/<metric>``; the objective's own params stay the final ones."""
+    host = compiled.get_state(state)
+    mixed = host._replace(
+        params=interpolate_weights(start["params"], host.params, alpha),
+        batch_stats=interpolate_weights(start.get("batch_stats", {}), host.batch_stats, alpha),
+    )
+    metrics = _evaluate(objective, compiled, compiled.put_state(mixed), model, batch_size)
+    return {f"wise_ft/{alpha:g}/{key}": value for key, value in metrics.items()}
 
 
 def _scratch_baseline(
@@ -423,7 +441,7 @@ def _scratch_baseline(
     baseline.trainable, baseline.frozen, baseline.train_last_n, baseline.unfreeze_starts = (), (), -1, ()
     baseline.lora.rank, baseline.l2sp_alpha, baseline.l2sp_beta = 0, 0.0, 0.0
     baseline.layer_decay, baseline.lr_mults, baseline.transferability = 0.0, (), False
-    baseline.baseline.scratch = False
+    baseline.baseline.scratch, baseline.wise_ft = False, ()
     baseline.learning_rate = config.baseline.learning_rate or config.learning_rate
     baseline.lock()
     if is_chief:

@@ -218,3 +218,19 @@ def test_transferability_scores_and_scratch_baseline_in_the_final_report(tiny_co
     assert result["negative_transfer"] == (result["eval/accuracy"] < scratch)
     verdict = "NEGATIVE TRANSFER" if result["negative_transfer"] else "transfer beats training from scratch"
     assert verdict in capsys.readouterr().out
+
+
+def test_wise_ft_evaluates_the_interpolated_weights(tiny_config, source, tmp_path):
+    result = _run(tiny_config, tmp_path, wise_ft=(0.0, 0.5, 1.0), **{"model.pretrained": str(source)})
+    # alpha 1 is the fine-tuned model, alpha 0 the start: the pretrained backbone with ViT's zero head.
+    assert result["wise_ft/1/eval/accuracy"] == result["eval/accuracy"]
+    assert result["wise_ft/0/eval/loss"] == pytest.approx(np.log(3), rel=1e-6)
+    # alpha 0.5: the average of the two parameter trees, evaluated here by hand.
+    model, variables, _ = load_pretrained(str(source), num_classes=3, verbose=False)
+    halfway = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, variables["params"], result["params"])
+    test = data.digits_task((0, 1, 2), shots=16)["test"]
+    correct = [
+        (np.argmax(model.apply({"params": halfway}, b["image"]), -1) == b["label"])[b["mask"]]
+        for b in data.eval_batches(test, 16)
+    ]
+    assert result["wise_ft/0.5/eval/accuracy"] == pytest.approx(np.concatenate(correct).mean(), rel=1e-6)
