@@ -22,6 +22,7 @@ from jtl.models._registry import (
     unregister,
 )
 from jtl.models.bert import Bert, mean_pool
+from jtl.models.deberta import Deberta
 from jtl.models.dinov2 import Dinov2
 from jtl.models.resnet import ResNet
 from jtl.models.vgg import VGG, adaptive_avg_pool
@@ -30,6 +31,7 @@ from jtl.models.vit import ViT
 __all__ = [
     "VGG",
     "Bert",
+    "Deberta",
     "Dinov2",
     "Family",
     "FeatureMap",
