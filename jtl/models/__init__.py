@@ -24,6 +24,7 @@ from jtl.models._registry import (
 from jtl.models.bert import Bert, mean_pool
 from jtl.models.deberta import Deberta
 from jtl.models.dinov2 import Dinov2
+from jtl.models.modernbert import ModernBert
 from jtl.models.resnet import ResNet
 from jtl.models.vgg import VGG, adaptive_avg_pool
 from jtl.models.vit import ViT
@@ -35,6 +36,7 @@ __all__ = [
     "Dinov2",
     "Family",
     "FeatureMap",
+    "ModernBert",
     "ResNet",
     "ViT",
     "adaptive_avg_pool",

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import Mlp, classifier_head, gelu
+from jtl.models._layers import Mlp, activation, classifier_head
 from jtl.models.bert import mean_pool
 
 OUTPUTS = ("pooler", "cls", "mean", "tokens")
@@ -34,29 +34,6 @@ SIZES = {
     "deberta-v3-base": (768, 12, 12, 3072),
     "deberta-v3-large": (1024, 24, 16, 4096),
 }
-
-
-def activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    """A Hugging Face activation by its ``config.json`` name (the GELUs, ``tanh``, ``relu``).
-
-    Args:
-      name: e.g. ``"gelu"`` (exact), ``"gelu_new"`` (tanh-approximate), ``"tanh"``.
-
-    Returns:
-      The function.
-
-    >>> float(activation("tanh")(jnp.array(0.0))), float(activation("relu")(jnp.array(-1.0)))
-    (0.0, 0.0)
-    """
-    if name in ("gelu", "gelu_python"):
-        return gelu(False)
-    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_python_tanh"):
-        return gelu(True)
-    if name == "tanh":
-        return jnp.tanh
-    if name == "relu":
-        return nn.relu
-    raise ValueError(f"activation {name!r} is not supported (GELUs, tanh, relu)")
 
 
 def log_bucket_positions(relative: np.ndarray, buckets: int, max_position: int) -> np.ndarray:
