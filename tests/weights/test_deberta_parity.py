@@ -116,3 +116,19 @@ def test_log_buckets_equal_transformers_at_deberta_v3_sizes():
     for buckets, max_position in ((256, 512), (6, 10)):
         expected = make_log_bucket_position(torch.tensor(relative), buckets, max_position).long().numpy()
         np.testing.assert_array_equal(log_bucket_positions(relative, buckets, max_position), expected)
+
+
+def test_the_hubs_deberta_v3_base_config_gives_the_registrys_deberta_v3_base():
+    from jtl.models import create
+    from jtl.models.deberta import HF_DEBERTA_V2
+
+    hub_config = {  # microsoft/deberta-v3-base's config.json (pos_att_type written as a string)
+        "model_type": "deberta-v2", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "intermediate_size": 3072, "hidden_act": "gelu", "max_position_embeddings": 512, "relative_attention": True,
+        "position_buckets": 256, "norm_rel_ebd": "layer_norm", "share_att_key": True, "pos_att_type": "p2c|c2p",
+        "layer_norm_eps": 1e-7, "max_relative_positions": -1, "position_biased_input": False, "type_vocab_size": 0,
+        "vocab_size": 128100, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+    }  # fmt: skip
+    fields = HF_DEBERTA_V2.fields(hub_config, {})
+    assert fields["pos_att_type"] == ("p2c", "c2p")
+    assert type(create("deberta-v3-base"))(**fields) == create("deberta-v3-base", num_classes=0)

@@ -93,3 +93,23 @@ def test_modernbert_with_biases_mean_pooling_and_other_rope_bases(tmp_path):
     np.testing.assert_array_equal(
         params["encoder"]["block_2"]["attn"]["value"]["bias"], saved["model.layers.2.attn.Wqkv.bias"][2 * HIDDEN :]
     )
+
+
+def test_the_hubs_older_config_reads_as_transformers_reads_it():
+    from jtl.models import create
+    from jtl.models.modernbert import HF_MODERNBERT
+
+    hub_config = {  # answerdotai/ModernBERT-base's config.json, written before rope_parameters and layer_types
+        "model_type": "modernbert", "hidden_size": 768, "num_hidden_layers": 22, "num_attention_heads": 12,
+        "intermediate_size": 1152, "global_attn_every_n_layers": 3, "global_rope_theta": 160000.0,
+        "local_rope_theta": 10000.0, "local_attention": 128, "hidden_activation": "gelu", "norm_bias": False,
+        "norm_eps": 1e-5, "classifier_pooling": "mean", "vocab_size": 50368, "max_position_embeddings": 8192,
+    }  # fmt: skip
+    fields = HF_MODERNBERT.fields(hub_config, {})
+    theirs = transformers.ModernBertConfig(**{k: v for k, v in hub_config.items() if k != "model_type"})
+    assert fields["layer_types"] == tuple(theirs.layer_types)
+    assert fields["global_rope_theta"] == theirs.rope_parameters["full_attention"]["rope_theta"] == 160000.0
+    assert fields["local_rope_theta"] == theirs.rope_parameters["sliding_attention"]["rope_theta"] == 10000.0
+    model = create("modernbert-base", num_classes=0, pooling="mean")
+    assert model.attention_types() == tuple(theirs.layer_types)
+    assert type(model)(**fields).attention_types() == model.attention_types()

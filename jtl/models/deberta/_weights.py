@@ -81,7 +81,7 @@ def hf_deberta_v2_fields(config: dict[str, Any], state: Mapping[str, Any]) -> di
         "num_layers": config.get("num_hidden_layers", 24),
         "num_heads": heads,
         "intermediate_size": config.get("intermediate_size", 6144),
-        "embedding_size": config.get("embedding_size", hidden),
+        "embedding_size": None if config.get("embedding_size", hidden) == hidden else config["embedding_size"],
         "max_position_embeddings": config.get("max_position_embeddings", 512),
         "type_vocab_size": config.get("type_vocab_size", 0),
         "position_biased_input": config.get("position_biased_input", True),
