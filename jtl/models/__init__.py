@@ -22,7 +22,9 @@ from jtl.models._registry import (
     unregister,
 )
 from jtl.models.bert import Bert, mean_pool
+from jtl.models.deberta import Deberta
 from jtl.models.dinov2 import Dinov2
+from jtl.models.modernbert import ModernBert
 from jtl.models.resnet import ResNet
 from jtl.models.vgg import VGG, adaptive_avg_pool
 from jtl.models.vit import ViT
@@ -30,9 +32,11 @@ from jtl.models.vit import ViT
 __all__ = [
     "VGG",
     "Bert",
+    "Deberta",
     "Dinov2",
     "Family",
     "FeatureMap",
+    "ModernBert",
     "ResNet",
     "ViT",
     "adaptive_avg_pool",

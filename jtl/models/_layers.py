@@ -4,7 +4,7 @@ and the ``head`` every model ends with."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,6 +21,31 @@ def gelu(approximate: bool):
     if approximate:
         return lambda x: nn.gelu(x, approximate=True)
     return lambda x: 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))).astype(x.dtype))
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """A Hugging Face activation by its ``config.json`` name (the GELUs, ``tanh``, ``relu``, ``silu``).
+
+    Args:
+      name: e.g. ``"gelu"`` (exact), ``"gelu_new"`` (tanh-approximate), ``"tanh"``.
+
+    Returns:
+      The function.
+
+    >>> float(activation("tanh")(jnp.array(0.0))), float(activation("relu")(jnp.array(-1.0)))
+    (0.0, 0.0)
+    """
+    if name in ("gelu", "gelu_python"):
+        return gelu(False)
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_python_tanh"):
+        return gelu(True)
+    if name == "tanh":
+        return jnp.tanh
+    if name == "relu":
+        return nn.relu
+    if name in ("silu", "swish"):
+        return nn.silu
+    raise ValueError(f"activation {name!r} is not supported (GELUs, tanh, relu, silu)")
 
 
 class SelfAttention(nn.Module):
