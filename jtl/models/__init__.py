@@ -1,6 +1,7 @@
 """jtl's Flax models, with uniform parameter names (``embed/...``, ``encoder/block_{i}/...``, ``head/...``).
 
-Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``) that registers itself, with its named
+Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``, ``ast``,
+``wav2vec2``) that registers itself, with its named
 configurations, layer index, input kind and weight layouts, when it is imported here.
 """
 
@@ -21,6 +22,7 @@ from jtl.models._registry import (
     top_layers,
     unregister,
 )
+from jtl.models.ast import AST
 from jtl.models.bert import Bert, mean_pool
 from jtl.models.dinov2 import Dinov2
 from jtl.models.resnet import ResNet
@@ -28,6 +30,7 @@ from jtl.models.vgg import VGG, adaptive_avg_pool
 from jtl.models.vit import ViT
 
 __all__ = [
+    "AST",
     "VGG",
     "Bert",
     "Dinov2",
