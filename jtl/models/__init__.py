@@ -28,6 +28,7 @@ from jtl.models.dinov2 import Dinov2
 from jtl.models.resnet import ResNet
 from jtl.models.vgg import VGG, adaptive_avg_pool
 from jtl.models.vit import ViT
+from jtl.models.wav2vec2 import Wav2Vec2
 
 __all__ = [
     "AST",
@@ -38,6 +39,7 @@ __all__ = [
     "FeatureMap",
     "ResNet",
     "ViT",
+    "Wav2Vec2",
     "adaptive_avg_pool",
     "available",
     "create",
