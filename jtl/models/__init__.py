@@ -5,6 +5,7 @@ Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``, 
 configurations, layer index, input kind and weight layouts, when it is imported here.
 """
 
+from jtl.models._audio import load_feature_extractor, read_preprocessor_config
 from jtl.models._nnx import to_nnx
 from jtl.models._registry import (
     Family,
@@ -49,8 +50,10 @@ __all__ = [
     "init",
     "input_kind",
     "layer_index",
+    "load_feature_extractor",
     "mean_pool",
     "model_inputs",
+    "read_preprocessor_config",
     "register",
     "to_nnx",
     "top_layers",

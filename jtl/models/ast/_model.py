@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
 from jtl.models._layers import PatchEmbed, classifier_head, transformer_encoder
+from jtl.models.ast._features import ASTFeatureExtractor
 
 
 class AST(nn.Module):
@@ -59,6 +60,11 @@ class AST(nn.Module):
             (self.num_mel_bins - self.patch_size) // self.frequency_stride + 1,
             (self.max_length - self.patch_size) // self.time_stride + 1,
         )
+
+    def default_feature_extractor(self) -> ASTFeatureExtractor:
+        """The feature extractor for this model's input with AudioSet's statistics (a checkpoint's own settings:
+        :func:`jtl.models.load_feature_extractor`)."""
+        return ASTFeatureExtractor(num_mel_bins=self.num_mel_bins, max_length=self.max_length)
 
     def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
         """Inputs of the right shape for ``init``: a (batch, max_length, num_mel_bins) filterbank."""

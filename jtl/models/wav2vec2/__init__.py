@@ -4,9 +4,10 @@
 extractor."""
 
 from jtl.models._registry import Family, register
+from jtl.models.wav2vec2._features import Wav2Vec2FeatureExtractor
 from jtl.models.wav2vec2._model import CONFIGS, Wav2Vec2, frame_lengths, layer_index
 from jtl.models.wav2vec2._weights import HF_HUBERT, HF_WAV2VEC2
 
 FAMILY = register(Family("wav2vec2", Wav2Vec2, CONFIGS, layer_index, "audio", (HF_WAV2VEC2, HF_HUBERT)))
 
-__all__ = ["FAMILY", "HF_HUBERT", "HF_WAV2VEC2", "Wav2Vec2", "frame_lengths"]
+__all__ = ["FAMILY", "HF_HUBERT", "HF_WAV2VEC2", "Wav2Vec2", "Wav2Vec2FeatureExtractor", "frame_lengths"]

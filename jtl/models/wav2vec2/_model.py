@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
 from jtl.models._layers import gelu, transformer_encoder
+from jtl.models.wav2vec2._features import Wav2Vec2FeatureExtractor
 
 _CONV = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2  # (channels, kernel, stride): every size's
 
@@ -186,6 +187,14 @@ class Wav2Vec2(nn.Module):
     attention_dropout_rate: float = 0.0
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
+
+    def default_feature_extractor(self) -> Wav2Vec2FeatureExtractor:
+        """A feature extractor giving ``num_samples`` samples, with an attention mask for the layer-norm feature
+        encoders (as the large checkpoints' preprocessor configs say; a checkpoint's own settings:
+        :func:`jtl.models.load_feature_extractor`)."""
+        return Wav2Vec2FeatureExtractor(
+            return_attention_mask=self.feat_extract_norm == "layer", max_length=self.num_samples
+        )
 
     def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
         """Inputs of the right shape for ``init``: (batch, num_samples) waveforms."""
