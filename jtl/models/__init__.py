@@ -1,8 +1,8 @@
 """jtl's Flax models, with uniform parameter names (``embed/...``, ``encoder/block_{i}/...``, ``head/...``).
 
-Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``, ``ast``,
-``wav2vec2``) that registers itself, with its named
-configurations, layer index, input kind and weight layouts, when it is imported here.
+Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``, ``ast``, ``wav2vec2``) that
+registers itself, with its named configurations, layer index, input kind and weight layouts, when it is imported
+here. Audio families also give their feature extractors (:func:`load_feature_extractor`).
 """
 
 from jtl.models._audio import load_feature_extractor, read_preprocessor_config
