@@ -16,57 +16,25 @@ def _conv1d(x: np.ndarray) -> np.ndarray:
     return x.transpose(2, 1, 0)
 
 
-def _conv1d_back(x: np.ndarray, fields: Mapping[str, Any]) -> np.ndarray:
-    del fields
-    return x.transpose(2, 1, 0)
-
-
 def _weight_g(x: np.ndarray) -> np.ndarray:
     """PyTorch's weight-norm magnitude (1, 1, width), one per kernel position -> (width,)."""
     return x.reshape(-1)
-
-
-def _weight_g_back(x: np.ndarray, fields: Mapping[str, Any]) -> np.ndarray:
-    del fields
-    return x.reshape(1, 1, -1)
 
 
 _HF = r"(?:wav2vec2\.|hubert\.)?"
 _HF_BLOCK = _HF + r"encoder\.layers\.(\d+)\."
 _POS = _HF + r"encoder\.pos_conv_embed\.conv\."
 HF_WAV2VEC2_RULES = [
-    Rule(
-        _HF + r"feature_extractor\.conv_layers\.(\d+)\.conv\.weight",
-        r"params/embed/conv_\1/kernel",
-        _conv1d,
-        export=r"wav2vec2.feature_extractor.conv_layers.\1.conv.weight",
-        inverse=_conv1d_back,
-    ),
-    Rule(
-        _HF + r"feature_extractor\.conv_layers\.(\d+)\.conv\.bias",
-        r"params/embed/conv_\1/bias",
-        export=r"wav2vec2.feature_extractor.conv_layers.\1.conv.bias",
-    ),
+    Rule(_HF + r"feature_extractor\.conv_layers\.(\d+)\.conv\.weight", r"params/embed/conv_\1/kernel", _conv1d),
+    Rule(_HF + r"feature_extractor\.conv_layers\.(\d+)\.conv\.bias", r"params/embed/conv_\1/bias"),
     *layer_norm(_HF + r"feature_extractor\.conv_layers\.(\d+)\.layer_norm", r"embed/norm_\1"),
     *layer_norm(_HF + r"feature_projection\.layer_norm", "embed/proj_norm"),
     *linear(_HF + r"feature_projection\.projection", "embed/proj"),
     # The weight-normalised positional convolution, saved under the old (weight_g/weight_v) or the
     # parametrizations (original0/original1) names; the model computes the kernel from the two.
-    Rule(
-        _POS + r"(?:weight_g|parametrizations\.weight\.original0)",
-        "params/embed/pos_conv/weight_g",
-        _weight_g,
-        export="wav2vec2.encoder.pos_conv_embed.conv.weight_g",
-        inverse=_weight_g_back,
-    ),
-    Rule(
-        _POS + r"(?:weight_v|parametrizations\.weight\.original1)",
-        "params/embed/pos_conv/weight_v",
-        _conv1d,
-        export="wav2vec2.encoder.pos_conv_embed.conv.weight_v",
-        inverse=_conv1d_back,
-    ),
-    Rule(_POS + r"bias", "params/embed/pos_conv/bias", export="wav2vec2.encoder.pos_conv_embed.conv.bias"),
+    Rule(_POS + r"(?:weight_g|parametrizations\.weight\.original0)", "params/embed/pos_conv/weight_g", _weight_g),
+    Rule(_POS + r"(?:weight_v|parametrizations\.weight\.original1)", "params/embed/pos_conv/weight_v", _conv1d),
+    Rule(_POS + r"bias", "params/embed/pos_conv/bias"),
     *linear(_HF_BLOCK + r"attention\.q_proj", r"encoder/block_\1/attn/query"),
     *linear(_HF_BLOCK + r"attention\.k_proj", r"encoder/block_\1/attn/key"),
     *linear(_HF_BLOCK + r"attention\.v_proj", r"encoder/block_\1/attn/value"),
