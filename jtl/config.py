@@ -224,7 +224,7 @@ def data_config() -> ml_collections.ConfigDict:
     'digits'
     """
     d = ml_collections.ConfigDict()
-    d.source = "digits"  # or "tfds", or "folder" (root/<class>/*.jpg|png)
+    d.source = "digits"  # or "tfds", or "folder" (root/<class>/*.jpg|png; audio models: *.wav|flac)
     d.classes = tuple(range(10))  # digits: the classes to keep
     d.shots = 0  # digits: labelled examples per class; 0: a seeded 80/20 split
     d.split_seed = 0

@@ -89,7 +89,7 @@ def data_loader(model: Any, pretrained: str = "") -> objectives.Load:
     """``dataset config -> splits`` for ``model``'s inputs (:func:`jtl.data.load_splits`).
 
     Args:
-      model: the model the data feeds (its input kind and resolution).
+      model: the model the data feeds (its input kind and resolution, or an audio model's feature extractor).
       pretrained: the pretrained source (its tokenizer or normalisation statistics).
 
     Returns:
@@ -101,7 +101,8 @@ def data_loader(model: Any, pretrained: str = "") -> objectives.Load:
     ['eval_transform', 'test', 'train', 'train_transform']
     """
     kind, image_size = models.input_kind(model), getattr(model, "image_size", 0)
-    return lambda data: jdata.load_splits(data, kind, image_size, pretrained)
+    features = model.default_feature_extractor() if kind == "audio" else None
+    return lambda data: jdata.load_splits(data, kind, image_size, pretrained, features)
 
 
 def progress_bar(step: int, total: int, width: int = 30) -> str:

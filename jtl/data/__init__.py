@@ -1,5 +1,5 @@
 """Data for jtl: in-memory arrays and scikit-learn's digits, TFDS through ``tfds.data_source``, image
-folders, image preprocessing, and grain pipelines with checkpointable state."""
+folders, audio folders, image and audio preprocessing, and grain pipelines with checkpointable state."""
 
 from jtl.data._arrays import (
     LABELS,
@@ -13,6 +13,7 @@ from jtl.data._arrays import (
     shuffle_labels,
     train_batches,
 )
+from jtl.data._audio import AudioFolderSource, AudioPreprocessing, read_audio, resample
 from jtl.data._config import load_splits
 from jtl.data._folder import ImageFolderSource
 from jtl.data._images import ImagePreprocessing, random_resized_crop, resize_bilinear
@@ -23,6 +24,8 @@ __all__ = [
     "LABELS",
     "SHIFTS",
     "ArraySource",
+    "AudioFolderSource",
+    "AudioPreprocessing",
     "DataError",
     "ImageFolderSource",
     "ImagePreprocessing",
@@ -33,6 +36,8 @@ __all__ = [
     "eval_batches",
     "load_splits",
     "random_resized_crop",
+    "read_audio",
+    "resample",
     "resize_bilinear",
     "shifted",
     "shuffle_labels",

@@ -11,6 +11,7 @@ import ml_collections
 
 from jtl.config import ConfigError
 from jtl.data._arrays import digits_task, shifted, shuffle_labels
+from jtl.data._audio import AudioFolderSource, AudioPreprocessing
 from jtl.data._folder import ImageFolderSource
 from jtl.data._images import ImagePreprocessing
 from jtl.data._text import TextPreprocessing
@@ -27,20 +28,37 @@ def _preprocessing_stats(data: ml_collections.ConfigDict, pretrained: str) -> tu
     return tuple(data.mean), tuple(data.std)
 
 
+def _audio_features(pretrained: str, default: Any) -> Any:
+    """The pretrained checkpoint's feature extractor at the model's input length, else the model's own."""
+    if default is None:
+        raise ConfigError("audio data needs the model's feature extractor (jtl.train passes it)")
+    if pretrained:
+        from jtl.models import load_feature_extractor
+
+        try:
+            return load_feature_extractor(pretrained, max_length=default.max_length)
+        except FileNotFoundError:
+            pass  # a checkpoint without preprocessor_config.json: the model's defaults
+    return default
+
+
 def load_splits(
     data: ml_collections.ConfigDict,
     input_kind: str = "image",
     image_size: int | tuple[int, int] = 224,
     pretrained: str = "",
+    audio_features: Any = None,
 ) -> dict[str, Any]:
     """The train and test sources of one dataset config, and their transforms.
 
     Args:
       data: a dataset config (:func:`jtl.config.data_config`).
-      input_kind: the model's input, ``image`` or ``text`` (:func:`jtl.models.input_kind`).
+      input_kind: the model's input, ``image``, ``text`` or ``audio`` (:func:`jtl.models.input_kind`).
       image_size: the model's input resolution (images; an int is square).
-      pretrained: the pretrained source, whose tokenizer (text) or normalisation (``preprocessor_config.json``)
-        the transforms use.
+      pretrained: the pretrained source, whose tokenizer (text), normalisation or audio feature extractor
+        (``preprocessor_config.json``) the transforms use.
+      audio_features: audio: the model's own feature extractor (its ``default_feature_extractor()``), which
+        fixes the input length; a pretrained source's ``preprocessor_config.json`` replaces its other settings.
 
     Returns:
       ``{"train", "test", ["ood"], "train_transform", "eval_transform"}``; the transforms are None where the
@@ -81,11 +99,15 @@ def load_splits(
 
         tokenizer = load_tokenizer(data.tokenizer or pretrained)
         preprocessing = TextPreprocessing(tokenizer, data.max_length, data.text_key)
+    elif input_kind == "audio":
+        preprocessing = AudioPreprocessing(_audio_features(pretrained, audio_features))
     else:
         mean, std = _preprocessing_stats(data, pretrained)
         preprocessing = ImagePreprocessing(image_size, mean, std, crop=data.crop, flip=data.flip)
     transforms = {"train_transform": preprocessing.train, "eval_transform": preprocessing.eval}
     if data.source == "tfds":
+        if input_kind == "audio":
+            raise ConfigError("audio models read data.source='folder' (root/<class>/*.wav|*.flac), not 'tfds'")
         data_dir = data.data_dir or None
         return {
             "train": tfds_source(data.name, data.train_split, data_dir),
@@ -95,7 +117,8 @@ def load_splits(
     if data.source == "folder":
         if not data.train_dir or not data.test_dir:
             raise ConfigError("data.source='folder' needs data.train_dir and data.test_dir")
-        train = ImageFolderSource(data.train_dir)
+        folder = AudioFolderSource if input_kind == "audio" else ImageFolderSource
+        train = folder(data.train_dir)
         # The test split uses the training classes, in the same order, so labels agree.
-        return {"train": train, "test": ImageFolderSource(data.test_dir, train.classes), **transforms}
+        return {"train": train, "test": folder(data.test_dir, train.classes), **transforms}
     raise ConfigError(f"data.source={data.source!r} is not supported; known: digits, tfds, folder")

@@ -1,9 +1,11 @@
 """jtl's Flax models, with uniform parameter names (``embed/...``, ``encoder/block_{i}/...``, ``head/...``).
 
-Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``) that registers itself, with its named
-configurations, layer index, input kind and weight layouts, when it is imported here.
+Each family is one package (``vit``, ``bert``, ``resnet``, ..., the README's model table lists them all) that
+registers itself, with its named configurations, layer index, input kind and weight layouts, when it is imported
+here. Audio families also give their feature extractors (:func:`load_feature_extractor`).
 """
 
+from jtl.models._audio import load_feature_extractor, read_preprocessor_config
 from jtl.models._nnx import to_nnx
 from jtl.models._registry import (
     Family,
@@ -21,6 +23,7 @@ from jtl.models._registry import (
     top_layers,
     unregister,
 )
+from jtl.models.ast import AST
 from jtl.models.bert import Bert, mean_pool
 from jtl.models.deberta import Deberta
 from jtl.models.dinov2 import Dinov2
@@ -28,8 +31,10 @@ from jtl.models.modernbert import ModernBert
 from jtl.models.resnet import ResNet
 from jtl.models.vgg import VGG, adaptive_avg_pool
 from jtl.models.vit import ViT
+from jtl.models.wav2vec2 import Wav2Vec2
 
 __all__ = [
+    "AST",
     "VGG",
     "Bert",
     "Deberta",
@@ -39,6 +44,7 @@ __all__ = [
     "ModernBert",
     "ResNet",
     "ViT",
+    "Wav2Vec2",
     "adaptive_avg_pool",
     "available",
     "create",
@@ -48,8 +54,10 @@ __all__ = [
     "init",
     "input_kind",
     "layer_index",
+    "load_feature_extractor",
     "mean_pool",
     "model_inputs",
+    "read_preprocessor_config",
     "register",
     "to_nnx",
     "top_layers",

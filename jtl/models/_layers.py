@@ -179,7 +179,8 @@ class EncoderBlock(nn.Module):
 class PatchEmbed(nn.Module):
     """Patches -> tokens: ``patch`` (conv), ``cls`` (class token), ``dist`` (DeiT's distillation token, after the
     class token), ``pos_embedding`` (for those tokens and the patches), then ``registers`` (DINOv2's register
-    tokens, after the class token, without position embeddings).
+    tokens, after the class token, without position embeddings). ``strides`` (default: the patch size) below the
+    patch size cut overlapping patches (AST).
     """
 
     patch_size: int | tuple[int, int]
@@ -189,11 +190,13 @@ class PatchEmbed(nn.Module):
     dtype: jnp.dtype = jnp.float32
     num_registers: int = 0
     distillation_token: bool = False
+    strides: int | tuple[int, int] | None = None
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         p = pair(self.patch_size)
-        x = nn.Conv(self.hidden_size, p, strides=p, padding="VALID", dtype=self.dtype, name="patch")(images)
+        strides = p if self.strides is None else pair(self.strides)
+        x = nn.Conv(self.hidden_size, p, strides=strides, padding="VALID", dtype=self.dtype, name="patch")(images)
         batch, h, w, width = x.shape
         x = x.reshape(batch, h * w, width)
         tokens = ("cls",) * self.class_token + ("dist",) * self.distillation_token

@@ -22,6 +22,8 @@ from jtl import models
         "bert-testing",
         "deberta-testing",
         "modernbert-testing",
+        "ast-testing",
+        "wav2vec2-testing",
     ],
 )
 def test_an_nnx_module_holds_the_variables_and_gives_the_linen_outputs(name):
@@ -30,7 +32,7 @@ def test_an_nnx_module_holds_the_variables_and_gives_the_linen_outputs(name):
     variables["params"]["head"] = jax.tree_util.tree_map(lambda x: x + 0.1, variables["params"]["head"])
     module = models.to_nnx(model, variables)
     inputs = model.example_inputs(2)
-    if models.input_kind(model) == "image":
+    if models.input_kind(model) in ("image", "audio"):
         inputs = (jax.random.normal(jax.random.PRNGKey(0), inputs[0].shape),)
     else:
         inputs = (jnp.array([[5, 6, 7, 0], [8, 9, 0, 0]]), jnp.array([[1, 1, 1, 0], [1, 1, 0, 0]]))

@@ -110,3 +110,27 @@ def test_bert_finetune_config_trains_a_roberta(tmp_path):
     params = result["params"]
     assert params["pooler"]["kernel"].shape == (16, 16) and params["head"]["kernel"].shape == (16, 2)
     assert 0.0 <= result["eval/accuracy"] <= 1.0
+
+
+def test_audio_config_trains_a_hubert_on_synthesised_tones(tmp_path):
+    from configs.audio_finetune import write_tones
+
+    # A tiny random HuBERT base model (no classifier) with a preprocessor config that asks for attention masks:
+    # the clips are resampled from 8 kHz, normalised over their real samples and padded, and the model masks.
+    hf = transformers.HubertConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+        conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer", do_stable_layer_norm=True,
+    )  # fmt: skip
+    transformers.HubertModel(hf).save_pretrained(tmp_path / "hubert")
+    transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(tmp_path / "hubert")
+    tones = write_tones(tmp_path / "tones", per_class=(3, 2))
+    folders = {"data.train_dir": str(tones / "train"), "data.test_dir": str(tones / "test"), "num_classes": "3"}
+    config = _shrink(load_config("configs/audio_finetune.py:hubert"), tmp_path / "hubert", **folders)
+    config.model.overrides = {"num_samples": 6000}  # 0.375 s: the 0.5 s tones are cropped
+    result = train_and_evaluate(config, tmp_path / "run")
+    params = result["params"]
+    assert params["head"]["projector"]["kernel"].shape == (16, 256) and params["head"]["classifier"][
+        "kernel"
+    ].shape == (256, 3)
+    assert 0.0 <= result["eval/accuracy"] <= 1.0
