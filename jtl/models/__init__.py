@@ -1,7 +1,7 @@
 """jtl's Flax models, with uniform parameter names (``embed/...``, ``encoder/block_{i}/...``, ``head/...``).
 
-Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``) that registers itself, with its named
-configurations, layer index, input kind and weight layouts, when it is imported here.
+Each family is one package (``vit``, ``dinov2``, ``bert``, ``clip``, ``siglip``, ``resnet``, ``vgg``) that registers
+itself, with its named configurations, layer index, input kind and weight layouts, when it is imported here.
 """
 
 from jtl.models._nnx import to_nnx
@@ -22,18 +22,25 @@ from jtl.models._registry import (
     unregister,
 )
 from jtl.models.bert import Bert, mean_pool
+from jtl.models.clip import Clip, ClipModel, ClipText
 from jtl.models.dinov2 import Dinov2
 from jtl.models.resnet import ResNet
+from jtl.models.siglip import Siglip, SiglipText
 from jtl.models.vgg import VGG, adaptive_avg_pool
 from jtl.models.vit import ViT
 
 __all__ = [
     "VGG",
     "Bert",
+    "Clip",
+    "ClipModel",
+    "ClipText",
     "Dinov2",
     "Family",
     "FeatureMap",
     "ResNet",
+    "Siglip",
+    "SiglipText",
     "ViT",
     "adaptive_avg_pool",
     "available",
