@@ -139,3 +139,14 @@ def test_siglip2_naflex_and_fixed_resolution(tmp_path):
     image = model.apply(variables, _nhwc(pixels), method="encode_image")
     expected = expected.pooler_output.numpy() if hasattr(expected, "pooler_output") else expected.numpy()
     assert max_abs(image, expected / np.linalg.norm(expected, axis=-1, keepdims=True)) < TOL
+
+    # The classifier pools the mean of the real patches.
+    config.num_labels = 3
+    classifier = randomise(transformers.Siglip2ForImageClassification(config), 3)
+    classifier.save_pretrained(tmp_path / "classifier")
+    with torch.no_grad():
+        expected = classifier(pixel_values=patches, pixel_attention_mask=pixel_mask, spatial_shapes=shapes).logits
+    model, variables, report = load_pretrained(tmp_path / "classifier", verbose=False)
+    assert not report.missing and not report.unexpected, report
+    assert model.pooling == "mean" and model.num_classes == 3
+    assert max_abs(model.apply(variables, *inputs), expected.numpy()) < TOL
