@@ -150,3 +150,9 @@ def test_siglip2_naflex_and_fixed_resolution(tmp_path):
     assert not report.missing and not report.unexpected, report
     assert model.pooling == "mean" and model.num_classes == 3
     assert max_abs(model.apply(variables, *inputs), expected.numpy()) < TOL
+
+    # One input channel: the linear patch embedding summed over its input channels, patch by patch.
+    grey, grey_variables, _ = load_pretrained(tmp_path / "classifier", num_channels=1, verbose=False)
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 20, 1)), jnp.float32)
+    rgb = model.apply(variables, jnp.repeat(images, 3, axis=-1))
+    assert max_abs(grey.apply(grey_variables, images), rgb) < TOL
