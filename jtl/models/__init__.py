@@ -25,10 +25,12 @@ from jtl.models._registry import (
 )
 from jtl.models.ast import AST
 from jtl.models.bert import Bert, mean_pool
+from jtl.models.clip import Clip, ClipModel, ClipText
 from jtl.models.deberta import Deberta
 from jtl.models.dinov2 import Dinov2
 from jtl.models.modernbert import ModernBert
 from jtl.models.resnet import ResNet
+from jtl.models.siglip import Siglip, SiglipText
 from jtl.models.vgg import VGG, adaptive_avg_pool
 from jtl.models.vit import ViT
 from jtl.models.wav2vec2 import Wav2Vec2
@@ -37,12 +39,17 @@ __all__ = [
     "AST",
     "VGG",
     "Bert",
+    "Clip",
+    "ClipModel",
+    "ClipText",
     "Deberta",
     "Dinov2",
     "Family",
     "FeatureMap",
     "ModernBert",
     "ResNet",
+    "Siglip",
+    "SiglipText",
     "ViT",
     "Wav2Vec2",
     "adaptive_avg_pool",

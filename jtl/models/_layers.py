@@ -80,8 +80,10 @@ class SelfAttention(nn.Module):
         logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
         logits = logits.astype(jnp.float32)
         if mask is not None:
-            # mask: (batch, length) with 1 for real tokens, as Hugging Face's attention_mask.
-            logits = jnp.where(mask[:, None, None, :].astype(bool), logits, jnp.finfo(jnp.float32).min)
+            # mask: (batch, length) with 1 for real tokens, as Hugging Face's attention_mask; or (batch, queries,
+            # keys) per query (CLIP's causal text mask).
+            mask = mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]
+            logits = jnp.where(mask.astype(bool), logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
         out = jnp.einsum("bhqk,bhkd->bhqd", weights, v).transpose(0, 2, 1, 3).reshape(batch, length, width)
@@ -90,13 +92,14 @@ class SelfAttention(nn.Module):
 
 class Mlp(nn.Module):
     """``fc1``, GELU, ``fc2``; with ``swiglu``, ``fc1`` gives twice ``hidden_dim`` and ``silu(a) * b`` of its two
-    halves goes to ``fc2`` (DINOv2's SwiGLU feed-forward)."""
+    halves goes to ``fc2`` (DINOv2's SwiGLU feed-forward); ``activation`` replaces the GELU (CLIP's quick GELU)."""
 
     hidden_dim: int
     gelu_approximate: bool = False
     dropout_rate: float = 0.0
     swiglu: bool = False
     dtype: jnp.dtype = jnp.float32
+    activation: Callable[[jax.Array], jax.Array] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -105,7 +108,8 @@ class Mlp(nn.Module):
             gate, value = jnp.split(nn.Dense(2 * self.hidden_dim, dtype=self.dtype, name="fc1")(x), 2, axis=-1)
             y = nn.silu(gate) * value
         else:
-            y = gelu(self.gelu_approximate)(nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x))
+            act = self.activation or gelu(self.gelu_approximate)
+            y = act(nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x))
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         return nn.Dense(width, dtype=self.dtype, name="fc2")(y)
 
@@ -153,6 +157,7 @@ class EncoderBlock(nn.Module):
     drop_path_rate: float = 0.0
     swiglu: bool = False
     dtype: jnp.dtype = jnp.float32
+    activation: Callable[[jax.Array], jax.Array] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False) -> jax.Array:
@@ -161,7 +166,15 @@ class EncoderBlock(nn.Module):
         attn = SelfAttention(
             self.num_heads, self.attention_dropout_rate, use_bias=self.qkv_bias, dtype=self.dtype, name="attn"
         )
-        mlp = Mlp(self.mlp_dim, self.gelu_approximate, self.dropout_rate, self.swiglu, dtype=self.dtype, name="mlp")
+        mlp = Mlp(
+            self.mlp_dim,
+            self.gelu_approximate,
+            self.dropout_rate,
+            self.swiglu,
+            dtype=self.dtype,
+            activation=self.activation,
+            name="mlp",
+        )
         drop = nn.Dropout(self.dropout_rate)
         if self.pre_norm:
             x = self._residual(x, drop(attn(norm1(x), mask, train=train), deterministic=not train), 1, train)
@@ -237,6 +250,7 @@ def transformer_encoder(
     layer_scale: float | None = None,
     drop_path_rate: float = 0.0,
     swiglu: bool = False,
+    activation: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Encoder:
     """The ``encoder`` of a transformer family's module, built from the fields they share.
 
@@ -248,6 +262,7 @@ def transformer_encoder(
       layer_scale: the initial LayerScale of each pre-norm branch (``None``: no LayerScale).
       drop_path_rate: stochastic depth of each pre-norm branch, in training.
       swiglu: a SwiGLU feed-forward instead of GELU.
+      activation: the MLP's activation instead of the GELU ``config.gelu_approximate`` picks (``None``: that GELU).
 
     Returns:
       The ``Encoder`` named ``encoder``.
@@ -270,6 +285,7 @@ def transformer_encoder(
         drop_path_rate=drop_path_rate,
         swiglu=swiglu,
         dtype=config.dtype,
+        activation=activation,
         parent=None,
     )
     return Encoder(config.num_layers, block, name="encoder")

@@ -52,6 +52,7 @@ def load_pretrained(
     verbose: bool = True,
     revision: str | None = None,
     seed: int = 0,
+    layout: str | None = None,
     **overrides: Any,
 ) -> Pretrained:
     """Loads pretrained weights into a jtl model, with head surgery and resolution change.
@@ -73,6 +74,8 @@ def load_pretrained(
       verbose: print the load report.
       revision: the hub revision (branch, tag or commit).
       seed: the seed for freshly initialised variables.
+      layout: read a Hugging Face directory with this registered layout (:func:`get_layout`) rather than the one
+        its ``model_type`` picks: a checkpoint holding several models (CLIP's text tower: ``"hf-clip-text"``).
       **overrides: other model fields, e.g. ``output="mean"`` for BERT or ``dtype=jnp.bfloat16``.
 
     Returns:
@@ -93,6 +96,10 @@ def load_pretrained(
     (3, (1, 17, 8), 1)
     """
     source_ = _resolve(source, revision)
+    if layout is not None:
+        chosen = get_layout(layout)
+        family = next(family for family, lay in _registered() if lay is chosen)
+        source_ = _source(family, chosen, source_.config, source_.where, source_.shapes, source_.read)
     family, layout, config, where = source_.family, source_.layout, source_.config, source_.where
     # The tensors are read on a second thread (the read releases the GIL) while the model's init is traced.
     with ThreadPoolExecutor(max_workers=1) as pool:

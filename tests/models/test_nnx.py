@@ -11,21 +11,12 @@ from flax import nnx
 import jtl.masking as jm
 from jtl import models
 
+NAMES = ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing"]
+NAMES += ["deberta-testing", "modernbert-testing", "ast-testing", "wav2vec2-testing"]
+NAMES += ["clip-testing", "clip-text-testing", "siglip-testing", "siglip2-testing", "siglip-text-testing"]
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "vit-testing",
-        "dinov2-testing",
-        "resnet-testing",
-        "vgg-testing",
-        "bert-testing",
-        "deberta-testing",
-        "modernbert-testing",
-        "ast-testing",
-        "wav2vec2-testing",
-    ],
-)
+
+@pytest.mark.parametrize("name", NAMES)
 def test_an_nnx_module_holds_the_variables_and_gives_the_linen_outputs(name):
     model = models.create(name, num_classes=3)
     variables = models.init(model, seed=1)

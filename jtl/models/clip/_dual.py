@@ -1,0 +1,222 @@
+"""The dual encoder (CLIP's ``CLIPModel``, SigLIP's ``SiglipModel``): both towers and the learned logit scale (and
+SigLIP's bias), loaded from one checkpoint; and the zero-shot classifier head built from the text tower.
+
+The towers are registered families of their own (``clip``: images, ``clip-text``: token ids), since a family has
+one input kind; the dual model is not a family but a module over the two, loaded with :func:`load_dual`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jtl.weights import LoadReport, Pretrained, load_pretrained
+
+
+def _normalise(x: jax.Array) -> jax.Array:
+    return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+
+
+class ClipModel(nn.Module):
+    """Image and text towers side by side: ``encode_image`` / ``encode_text`` give L2-normalised embeddings and
+    ``__call__`` gives ``logits_per_image`` (images x texts): ``exp(logit_scale)`` times their cosine similarity,
+    plus ``logit_bias`` for SigLIP (``logit_bias=True``). Params: ``vision/...``, ``text/...``, ``logit_scale``
+    (and ``logit_bias``).
+
+    Args (fields):
+      vision: the image tower (:class:`jtl.models.clip.Clip`, or SigLIP's), without head (``num_classes=0``).
+      text: the text tower, without head.
+      logit_bias: SigLIP's learned bias on the logits.
+
+    >>> from jtl.models import create
+    >>> model = ClipModel(create("clip-testing", num_classes=0), create("clip-text-testing", num_classes=0))
+    >>> variables = model.init(jax.random.PRNGKey(0), *model.example_inputs())
+    >>> model.apply(variables, jnp.zeros((3, 16, 16, 3)), jnp.array([[1, 63], [2, 63]])).shape
+    (3, 2)
+    """
+
+    vision: nn.Module
+    text: nn.Module
+    logit_bias: bool = False
+
+    def setup(self) -> None:
+        self.logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)), (), jnp.float32)
+        if self.logit_bias:
+            self.bias = self.param("logit_bias", nn.initializers.constant(-10.0), (), jnp.float32)
+
+    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
+        """Images, token ids and an attention mask of the right shapes for ``init``."""
+        return (*self.vision.example_inputs(batch_size), *self.text.example_inputs(batch_size))
+
+    def encode_image(self, images: jax.Array) -> jax.Array:
+        """L2-normalised image embeddings (``model.apply(variables, images, method="encode_image")``)."""
+        return _normalise(self.vision(images))
+
+    def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        """L2-normalised text embeddings."""
+        return _normalise(self.text(input_ids, attention_mask))
+
+    def __call__(self, images: jax.Array, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        logits = jnp.exp(self.logit_scale) * self.encode_image(images) @ self.encode_text(input_ids, attention_mask).T
+        return logits + self.bias if self.logit_bias else logits
+
+
+def zero_shot_head(
+    model: ClipModel, variables: dict, input_ids: jax.Array, attention_mask: jax.Array | None = None
+) -> dict[str, jax.Array]:
+    """The zero-shot classifier: each class's text embedding over its prompt templates (normalised, averaged,
+    renormalised), times ``exp(logit_scale)``, with ``logit_bias`` (SigLIP) or zero as bias.
+
+    On L2-normalised image embeddings (the vision tower with ``normalize=True``, as :func:`zero_shot_classifier`
+    builds it) the head gives the dual model's ``logits_per_image`` when each class has one prompt.
+
+    Args:
+      model: the dual model.
+      variables: its variables.
+      input_ids: (classes, templates, length) token ids, or (classes, length) for one prompt a class.
+      attention_mask: the same shape, or ``None`` (no padding).
+
+    Returns:
+      ``{"kernel": (embed dim, classes), "bias": (classes,)}``, the ``head`` params.
+
+    >>> from jtl.models import create
+    >>> model = ClipModel(create("clip-testing", num_classes=0), create("clip-text-testing", num_classes=0))
+    >>> variables = model.init(jax.random.PRNGKey(0), *model.example_inputs())
+    >>> head = zero_shot_head(model, variables, jnp.array([[[1, 63], [2, 63]], [[3, 63], [4, 63]]]))
+    >>> head["kernel"].shape, head["bias"].shape
+    ((8, 2), (2,))
+    """
+    input_ids = jnp.asarray(input_ids)
+    if input_ids.ndim == 2:
+        input_ids = input_ids[:, None]
+        attention_mask = None if attention_mask is None else jnp.asarray(attention_mask)[:, None]
+    classes, templates, length = input_ids.shape
+    flat_mask = None if attention_mask is None else jnp.asarray(attention_mask).reshape(-1, length)
+    embeddings = model.apply(variables, input_ids.reshape(-1, length), flat_mask, method="encode_text")
+    embeddings = _normalise(embeddings.reshape(classes, templates, -1).mean(axis=1))
+    params = variables["params"]
+    kernel = jnp.exp(params["logit_scale"]) * embeddings.T
+    bias = jnp.full((classes,), params["logit_bias"]) if "logit_bias" in params else jnp.zeros((classes,))
+    return {"kernel": kernel.astype(jnp.float32), "bias": bias.astype(jnp.float32)}
+
+
+def zero_shot_classifier(
+    model: ClipModel, variables: dict, input_ids: jax.Array, attention_mask: jax.Array | None = None
+) -> tuple[nn.Module, dict]:
+    """The vision tower as a zero-shot classifier: L2-normalised image embeddings into :func:`zero_shot_head`,
+    ready to fine-tune (WiSE-FT's starting point).
+
+    Args:
+      model: the dual model.
+      variables: its variables.
+      input_ids: (classes, templates, length) token ids of the class prompts (or (classes, length)).
+      attention_mask: the same shape, or ``None``.
+
+    Returns:
+      ``(vision model with num_classes=classes and normalize=True, its variables)``.
+
+    >>> from jtl.models import create
+    >>> model = ClipModel(create("clip-testing", num_classes=0), create("clip-text-testing", num_classes=0))
+    >>> variables = model.init(jax.random.PRNGKey(0), *model.example_inputs())
+    >>> vision, vision_variables = zero_shot_classifier(model, variables, jnp.array([[1, 63], [2, 63]]))
+    >>> vision.apply(vision_variables, jnp.zeros((4, 16, 16, 3))).shape
+    (4, 2)
+    """
+    head = zero_shot_head(model, variables, input_ids, attention_mask)
+    vision = model.vision.clone(parent=None, name=None, num_classes=head["kernel"].shape[1], normalize=True)
+    return vision, {"params": {**variables["params"]["vision"], "head": head}}
+
+
+def _read_tensors(where: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """A few tensors of a checkpoint file (safetensors read by name, not whole)."""
+    path = Path(where)
+    if path.name.endswith(".safetensors.index.json"):
+        weight_map = json.loads(path.read_text())["weight_map"]
+        files = {name: path.parent / weight_map[name] for name in names if name in weight_map}
+    else:
+        files = {name: path for name in names}
+    out = {}
+    for name, file in files.items():
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), "np") as f:
+                if name in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                    out[name] = f.get_tensor(name)
+        else:
+            from jtl.weights import read_file
+
+            state = read_file(file)
+            if name in state:
+                out[name] = state[name]
+    return out
+
+
+def _prefixed(report: LoadReport, tower: str) -> dict[str, list]:
+    def rename(rows: list) -> list:
+        return [(name.replace("params/", f"params/{tower}/", 1), *rest) for name, *rest in rows]
+
+    return {
+        field: rename(getattr(report, field))
+        for field in ("loaded", "missing", "unexpected", "reinitialised", "resized")
+    }
+
+
+def load_dual(
+    source: str | os.PathLike,
+    text_layout: str,
+    *,
+    logit_bias: bool = False,
+    image_size: int | tuple[int, int] | None = None,
+    verbose: bool = True,
+    revision: str | None = None,
+    **overrides: Any,
+) -> Pretrained:
+    """Loads a dual encoder's checkpoint (both towers and the logit scale) into a :class:`ClipModel`; the public
+    entries are :func:`jtl.models.clip.load_dual` and :func:`jtl.models.siglip.load_dual`.
+
+    Args:
+      source: a Hugging Face hub id or directory of the dual model.
+      text_layout: the registered layout of its text tower.
+      logit_bias: read SigLIP's ``logit_bias`` too.
+      image_size: a new input resolution for the vision tower.
+      verbose: print the load report.
+      revision: the hub revision.
+      **overrides: fields of both towers (``dtype=jnp.bfloat16``).
+
+    Returns:
+      :class:`jtl.weights.Pretrained` ``(ClipModel, variables, report)``, the towers' names prefixed.
+    """
+    vision = load_pretrained(
+        source, num_classes=0, image_size=image_size, verbose=False, revision=revision, **overrides
+    )
+    text = load_pretrained(source, num_classes=0, verbose=False, revision=revision, layout=text_layout, **overrides)
+    names = ("logit_scale", "logit_bias") if logit_bias else ("logit_scale",)
+    scalars = _read_tensors(vision.report.source, names)
+    missing = [name for name in names if name not in scalars]
+    if missing:
+        from jtl.weights import WeightLoadError
+
+        raise WeightLoadError(f"{vision.report.source}: no {missing}: not a dual (image and text) model's checkpoint")
+    model = ClipModel(vision.model, text.model, logit_bias)
+    params = {"vision": vision.variables["params"], "text": text.variables["params"]}
+    params.update({name: np.asarray(value, np.float32).reshape(()) for name, value in scalars.items()})
+    rows = {
+        field: a + b
+        for (field, a), b in zip(
+            _prefixed(vision.report, "vision").items(), _prefixed(text.report, "text").values(), strict=True
+        )
+    }
+    rows["loaded"] += [(f"params/{name}", ()) for name in names]
+    report = LoadReport(vision.report.source, **rows)
+    if verbose:
+        print(report)
+    return Pretrained(model, {"params": params}, report)
