@@ -249,10 +249,22 @@ def layer_index(model: Bert) -> tuple[Callable[[str], int], int]:
 
 
 DISTILBERT = {"type_vocab_size": 0, "pooler_activation": "relu"}
+ELECTRA = {"pooler_activation": "gelu"}
 CONFIGS: dict[str, dict[str, Any]] = {
     **{name: bert_config(name) for name in SIZES},
     # DistilBERT: no token types, a ReLU pre-classifier as the pooler.
     "distilbert-base": {**bert_config("bert-base"), "num_layers": 6, **DISTILBERT},
+    # ELECTRA's discriminators: a GELU head dense as the pooler; the small one projects 128-wide embeddings.
+    "electra-small": {
+        "hidden_size": 256,
+        "num_layers": 12,
+        "num_heads": 4,
+        "intermediate_size": 1024,
+        **ELECTRA,
+        "embedding_size": 128,
+    },
+    "electra-base": {**bert_config("bert-base"), **ELECTRA},
+    "electra-large": {**bert_config("bert-large"), **ELECTRA},
     # The tiny configurations for end-to-end tests.
     "distilbert-testing": {
         "vocab_size": 100,
@@ -262,6 +274,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "intermediate_size": 32,
         "max_position_embeddings": 32,
         **DISTILBERT,
+    },
+    "electra-testing": {
+        "vocab_size": 100,
+        "hidden_size": 16,
+        "num_layers": 2,
+        "num_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 32,
+        "embedding_size": 8,
+        **ELECTRA,
     },
     "bert-testing": {
         "vocab_size": 100,

@@ -3,16 +3,17 @@ DistilBERT and ELECTRA (the discriminator)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jtl.weights import Layout, Rule, WeightLoadError, first_match, hf_gelu_approximate, layer_norm, linear
 
 
-def _hf_rules(prefix: str, head: list[Rule]) -> list[Rule]:
+def _hf_rules(prefix: str, head: list[Rule], extra: Sequence[Rule] = ()) -> list[Rule]:
     """The encoder's table under a model prefix (``bert.``, ``roberta.``), then the model's own head rules."""
     block = prefix + r"encoder\.layer\.(\d+)\."
     return [
+        *extra,
         Rule(prefix + r"embeddings\.word_embeddings\.weight", "params/embed/word/embedding"),
         Rule(prefix + r"embeddings\.position_embeddings\.weight", "params/embed/position/embedding"),
         Rule(prefix + r"embeddings\.token_type_embeddings\.weight", "params/embed/token_type/embedding"),
@@ -121,3 +122,27 @@ def hf_distilbert_fields(config: dict[str, Any], state: Mapping[str, Any]) -> di
 
 
 HF_DISTILBERT = Layout("hf-distilbert", HF_DISTILBERT_RULES, hf_distilbert_fields, model_types=("distilbert",))
+
+
+# ELECTRA's discriminator is BERT with a projection from the embedding width (embeddings_project) and a
+# classification head of dense, GELU, out_proj on the first token: jtl's pooler (GELU) and head.
+HF_ELECTRA_RULES = _hf_rules(
+    r"(?:electra\.)?",
+    [*linear(r"classifier\.dense", "pooler"), *linear(r"classifier\.out_proj", "head")],
+    linear(r"(?:electra\.)?embeddings_project", "embed/project"),
+)
+
+
+def hf_electra_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+    hidden, embedding = config.get("hidden_size", 256), config.get("embedding_size", 128)
+    return {
+        **hf_bert_fields(config, state, r"classifier\.out_proj"),
+        "hidden_size": hidden,
+        "embedding_size": None if embedding == hidden else embedding,
+        "pooler_activation": "gelu",
+        "num_heads": config.get("num_attention_heads", 4),
+        "intermediate_size": config.get("intermediate_size", 1024),
+    }
+
+
+HF_ELECTRA = Layout("hf-electra", HF_ELECTRA_RULES, hf_electra_fields, model_types=("electra",))
