@@ -23,6 +23,7 @@ from jtl.models._registry import (
     top_layers,
     unregister,
 )
+from jtl.models.albert import Albert
 from jtl.models.ast import AST
 from jtl.models.bert import Bert, mean_pool
 from jtl.models.clip import Clip, ClipModel, ClipText
@@ -38,6 +39,7 @@ from jtl.models.wav2vec2 import Wav2Vec2
 __all__ = [
     "AST",
     "VGG",
+    "Albert",
     "Bert",
     "Clip",
     "ClipModel",

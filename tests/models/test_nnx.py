@@ -11,9 +11,8 @@ from flax import nnx
 import jtl.masking as jm
 from jtl import models
 
-NAMES = ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing"]
-NAMES += ["deberta-testing", "modernbert-testing", "ast-testing", "wav2vec2-testing"]
-NAMES += ["clip-testing", "clip-text-testing", "siglip-testing", "siglip2-testing", "siglip-text-testing"]
+# Every family's tiny configs: every jtl model runs inside NNX.
+NAMES = [name for name in models.available() if name.endswith("-testing")]
 
 
 @pytest.mark.parametrize("name", NAMES)

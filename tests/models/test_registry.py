@@ -5,11 +5,12 @@ import optax
 import pytest
 
 import jtl.masking as jm
-from jtl.models import Bert, Dinov2, ResNet, ViT, available, create, init, layer_index
+from jtl.models import Albert, Bert, Dinov2, ResNet, ViT, available, create, init, input_kind, layer_index
 
 
 def test_every_registered_name_creates_its_family():
     families = {"vit": ViT, "dinov2": Dinov2, "bert": Bert, "minilm": Bert, "resnet": ResNet}
+    families |= {"distilbert": Bert, "electra": Bert, "albert": Albert}
     for name in available():
         model = create(name, num_classes=3)
         expected = families.get(name.split("-")[0])
@@ -31,7 +32,11 @@ def test_unknown_names_and_fields_are_clear_errors():
         create("vit-b16", imagesize=384)
 
 
-@pytest.mark.parametrize("name", ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing"])
+TESTING = ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing"]
+TESTING += ["distilbert-testing", "electra-testing", "albert-testing"]
+
+
+@pytest.mark.parametrize("name", TESTING)
 def test_layer_index_covers_every_parameter(name):
     model = create(name, num_classes=2)
     params = init(model)["params"]
@@ -48,14 +53,14 @@ def test_layer_index_covers_every_parameter(name):
 def _batch(model, name):
     rng = np.random.default_rng(0)
     labels = jnp.asarray(rng.integers(0, 2, size=4))
-    if name == "bert-testing":
+    if input_kind(model) == "text":
         ids = jnp.asarray(rng.integers(1, 100, size=(4, 8)))
         return (ids, jnp.ones_like(ids)), labels
     size = model.image_size
     return (jnp.asarray(rng.normal(size=(4, size, size, 3)), jnp.float32),), labels
 
 
-@pytest.mark.parametrize("name", ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing"])
+@pytest.mark.parametrize("name", TESTING)
 def test_tiny_config_trains_end_to_end_with_a_frozen_stem(name):
     model = create(name, num_classes=2, **({"dropout_rate": 0.0} if name != "resnet-testing" else {}))
     variables = init(model)

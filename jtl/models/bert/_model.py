@@ -1,5 +1,6 @@
-"""BERT: the Hugging Face BERT family (bert-base-uncased, MiniLM, ...) and its RoBERTa / XLM-RoBERTa variant
-(position ids that start after the padding id), with jtl's uniform names.
+"""BERT: the Hugging Face BERT family (bert-base-uncased, MiniLM, ...), its RoBERTa / XLM-RoBERTa variant
+(position ids that start after the padding id), DistilBERT (no token types, a ReLU pre-classifier as the pooler)
+and ELECTRA's discriminator (an embedding projection, a GELU head dense as the pooler), with jtl's uniform names.
 
 Outputs: ``"pooler"`` (Hugging Face's pooled output: tanh Dense on the first token), ``"cls"`` (the first
 token's final hidden state), ``"mean"`` (attention-masked mean of the tokens, as sentence-transformers
@@ -15,9 +16,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import classifier_head, transformer_encoder
+from jtl.models._layers import classifier_head, gelu, transformer_encoder
 
 # name: (hidden size, depth, heads, intermediate size)
 SIZES = {
@@ -30,6 +32,30 @@ SIZES = {
     "minilm-l12": (384, 12, 12, 1536),
 }
 OUTPUTS = ("pooler", "cls", "mean", "tokens")
+# The pooler's activation: BERT's tanh, DistilBERT's pre-classifier ReLU, ELECTRA's head GELU.
+POOLER_ACTIVATIONS = {"tanh": jnp.tanh, "relu": nn.relu, "gelu": gelu(False)}
+
+
+def sinusoidal_init(key: jax.Array, shape: tuple[int, int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """DistilBERT's fixed sinusoidal position table (``sinusoidal_pos_embds``): ``sin`` in the even columns,
+    ``cos`` in the odd ones, at angle ``position / 10000 ** (2 * (column // 2) / width)``.
+
+    Args:
+      key: unused (the table is fixed).
+      shape: (positions, width).
+      dtype: the table's dtype.
+
+    Returns:
+      The table.
+
+    >>> sinusoidal_init(None, (2, 4))[1].round(4).tolist()
+    [0.8415, 0.5403, 0.01, 0.9999]
+    """
+    del key
+    positions, width = shape
+    angle = np.arange(positions)[:, None] / np.power(10000, 2 * (np.arange(width) // 2) / width)[None]
+    table = np.where(np.arange(width) % 2 == 0, np.sin(angle), np.cos(angle))
+    return jnp.asarray(table, dtype)
 
 
 def mean_pool(tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -68,7 +94,9 @@ def padded_positions(input_ids: jax.Array, padding_idx: int) -> jax.Array:
 
 class BertEmbed(nn.Module):
     """``embed/word``, ``embed/position``, ``embed/token_type`` tables and ``embed/norm``; positions count from
-    0, or as RoBERTa counts them (:func:`padded_positions`) when ``position_padding_idx`` is set."""
+    0, or as RoBERTa counts them (:func:`padded_positions`) when ``position_padding_idx`` is set. Without token
+    types (``type_vocab_size=0``, DistilBERT) there is no ``embed/token_type``; with an ``embedding_size`` the
+    tables and norm have that width and ``embed/project`` maps them to ``hidden_size`` (ELECTRA, ALBERT)."""
 
     vocab_size: int
     hidden_size: int
@@ -78,6 +106,8 @@ class BertEmbed(nn.Module):
     dropout_rate: float
     dtype: jnp.dtype = jnp.float32
     position_padding_idx: int | None = None
+    embedding_size: int | None = None
+    sinusoidal_positions: bool = False
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array, *, train: bool = False) -> jax.Array:
@@ -93,12 +123,19 @@ class BertEmbed(nn.Module):
             positions = jnp.arange(length)[None]
         else:
             positions = padded_positions(input_ids, self.position_padding_idx)
-        word = nn.Embed(self.vocab_size, self.hidden_size, embedding_init=init, dtype=self.dtype, name="word")
-        position = nn.Embed(self.max_position_embeddings, self.hidden_size, embedding_init=init, name="position")
-        token_type = nn.Embed(self.type_vocab_size, self.hidden_size, embedding_init=init, name="token_type")
-        x = word(input_ids) + token_type(token_type_ids) + position(positions)
+        width = self.embedding_size or self.hidden_size
+        position_init = sinusoidal_init if self.sinusoidal_positions else init
+        word = nn.Embed(self.vocab_size, width, embedding_init=init, dtype=self.dtype, name="word")
+        position = nn.Embed(self.max_position_embeddings, width, embedding_init=position_init, name="position")
+        x = word(input_ids)
+        if self.type_vocab_size:  # added in Hugging Face's order: word, token type, position
+            x = x + nn.Embed(self.type_vocab_size, width, embedding_init=init, name="token_type")(token_type_ids)
+        x = x + position(positions)
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x.astype(self.dtype))
-        return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        if self.embedding_size is None:
+            return x
+        return nn.Dense(self.hidden_size, dtype=self.dtype, name="project")(x)
 
 
 class Bert(nn.Module):
@@ -122,6 +159,9 @@ class Bert(nn.Module):
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     position_padding_idx: int | None = None
+    embedding_size: int | None = None
+    sinusoidal_positions: bool = False
+    pooler_activation: str = "tanh"
     layer_norm_eps: float = 1e-12
     gelu_approximate: bool = False
     dropout_rate: float = 0.1
@@ -146,6 +186,10 @@ class Bert(nn.Module):
     ) -> jax.Array:
         if self.output not in OUTPUTS:
             raise ValueError(f"Bert output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.pooler_activation not in POOLER_ACTIVATIONS:
+            raise ValueError(
+                f"Bert pooler_activation must be one of {sorted(POOLER_ACTIVATIONS)}, got {self.pooler_activation!r}"
+            )
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
@@ -159,12 +203,15 @@ class Bert(nn.Module):
             self.dropout_rate,
             self.dtype,
             self.position_padding_idx,
+            self.embedding_size,
+            self.sinusoidal_positions,
             name="embed",
         )(input_ids, token_type_ids, train=train)
         x = transformer_encoder(self, mlp_dim=self.intermediate_size, pre_norm=False)(x, attention_mask, train=train)
         # The pooler exists in every BERT checkpoint; create it whatever the output so that loading
-        # never reports it as unexpected.
-        pooled = jnp.tanh(nn.Dense(self.hidden_size, dtype=self.dtype, name="pooler")(x[:, 0]))
+        # never reports it as unexpected. (RoBERTa's and ELECTRA's classifier.dense, DistilBERT's pre_classifier.)
+        pooler = nn.Dense(self.hidden_size, dtype=self.dtype, name="pooler")
+        pooled = POOLER_ACTIVATIONS[self.pooler_activation](pooler(x[:, 0]))
         features = {
             "pooler": pooled,
             "cls": x[:, 0],
@@ -201,9 +248,43 @@ def layer_index(model: Bert) -> tuple[Callable[[str], int], int]:
     return block_layer_index(model.num_layers), model.num_layers + 1
 
 
+DISTILBERT = {"type_vocab_size": 0, "pooler_activation": "relu"}
+ELECTRA = {"pooler_activation": "gelu"}
 CONFIGS: dict[str, dict[str, Any]] = {
     **{name: bert_config(name) for name in SIZES},
-    # The tiny configuration for end-to-end tests.
+    # DistilBERT: no token types, a ReLU pre-classifier as the pooler.
+    "distilbert-base": {**bert_config("bert-base"), "num_layers": 6, **DISTILBERT},
+    # ELECTRA's discriminators: a GELU head dense as the pooler; the small one projects 128-wide embeddings.
+    "electra-small": {
+        "hidden_size": 256,
+        "num_layers": 12,
+        "num_heads": 4,
+        "intermediate_size": 1024,
+        **ELECTRA,
+        "embedding_size": 128,
+    },
+    "electra-base": {**bert_config("bert-base"), **ELECTRA},
+    "electra-large": {**bert_config("bert-large"), **ELECTRA},
+    # The tiny configurations for end-to-end tests.
+    "distilbert-testing": {
+        "vocab_size": 100,
+        "hidden_size": 16,
+        "num_layers": 2,
+        "num_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 32,
+        **DISTILBERT,
+    },
+    "electra-testing": {
+        "vocab_size": 100,
+        "hidden_size": 16,
+        "num_layers": 2,
+        "num_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 32,
+        "embedding_size": 8,
+        **ELECTRA,
+    },
     "bert-testing": {
         "vocab_size": 100,
         "hidden_size": 16,

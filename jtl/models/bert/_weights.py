@@ -1,17 +1,19 @@
-"""The BERT family's weight layouts: Hugging Face BERT (bert-base-uncased, MiniLM, ...) and RoBERTa / XLM-RoBERTa."""
+"""The BERT family's weight layouts: Hugging Face BERT (bert-base-uncased, MiniLM, ...), RoBERTa / XLM-RoBERTa,
+DistilBERT and ELECTRA (the discriminator)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jtl.weights import Layout, Rule, WeightLoadError, first_match, hf_gelu_approximate, layer_norm, linear
 
 
-def _hf_rules(prefix: str, head: list[Rule]) -> list[Rule]:
+def _hf_rules(prefix: str, head: list[Rule], extra: Sequence[Rule] = ()) -> list[Rule]:
     """The encoder's table under a model prefix (``bert.``, ``roberta.``), then the model's own head rules."""
     block = prefix + r"encoder\.layer\.(\d+)\."
     return [
+        *extra,
         Rule(prefix + r"embeddings\.word_embeddings\.weight", "params/embed/word/embedding"),
         Rule(prefix + r"embeddings\.position_embeddings\.weight", "params/embed/position/embedding"),
         Rule(prefix + r"embeddings\.token_type_embeddings\.weight", "params/embed/token_type/embedding"),
@@ -72,3 +74,75 @@ def hf_roberta_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[
 
 
 HF_ROBERTA = Layout("hf-roberta", HF_ROBERTA_RULES, hf_roberta_fields, model_types=("roberta", "xlm-roberta"))
+
+
+_DISTILBERT_BLOCK = r"(?:distilbert\.)?transformer\.layer\.(\d+)\."
+HF_DISTILBERT_RULES = [
+    Rule(r"(?:distilbert\.)?embeddings\.word_embeddings\.weight", "params/embed/word/embedding"),
+    Rule(r"(?:distilbert\.)?embeddings\.position_embeddings\.weight", "params/embed/position/embedding"),
+    Rule(r"(?:distilbert\.)?embeddings\.position_ids", None),
+    *layer_norm(r"(?:distilbert\.)?embeddings\.LayerNorm", "embed/norm"),
+    *linear(_DISTILBERT_BLOCK + r"attention\.q_lin", r"encoder/block_\1/attn/query"),
+    *linear(_DISTILBERT_BLOCK + r"attention\.k_lin", r"encoder/block_\1/attn/key"),
+    *linear(_DISTILBERT_BLOCK + r"attention\.v_lin", r"encoder/block_\1/attn/value"),
+    *linear(_DISTILBERT_BLOCK + r"attention\.out_lin", r"encoder/block_\1/attn/out"),
+    *layer_norm(_DISTILBERT_BLOCK + r"sa_layer_norm", r"encoder/block_\1/norm1"),
+    *linear(_DISTILBERT_BLOCK + r"ffn\.lin1", r"encoder/block_\1/mlp/fc1"),
+    *linear(_DISTILBERT_BLOCK + r"ffn\.lin2", r"encoder/block_\1/mlp/fc2"),
+    *layer_norm(_DISTILBERT_BLOCK + r"output_layer_norm", r"encoder/block_\1/norm2"),
+    # The sequence classifier: ReLU(pre_classifier(first token)), then classifier; jtl's pooler and head.
+    *linear(r"pre_classifier", "pooler"),
+    *linear(r"classifier", "head"),
+]
+
+
+def hf_distilbert_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+    activation = config.get("activation", "gelu")
+    try:
+        gelu_approximate = hf_gelu_approximate({"hidden_act": activation})
+    except WeightLoadError:
+        raise WeightLoadError(f"config.json: activation={activation!r} is not supported (GELU variants only)") from None
+    classifier = first_match(state, r"classifier\.weight")
+    return {
+        "vocab_size": config.get("vocab_size", 30522),
+        "hidden_size": config.get("dim", 768),
+        "num_layers": config.get("n_layers", 6),
+        "num_heads": config.get("n_heads", 12),
+        "intermediate_size": config.get("hidden_dim", 3072),
+        "max_position_embeddings": config.get("max_position_embeddings", 512),
+        "type_vocab_size": 0,
+        "sinusoidal_positions": config.get("sinusoidal_pos_embds", False),
+        "pooler_activation": "relu",
+        "layer_norm_eps": 1e-12,  # fixed in DistilBERT's code
+        "gelu_approximate": gelu_approximate,
+        "dropout_rate": config.get("dropout", 0.1),
+        "attention_dropout_rate": config.get("attention_dropout", 0.1),
+        "num_classes": 0 if classifier is None else classifier.shape[0],
+    }
+
+
+HF_DISTILBERT = Layout("hf-distilbert", HF_DISTILBERT_RULES, hf_distilbert_fields, model_types=("distilbert",))
+
+
+# ELECTRA's discriminator is BERT with a projection from the embedding width (embeddings_project) and a
+# classification head of dense, GELU, out_proj on the first token: jtl's pooler (GELU) and head.
+HF_ELECTRA_RULES = _hf_rules(
+    r"(?:electra\.)?",
+    [*linear(r"classifier\.dense", "pooler"), *linear(r"classifier\.out_proj", "head")],
+    linear(r"(?:electra\.)?embeddings_project", "embed/project"),
+)
+
+
+def hf_electra_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+    hidden, embedding = config.get("hidden_size", 256), config.get("embedding_size", 128)
+    return {
+        **hf_bert_fields(config, state, r"classifier\.out_proj"),
+        "hidden_size": hidden,
+        "embedding_size": None if embedding == hidden else embedding,
+        "pooler_activation": "gelu",
+        "num_heads": config.get("num_attention_heads", 4),
+        "intermediate_size": config.get("intermediate_size", 1024),
+    }
+
+
+HF_ELECTRA = Layout("hf-electra", HF_ELECTRA_RULES, hf_electra_fields, model_types=("electra",))
