@@ -294,6 +294,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.overrides = ml_collections.ConfigDict()  # other model fields, e.g. image_size, dtype
     c.model.drop_pre_logits = False  # pretrained ViT: drop the pre-logits layer, as vit_jax does to fine-tune
     c.model.reinit = False  # the pretrained architecture, initialised from scratch (the baseline)
+    # Zero-shot start (CLIP/SigLIP checkpoints): the vision tower with a head from the text tower's embeddings of
+    # the class names (in label order) filled into the templates (jtl.models.zero_shot_model).
+    c.model.zero_shot = ml_collections.ConfigDict()
+    c.model.zero_shot.classes = ()
+    c.model.zero_shot.templates = ("a photo of a {}.",)
 
     c.data = data_config()
 

@@ -39,8 +39,9 @@ from jtl.weights import load_pretrained
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """The model of ``config.model``: pretrained weights when ``config.model.pretrained`` is set, else the
-    registry's ``config.model.name`` from scratch; LoRA adapters when ``config.lora.rank`` is set.
+    """The model of ``config.model``: pretrained weights when ``config.model.pretrained`` is set (with a zero-shot
+    head when ``config.model.zero_shot.classes`` names the classes), else the registry's ``config.model.name`` from
+    scratch; LoRA adapters when ``config.lora.rank`` is set.
 
     Args:
       config: the experiment config.
@@ -57,7 +58,21 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[An
     overrides = dict(config.model.overrides)
     if isinstance(overrides.get("dtype"), str):
         overrides["dtype"] = jnp.dtype(overrides["dtype"])  # e.g. "bfloat16": compute dtype, params stay float32
-    if config.model.pretrained:
+    zero_shot = tuple(config.model.zero_shot.classes)
+    if zero_shot:
+        if not config.model.pretrained or len(zero_shot) != num_classes:
+            raise ConfigError(
+                f"config.model.zero_shot.classes: {len(zero_shot)} class names need config.model.pretrained (a CLIP "
+                f"or SigLIP checkpoint) and as many classes to train ({num_classes})"
+            )
+        model, variables, _ = models.zero_shot_model(
+            config.model.pretrained,
+            zero_shot,
+            tuple(config.model.zero_shot.templates),
+            verbose=jax.process_index() == 0,
+            **overrides,
+        )
+    elif config.model.pretrained:
         if config.model.drop_pre_logits:
             overrides["drop_pre_logits"] = True
         model, variables, _ = load_pretrained(

@@ -6,6 +6,7 @@ here. Audio families also give their feature extractors (:func:`load_feature_ext
 """
 
 from jtl.models._audio import load_feature_extractor, read_preprocessor_config
+from jtl.models._dual import zero_shot_model
 from jtl.models._nnx import to_nnx
 from jtl.models._registry import (
     Family,
@@ -71,4 +72,5 @@ __all__ = [
     "to_nnx",
     "top_layers",
     "unregister",
+    "zero_shot_model",
 ]

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from jtl.models._dual import load_dual as _load_dual
+from jtl.models._dual import zero_shot_classifier, zero_shot_head
 from jtl.models._registry import Family, register
-from jtl.models.clip._dual import load_dual as _load_dual
-from jtl.models.clip._dual import zero_shot_classifier, zero_shot_head
 from jtl.models.siglip._model import (
     CONFIGS,
     TEXT_CONFIGS,

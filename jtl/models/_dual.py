@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl.weights import LoadReport, Pretrained, load_pretrained
+from jtl.weights import LoadReport, Pretrained, WeightLoadError, download_from_hub, load_pretrained, load_tokenizer
 
 
 def _normalise(x: jax.Array) -> jax.Array:
@@ -203,8 +204,6 @@ def load_dual(
     scalars = _read_tensors(vision.report.source, names)
     missing = [name for name in names if name not in scalars]
     if missing:
-        from jtl.weights import WeightLoadError
-
         raise WeightLoadError(f"{vision.report.source}: no {missing}: not a dual (image and text) model's checkpoint")
     model = ClipModel(vision.model, text.model, logit_bias)
     params = {"vision": vision.variables["params"], "text": text.variables["params"]}
@@ -220,3 +219,79 @@ def load_dual(
     if verbose:
         print(report)
     return Pretrained(model, {"params": params}, report)
+
+
+# model_type -> (the text tower's layout, whether the logits have a learned bias)
+DUAL_MODEL_TYPES = {
+    "clip": ("hf-clip-text", False),
+    "siglip": ("hf-siglip-text", True),
+    "siglip2": ("hf-siglip-text", True),
+}
+
+
+def zero_shot_model(
+    source: str | os.PathLike,
+    class_names: Sequence[str],
+    templates: Sequence[str] = ("a photo of a {}.",),
+    *,
+    tokenizer: Any = None,
+    verbose: bool = True,
+    revision: str | None = None,
+    **overrides: Any,
+) -> Pretrained:
+    """The vision tower of a CLIP or SigLIP checkpoint as a zero-shot classifier of ``class_names``: its head built
+    from the text tower's embeddings of every template filled with every class name (:func:`zero_shot_head`), the
+    starting point of zero-shot fine-tuning and WiSE-FT (``config.model.zero_shot``).
+
+    SigLIP's prompts are padded to the text tower's full length, as it was trained; CLIP's to the longest prompt,
+    with the attention mask.
+
+    Args:
+      source: a Hugging Face hub id or directory (``model_type`` ``clip``, ``siglip`` or ``siglip2``) with its
+        tokenizer files.
+      class_names: the classes, in label order.
+      templates: prompt templates with one ``{}`` for the class name; a class's embedding averages over them.
+      tokenizer: a ``transformers`` tokenizer to use instead of the checkpoint's.
+      verbose: print the load report.
+      revision: the hub revision.
+      **overrides: fields of both towers (``dtype``, ``image_size``).
+
+    Returns:
+      :class:`jtl.weights.Pretrained` ``(vision model with num_classes=len(class_names), variables, report)``.
+
+    Raises:
+      WeightLoadError: the checkpoint is not a dual model's (naming the ``model_type``s that are).
+
+    >>> import json, tempfile
+    >>> path = tempfile.mkdtemp()
+    >>> _ = open(f"{path}/config.json", "w").write(json.dumps({"model_type": "vit"}))
+    >>> zero_shot_model(path, ["cat", "dog"])
+    Traceback (most recent call last):
+    ...
+    jtl.weights._readers.WeightLoadError: ...: model_type='vit' is not a dual image-text model; zero-shot heads ...
+    """
+    directory = Path(source)
+    if not directory.is_dir():
+        directory = download_from_hub(str(source), revision)
+    config_path = directory / "config.json"
+    model_type = json.loads(config_path.read_text()).get("model_type") if config_path.exists() else None
+    if model_type not in DUAL_MODEL_TYPES:
+        raise WeightLoadError(
+            f"{config_path}: model_type={model_type!r} is not a dual image-text model; zero-shot heads need one of "
+            f"{sorted(DUAL_MODEL_TYPES)}"
+        )
+    text_layout, logit_bias = DUAL_MODEL_TYPES[model_type]
+    dual = load_dual(directory, text_layout, logit_bias=logit_bias, verbose=verbose, **overrides)
+    tokenizer = load_tokenizer(source, revision) if tokenizer is None else tokenizer
+    prompts = [template.format(name) for name in class_names for template in templates]
+    if logit_bias:
+        length = dual.model.text.max_position_embeddings
+        encoded = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="np")
+    else:
+        encoded = tokenizer(prompts, padding=True, return_tensors="np")
+    shape = (len(class_names), len(templates), -1)
+    input_ids = np.asarray(encoded["input_ids"]).reshape(shape)
+    mask = encoded.get("attention_mask")
+    mask = None if mask is None else np.asarray(mask).reshape(shape)
+    model, variables = zero_shot_classifier(dual.model, dual.variables, input_ids, mask)
+    return Pretrained(model, variables, dual.report)
