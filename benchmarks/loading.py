@@ -3,7 +3,8 @@
 
 Run: ``python benchmarks/loading.py`` (writes each random-weight ``model.safetensors``, 330-480 MiB, to a
 temporary directory in turn). Each measurement runs in a fresh process, so peak RSS is that process's own; the figure
-is the peak above the RSS after imports. Prints medians over ``--repeats`` interleaved pairs of processes.
+is the peak above the RSS after imports (each side's library, jtl's model families included, is imported before the
+clock starts). Prints medians over ``--repeats`` interleaved pairs of processes.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if mode == "safetensors":
     seconds = time.perf_counter() - start
 else:
     import jax
+    import jtl.models  # the library imported before the clock starts, as safetensors' is
     from jtl.weights import load_pretrained
     base = rss_mib()
     start = time.perf_counter()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-from flax import nnx
-from flax.nnx import bridge
 
 import jtl.masking as jm
 
-_COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
+if TYPE_CHECKING:  # flax.nnx takes longer to import than all of jtl.models: only to_nnx's callers pay for it
+    from flax import nnx
 
 
 def to_nnx(model: nn.Module, variables: dict[str, Any] | None = None, rngs: nnx.Rngs | None = None) -> nnx.Module:
@@ -36,12 +35,16 @@ def to_nnx(model: nn.Module, variables: dict[str, Any] | None = None, rngs: nnx.
     >>> bool(jnp.allclose(module(images), model.apply(variables, images)))
     True
     """
+    from flax import nnx
+    from flax.nnx import bridge
+
+    collections = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
     module = bridge.ToNNX(model, rngs=rngs or nnx.Rngs(0))
     bridge.lazy_init(module, *(jnp.zeros(x.shape, x.dtype) for x in model.example_inputs()))
     for collection, values in (variables or {}).items():
-        if collection not in _COLLECTIONS:
-            raise ValueError(f"to_nnx: variables collection {collection!r}; known: {sorted(_COLLECTIONS)}")
-        state = nnx.state(module, _COLLECTIONS[collection])
+        if collection not in collections:
+            raise ValueError(f"to_nnx: variables collection {collection!r}; known: {sorted(collections)}")
+        state = nnx.state(module, collections[collection])
         given, expected = dict(jm.named_leaves(values)), {name for name, _ in jm.named_leaves(state)}
         if set(given) != expected:
             missing, extra = sorted(expected - set(given)), sorted(set(given) - expected)
