@@ -1,7 +1,7 @@
 """jtl's Flax models, with uniform parameter names (``embed/...``, ``encoder/block_{i}/...``, ``head/...``).
 
-Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``, ``swin``) that registers itself, with
-its named configurations, layer index, input kind and weight layouts, when it is imported here.
+Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``, ``swin``, ``beit``) that registers
+itself, with its named configurations, layer index, input kind and weight layouts, when it is imported here.
 """
 
 from jtl.models._nnx import to_nnx
@@ -21,6 +21,7 @@ from jtl.models._registry import (
     top_layers,
     unregister,
 )
+from jtl.models.beit import Beit
 from jtl.models.bert import Bert, mean_pool
 from jtl.models.dinov2 import Dinov2
 from jtl.models.resnet import ResNet
@@ -30,6 +31,7 @@ from jtl.models.vit import ViT
 
 __all__ = [
     "VGG",
+    "Beit",
     "Bert",
     "Dinov2",
     "Family",

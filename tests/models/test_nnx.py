@@ -13,7 +13,8 @@ from jtl import models
 
 
 @pytest.mark.parametrize(
-    "name", ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing", "swin-testing"]
+    "name",
+    ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing", "swin-testing", "beit-testing"],
 )
 def test_an_nnx_module_holds_the_variables_and_gives_the_linen_outputs(name):
     model = models.create(name, num_classes=3)
