@@ -1,7 +1,8 @@
 """jtl's Flax models, with uniform parameter names (``embed/...``, ``encoder/block_{i}/...``, ``head/...``).
 
-Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``, ``swin``, ``beit``) that registers
-itself, with its named configurations, layer index, input kind and weight layouts, when it is imported here.
+Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``, ``swin``, ``swinv2``, ``beit``) that
+registers itself, with its named configurations, layer index, input kind and weight layouts, when it is imported
+here.
 """
 
 from jtl.models._nnx import to_nnx
@@ -26,6 +27,7 @@ from jtl.models.bert import Bert, mean_pool
 from jtl.models.dinov2 import Dinov2
 from jtl.models.resnet import ResNet
 from jtl.models.swin import Swin
+from jtl.models.swinv2 import Swinv2
 from jtl.models.vgg import VGG, adaptive_avg_pool
 from jtl.models.vit import ViT
 
@@ -38,6 +40,7 @@ __all__ = [
     "FeatureMap",
     "ResNet",
     "Swin",
+    "Swinv2",
     "ViT",
     "adaptive_avg_pool",
     "available",

@@ -114,7 +114,7 @@ def families() -> tuple[Family, ...]:
       The :class:`Family` tuples.
 
     >>> sorted(family.name for family in families())
-    ['beit', 'bert', 'dinov2', 'resnet', 'swin', 'vgg', 'vit']
+    ['beit', 'bert', 'dinov2', 'resnet', 'swin', 'swinv2', 'vgg', 'vit']
     """
     return tuple(_FAMILIES.values())
 

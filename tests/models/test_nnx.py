@@ -14,7 +14,16 @@ from jtl import models
 
 @pytest.mark.parametrize(
     "name",
-    ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing", "swin-testing", "beit-testing"],
+    [
+        "vit-testing",
+        "dinov2-testing",
+        "resnet-testing",
+        "vgg-testing",
+        "bert-testing",
+        "swin-testing",
+        "swinv2-testing",
+        "beit-testing",
+    ],
 )
 def test_an_nnx_module_holds_the_variables_and_gives_the_linen_outputs(name):
     model = models.create(name, num_classes=3)
