@@ -26,6 +26,7 @@ from jtl.models._registry import (
 )
 from jtl.models.albert import Albert
 from jtl.models.ast import AST
+from jtl.models.beit import Beit
 from jtl.models.bert import Bert, mean_pool
 from jtl.models.clip import Clip, ClipModel, ClipText
 from jtl.models.deberta import Deberta
@@ -33,6 +34,8 @@ from jtl.models.dinov2 import Dinov2
 from jtl.models.modernbert import ModernBert
 from jtl.models.resnet import ResNet
 from jtl.models.siglip import Siglip, SiglipText
+from jtl.models.swin import Swin
+from jtl.models.swinv2 import Swinv2
 from jtl.models.vgg import VGG, adaptive_avg_pool
 from jtl.models.vit import ViT
 from jtl.models.wav2vec2 import Wav2Vec2
@@ -41,6 +44,7 @@ __all__ = [
     "AST",
     "VGG",
     "Albert",
+    "Beit",
     "Bert",
     "Clip",
     "ClipModel",
@@ -53,6 +57,8 @@ __all__ = [
     "ResNet",
     "Siglip",
     "SiglipText",
+    "Swin",
+    "Swinv2",
     "ViT",
     "Wav2Vec2",
     "adaptive_avg_pool",
