@@ -23,6 +23,35 @@ def gelu(approximate: bool):
     return lambda x: 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))).astype(x.dtype))
 
 
+_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_python_tanh")
+
+
+def hf_activation(name: str):
+    """The activation a Hugging Face config's ``hidden_act`` names, computed as PyTorch computes it (the exact
+    GELU through ``erf``; ``relu6`` clips).
+
+    Args:
+      name: ``gelu``, ``gelu_new`` (and the other tanh GELUs), ``relu``, ``relu6``, ``silu`` or ``swish``.
+
+    Returns:
+      ``x -> activation(x)``.
+
+    Raises:
+      ValueError: for another name.
+
+    >>> [float(hf_activation(name)(jnp.float32(7.0))) for name in ("relu", "relu6")]
+    [7.0, 6.0]
+    """
+    if name in ("gelu", "gelu_python"):
+        return gelu(approximate=False)
+    if name in _TANH_GELUS:
+        return gelu(approximate=True)
+    known = {"relu": nn.relu, "relu6": jax.nn.relu6, "silu": nn.silu, "swish": nn.silu}
+    if name not in known:
+        raise ValueError(f"activation {name!r} is not supported; known: {[*sorted(known), 'gelu', *_TANH_GELUS]}")
+    return known[name]
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with separate ``query``/``key``/``value``/``out`` Dense layers.
 

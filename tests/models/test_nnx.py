@@ -12,7 +12,18 @@ import jtl.masking as jm
 from jtl import models
 
 
-@pytest.mark.parametrize("name", ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vit-testing",
+        "dinov2-testing",
+        "resnet-testing",
+        "vgg-testing",
+        "bert-testing",
+        "convnext-testing",
+        "convnextv2-testing",
+    ],
+)
 def test_an_nnx_module_holds_the_variables_and_gives_the_linen_outputs(name):
     model = models.create(name, num_classes=3)
     variables = models.init(model, seed=1)

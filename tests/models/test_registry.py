@@ -24,6 +24,12 @@ def test_vit_sizes_follow_the_papers():
     assert create("vit-s14").patch_size == 14 and create("vit-b8").patch_size == 8
 
 
+TESTING = [
+    "vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing", "convnext-testing",
+    "convnextv2-testing",
+]  # fmt: skip
+
+
 def test_unknown_names_and_fields_are_clear_errors():
     with pytest.raises(ValueError, match=r"unknown model 'vit-x16'; known: \['vit-b14'"):
         create("vit-x16")
@@ -31,7 +37,7 @@ def test_unknown_names_and_fields_are_clear_errors():
         create("vit-b16", imagesize=384)
 
 
-@pytest.mark.parametrize("name", ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing"])
+@pytest.mark.parametrize("name", TESTING)
 def test_layer_index_covers_every_parameter(name):
     model = create(name, num_classes=2)
     params = init(model)["params"]
@@ -55,9 +61,11 @@ def _batch(model, name):
     return (jnp.asarray(rng.normal(size=(4, size, size, 3)), jnp.float32),), labels
 
 
-@pytest.mark.parametrize("name", ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing"])
+@pytest.mark.parametrize("name", TESTING)
 def test_tiny_config_trains_end_to_end_with_a_frozen_stem(name):
-    model = create(name, num_classes=2, **({"dropout_rate": 0.0} if name != "resnet-testing" else {}))
+    model = create(
+        name, num_classes=2, **({"dropout_rate": 0.0} if not name.startswith(("resnet", "convnext")) else {})
+    )
     variables = init(model)
     params = variables["params"]
     state = {k: v for k, v in variables.items() if k != "params"}
