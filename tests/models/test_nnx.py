@@ -22,6 +22,7 @@ from jtl import models
         "bert-testing",
         "convnext-testing",
         "convnextv2-testing",
+        "efficientnet-testing",
     ],
 )
 def test_an_nnx_module_holds_the_variables_and_gives_the_linen_outputs(name):
