@@ -1,7 +1,8 @@
 """jtl's Flax models, with uniform parameter names (``embed/...``, ``encoder/block_{i}/...``, ``head/...``).
 
-Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``, ``convnext``, ``efficientnet``) that
-registers itself, with its named configurations, layer index, input kind and weight layouts, when it is imported here.
+Each family is one package (``vit``, ``dinov2``, ``bert``, ``resnet``, ``vgg``, ``convnext``, ``efficientnet``,
+``mobilenet_v2``) that registers itself, with its named configurations, layer index, input kind and weight layouts,
+when it is imported here.
 """
 
 from jtl.models._nnx import to_nnx
@@ -25,6 +26,7 @@ from jtl.models.bert import Bert, mean_pool
 from jtl.models.convnext import ConvNeXt
 from jtl.models.dinov2 import Dinov2
 from jtl.models.efficientnet import EfficientNet
+from jtl.models.mobilenet_v2 import MobileNetV2
 from jtl.models.resnet import ResNet
 from jtl.models.vgg import VGG, adaptive_avg_pool
 from jtl.models.vit import ViT
@@ -37,6 +39,7 @@ __all__ = [
     "EfficientNet",
     "Family",
     "FeatureMap",
+    "MobileNetV2",
     "ResNet",
     "ViT",
     "adaptive_avg_pool",

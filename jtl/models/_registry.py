@@ -114,7 +114,7 @@ def families() -> tuple[Family, ...]:
       The :class:`Family` tuples.
 
     >>> sorted(family.name for family in families())
-    ['bert', 'convnext', 'dinov2', 'efficientnet', 'resnet', 'vgg', 'vit']
+    ['bert', 'convnext', 'dinov2', 'efficientnet', 'mobilenet_v2', 'resnet', 'vgg', 'vit']
     """
     return tuple(_FAMILIES.values())
 

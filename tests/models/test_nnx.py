@@ -23,6 +23,7 @@ from jtl import models
         "convnext-testing",
         "convnextv2-testing",
         "efficientnet-testing",
+        "mobilenet_v2-testing",
     ],
 )
 def test_an_nnx_module_holds_the_variables_and_gives_the_linen_outputs(name):

@@ -26,7 +26,7 @@ def test_vit_sizes_follow_the_papers():
 
 TESTING = [
     "vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "bert-testing", "convnext-testing",
-    "convnextv2-testing", "efficientnet-testing",
+    "convnextv2-testing", "efficientnet-testing", "mobilenet_v2-testing",
 ]  # fmt: skip
 
 

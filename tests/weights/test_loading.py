@@ -102,7 +102,15 @@ def test_input_channels_are_adapted_by_timms_formula(channels):
 
 @pytest.mark.parametrize(
     "name",
-    ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing", "convnext-testing", "efficientnet-testing"],
+    [
+        "vit-testing",
+        "dinov2-testing",
+        "resnet-testing",
+        "vgg-testing",
+        "convnext-testing",
+        "efficientnet-testing",
+        "mobilenet_v2-testing",
+    ],
 )
 def test_an_rgb_checkpoint_loads_for_one_or_four_channels(name, tmp_path):
     model = create(name, num_classes=3)

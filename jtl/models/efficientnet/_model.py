@@ -165,8 +165,8 @@ class EfficientNet(nn.Module):
 
     >>> import jax, jax.numpy as jnp
     >>> model = EfficientNet(width_coefficient=0.25, depth_coefficient=0.3, num_classes=3)
-    >>> variables = model.init(jax.random.PRNGKey(0), *model.example_inputs())
-    >>> model.apply(variables, jnp.ones((2, 32, 32, 3))).shape, len(variables["params"]["encoder"])
+    >>> variables = jax.jit(model.init)(jax.random.PRNGKey(0), *model.example_inputs())
+    >>> jax.jit(model.apply)(variables, jnp.ones((2, 32, 32, 3))).shape, len(variables["params"]["encoder"])
     ((2, 3), 8)
     """
 
