@@ -29,8 +29,11 @@ from jtl.models.ast import AST
 from jtl.models.beit import Beit
 from jtl.models.bert import Bert, mean_pool
 from jtl.models.clip import Clip, ClipModel, ClipText
+from jtl.models.convnext import ConvNeXt
 from jtl.models.deberta import Deberta
 from jtl.models.dinov2 import Dinov2
+from jtl.models.efficientnet import EfficientNet
+from jtl.models.mobilenet_v2 import MobileNetV2
 from jtl.models.modernbert import ModernBert
 from jtl.models.resnet import ResNet
 from jtl.models.siglip import Siglip, SiglipText
@@ -49,10 +52,13 @@ __all__ = [
     "Clip",
     "ClipModel",
     "ClipText",
+    "ConvNeXt",
     "Deberta",
     "Dinov2",
+    "EfficientNet",
     "Family",
     "FeatureMap",
+    "MobileNetV2",
     "ModernBert",
     "ResNet",
     "Siglip",

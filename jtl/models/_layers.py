@@ -24,28 +24,30 @@ def gelu(approximate: bool):
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    """A Hugging Face activation by its ``config.json`` name (the GELUs, ``tanh``, ``relu``, ``silu``).
+    """The activation a Hugging Face config's ``hidden_act`` names, computed as PyTorch computes it (the exact GELU
+    through ``erf``; ``relu6`` clips).
 
     Args:
-      name: e.g. ``"gelu"`` (exact), ``"gelu_new"`` (tanh-approximate), ``"tanh"``.
+      name: ``gelu`` (exact), ``gelu_new`` (and the other tanh-approximate GELUs), ``tanh``, ``relu``, ``relu6``,
+        ``silu`` or ``swish``.
 
     Returns:
       The function.
 
-    >>> float(activation("tanh")(jnp.array(0.0))), float(activation("relu")(jnp.array(-1.0)))
-    (0.0, 0.0)
+    Raises:
+      ValueError: for another name.
+
+    >>> [float(activation(name)(jnp.float32(7.0))) for name in ("relu", "relu6")], float(activation("tanh")(0.0))
+    ([7.0, 6.0], 0.0)
     """
     if name in ("gelu", "gelu_python"):
         return gelu(False)
     if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_python_tanh"):
         return gelu(True)
-    if name == "tanh":
-        return jnp.tanh
-    if name == "relu":
-        return nn.relu
-    if name in ("silu", "swish"):
-        return nn.silu
-    raise ValueError(f"activation {name!r} is not supported (GELUs, tanh, relu, silu)")
+    known = {"tanh": jnp.tanh, "relu": nn.relu, "relu6": jax.nn.relu6, "silu": nn.silu, "swish": nn.silu}
+    if name not in known:
+        raise ValueError(f"activation {name!r} is not supported; known: the GELUs, {sorted(known)}")
+    return known[name]
 
 
 class SelfAttention(nn.Module):

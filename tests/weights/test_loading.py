@@ -100,7 +100,18 @@ def test_input_channels_are_adapted_by_timms_formula(channels):
     np.testing.assert_allclose(ours, _timm_adapt_input_conv(channels, oihw), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["vit-testing", "dinov2-testing", "resnet-testing", "vgg-testing"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vit-testing",
+        "dinov2-testing",
+        "resnet-testing",
+        "vgg-testing",
+        "convnext-testing",
+        "efficientnet-testing",
+        "mobilenet_v2-testing",
+    ],
+)
 def test_an_rgb_checkpoint_loads_for_one_or_four_channels(name, tmp_path):
     model = create(name, num_classes=3)
     variables = init(model, seed=1)
