@@ -1,6 +1,10 @@
-"""Test-suite set-up: 4 fake CPU devices, and skips that fail the run where every test must run."""
+"""Test-suite set-up: 4 fake CPU devices, skips that fail the run where every test must run, and torch seeded
+for each test."""
 
 import os
+import sys
+
+import pytest
 
 # Must happen before jax is imported anywhere in the test process.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
@@ -25,3 +29,12 @@ def pytest_sessionfinish(session, exitstatus):
     if _skipped and os.environ.get("JTL_FAIL_ON_SKIP") == "1":
         print(f"\nJTL_FAIL_ON_SKIP=1 and {len(_skipped)} test(s) were skipped: {_skipped}")
         session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+    """The parity tests draw inputs from torch's global generator: seeded for each test, so that a test's inputs
+    (and its float32 rounding against the reference) do not depend on which tests ran before it in its worker."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(0)

@@ -37,8 +37,7 @@ from jtl.models.mobilenet_v2 import MobileNetV2
 from jtl.models.modernbert import ModernBert
 from jtl.models.resnet import ResNet
 from jtl.models.siglip import Siglip, SiglipText
-from jtl.models.swin import Swin
-from jtl.models.swinv2 import Swinv2
+from jtl.models.swin import Swin, Swinv2
 from jtl.models.vgg import VGG, adaptive_avg_pool
 from jtl.models.vit import ViT
 from jtl.models.wav2vec2 import Wav2Vec2

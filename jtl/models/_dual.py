@@ -1,5 +1,6 @@
 """The dual encoder (CLIP's ``CLIPModel``, SigLIP's ``SiglipModel``): both towers and the learned logit scale (and
-SigLIP's bias), loaded from one checkpoint; and the zero-shot classifier head built from the text tower.
+SigLIP's bias), loaded from one checkpoint; the zero-shot classifier head built from the text tower; and what the
+two families' towers share (text embeddings, the encoders' weight rules, the vision resizers).
 
 The towers are registered families of their own (``clip``: images, ``clip-text``: token ids), since a family has
 one input kind; the dual model is not a family but a module over the two, loaded with :func:`load_dual`.
@@ -19,7 +20,82 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl.weights import LoadReport, Pretrained, WeightLoadError, download_from_hub, load_pretrained, load_tokenizer
+from jtl.models._layers import patch_grid
+from jtl.weights import (
+    LoadReport,
+    Pretrained,
+    Rule,
+    WeightLoadError,
+    adapt_input_channels,
+    download_from_hub,
+    layer_norm,
+    linear,
+    load_pretrained,
+    load_tokenizer,
+    resample_pos_embedding,
+)
+
+# --- What the towers of CLIP and SigLIP share: the text embeddings, the encoders' weight rules, the resizers ----
+
+
+class ClipTextEmbed(nn.Module):
+    """Token ids -> ``word`` plus ``position`` embeddings (positions from 0)."""
+
+    vocab_size: int
+    hidden_size: int
+    max_position_embeddings: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array) -> jax.Array:
+        init = nn.initializers.normal(stddev=0.02)
+        word = nn.Embed(self.vocab_size, self.hidden_size, embedding_init=init, dtype=self.dtype, name="word")
+        position = nn.Embed(
+            self.max_position_embeddings, self.hidden_size, embedding_init=init, dtype=self.dtype, name="position"
+        )
+        return word(input_ids) + position(jnp.arange(input_ids.shape[1]))[None]
+
+
+def encoder_rules(prefix: str) -> list[Rule]:
+    """The rules of a CLIP/SigLIP encoder (``{prefix}encoder.layers.N.``) -> ``encoder/block_N``.
+
+    Args:
+      prefix: the regex before ``encoder.`` (``vision_model\\.``).
+
+    Returns:
+      The rules.
+
+    >>> len(encoder_rules(r"vision_model\\."))
+    16
+    """
+    block = prefix + r"encoder\.layers\.(\d+)\."
+    return [
+        *layer_norm(block + r"layer_norm1", r"encoder/block_\1/norm1"),
+        *linear(block + r"self_attn\.q_proj", r"encoder/block_\1/attn/query"),
+        *linear(block + r"self_attn\.k_proj", r"encoder/block_\1/attn/key"),
+        *linear(block + r"self_attn\.v_proj", r"encoder/block_\1/attn/value"),
+        *linear(block + r"self_attn\.out_proj", r"encoder/block_\1/attn/out"),
+        *layer_norm(block + r"layer_norm2", r"encoder/block_\1/norm2"),
+        *linear(block + r"mlp\.fc1", r"encoder/block_\1/mlp/fc1"),
+        *linear(block + r"mlp\.fc2", r"encoder/block_\1/mlp/fc2"),
+    ]
+
+
+def vision_resizers(num_prefix_tokens: int, method: str, default_image_size: int, default_patch_size: int):
+    """Position embeddings follow the image size as Hugging Face's ``interpolate_pos_encoding`` resamples them
+    (the prefix tokens' kept); the patch embedding follows the number of input channels."""
+
+    def resizers(fields: dict[str, Any]) -> dict:
+        grid = patch_grid(fields.get("image_size", default_image_size), fields.get("patch_size", default_patch_size))
+        return {
+            r"params/embed/pos_embedding": resample_pos_embedding(num_prefix_tokens, method, grid),
+            r"params/embed/patch/kernel": adapt_input_channels,
+        }
+
+    return resizers
+
+
+# --- The dual model ------------------------------------------------------------------------------------------------
 
 
 def _normalise(x: jax.Array) -> jax.Array:

@@ -272,8 +272,9 @@ def merge_into(
       unmatched: checkpoint keys no rule covered (reported as unexpected).
       source: the checkpoint's name, for the report and errors.
       reinitialise: regex of variables to keep freshly initialised (a replaced head).
-      resizers: ``{regex: fn(array, target_shape)}`` for variables that may change shape (position
-        embeddings at a new resolution).
+      resizers: ``{regex: fn(array, target_shape)}`` for variables that may change with the model's fields
+        (position embeddings at a new resolution); each is called on every variable it matches and returns its
+        input itself when it changes nothing.
       strict: if True, variables the checkpoint lacks (outside ``reinitialise``) are an error.
 
     Returns:
@@ -322,14 +323,18 @@ def merge_into(
             continue
         used.add(name)
         array, key = converted[name]
-        if tuple(array.shape) != shape:
-            resizer = next((fn for regex, fn in resizers.items() if regex.fullmatch(name)), None)
-            if resizer is None:
-                mismatches.append(f"{name} (from {key!r}): expected {shape}, found {tuple(array.shape)}")
-                out.append(leaf)
-                continue
-            resized.append((name, tuple(array.shape), shape))
-            array = resizer(array, shape)
+        resizer = next((fn for regex, fn in resizers.items() if regex.fullmatch(name)), None)
+        if resizer is None and tuple(array.shape) != shape:
+            mismatches.append(f"{name} (from {key!r}): expected {shape}, found {tuple(array.shape)}")
+            out.append(leaf)
+            continue
+        if resizer is not None:
+            # Called even when the shapes agree: a position grid of 4x4 and one of 2x8 hold as many tokens. A
+            # resizer returns its input itself when nothing changes.
+            result = resizer(array, shape)
+            if result is not array:
+                resized.append((name, tuple(array.shape), shape))
+            array = result
         loaded.append((name, shape))
         # Host arrays, as vit_jax and big_vision return them: transposes stay views, and the caller puts
         # them on devices once, with its own sharding (`jax.device_put(variables, sharding)`).

@@ -185,6 +185,8 @@ def adapt_input_channels(kernel: np.ndarray, target_shape: tuple) -> np.ndarray:
     >>> adapt_input_channels(kernel, (1, 1, 4, 2))[0, 0, :, 0].tolist()
     [0.75, 0.75, 0.75, 0.75]
     """
+    if tuple(kernel.shape) == tuple(target_shape):
+        return kernel
     channels = target_shape[2]
     if kernel.ndim != 4 or tuple(kernel.shape[:2]) + kernel.shape[3:] != tuple(target_shape[:2]) + target_shape[3:]:
         raise WeightLoadError(f"input convolution {kernel.shape} -> {target_shape}: only the input channels may differ")
@@ -226,6 +228,8 @@ def resample_pos_embedding(
                 f"position embeddings {pos.shape} -> {target_shape}: the source's patch grid must be square and the "
                 f"target's {new[0]}x{new[1]}"
             )
+        if (old, old) == tuple(new):
+            return pos
         resized = resize_grid(old_grid.reshape(old, old, -1), new, method)
         return np.concatenate([prefix, resized.reshape(1, new_count, -1)], axis=1)
 

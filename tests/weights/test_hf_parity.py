@@ -91,6 +91,13 @@ def test_vit_without_qkv_bias_on_rectangular_images_and_at_a_new_resolution(tiny
     model, variables, report = load_pretrained(path, image_size=(48, 40), verbose=False)
     assert report.resized == [("params/embed/pos_embedding", (1, 17, 32), (1, 31, 32))]
     assert max_abs(model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
+    # 16x64 images: a 2x8 grid holds as many patches as the checkpoint's 4x4, yet is another grid.
+    pixels = torch.randn(2, 3, 16, 64)
+    with torch.no_grad():
+        expected = reference(pixel_values=pixels, interpolate_pos_encoding=True).logits.numpy()
+    model, variables, report = load_pretrained(path, image_size=(16, 64), verbose=False)
+    assert report.resized == [("params/embed/pos_embedding", (1, 17, 32), (1, 17, 32))]
+    assert max_abs(model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,8 @@ def resize_relative_position_table(grid: tuple[int, int]):
                 f"relative position table {tuple(table.shape)} -> {tuple(target_shape)}: the source's grid must be "
                 f"square and the target's {grid[0]}x{grid[1]}"
             )
+        if side == rows == columns:
+            return table
         # Hugging Face reads the offsets as (columns, rows), which a square source makes the same.
         offsets = np.asarray(table[:-3], np.float64).reshape(side, side, -1)
         resized = np.einsum("oh,hwc,pw->opc", _bilinear_weights(side, rows), offsets, _bilinear_weights(side, columns))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
+from jtl.models._dual import ClipTextEmbed
 from jtl.models._layers import (
     classifier_head,
     pair,
@@ -76,24 +77,6 @@ class ClipEmbed(nn.Module):
         )
         pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, x.shape[1], width), jnp.float32)
         return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x + pos.astype(x.dtype))
-
-
-class ClipTextEmbed(nn.Module):
-    """Token ids -> ``word`` plus ``position`` embeddings (positions from 0)."""
-
-    vocab_size: int
-    hidden_size: int
-    max_position_embeddings: int
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, input_ids: jax.Array) -> jax.Array:
-        init = nn.initializers.normal(stddev=0.02)
-        word = nn.Embed(self.vocab_size, self.hidden_size, embedding_init=init, dtype=self.dtype, name="word")
-        position = nn.Embed(
-            self.max_position_embeddings, self.hidden_size, embedding_init=init, dtype=self.dtype, name="position"
-        )
-        return word(input_ids) + position(jnp.arange(input_ids.shape[1]))[None]
 
 
 def _features_head(module: nn.Module, x: jax.Array) -> jax.Array:

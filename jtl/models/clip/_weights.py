@@ -7,47 +7,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jtl.models._layers import pair, patch_grid
+from jtl.models._dual import encoder_rules, vision_resizers
+from jtl.models._layers import pair
 from jtl.weights import (
     Layout,
     Rule,
-    adapt_input_channels,
     conv,
     first_match,
     layer_norm,
     linear,
-    resample_pos_embedding,
 )
 
 
 def _leading_axes(count: int):
     """``x -> x`` with ``count`` leading axes of 1 (a class token (D,) -> (1, 1, D)), and its inverse."""
     return (lambda x: x.reshape((1,) * count + x.shape), lambda x, fields: x.reshape(x.shape[count:]))
-
-
-def encoder_rules(prefix: str) -> list[Rule]:
-    """The rules of a CLIP/SigLIP encoder (``{prefix}encoder.layers.N.``) -> ``encoder/block_N``.
-
-    Args:
-      prefix: the regex before ``encoder.`` (``vision_model\\.``).
-
-    Returns:
-      The rules.
-
-    >>> len(encoder_rules(r"vision_model\\."))
-    16
-    """
-    block = prefix + r"encoder\.layers\.(\d+)\."
-    return [
-        *layer_norm(block + r"layer_norm1", r"encoder/block_\1/norm1"),
-        *linear(block + r"self_attn\.q_proj", r"encoder/block_\1/attn/query"),
-        *linear(block + r"self_attn\.k_proj", r"encoder/block_\1/attn/key"),
-        *linear(block + r"self_attn\.v_proj", r"encoder/block_\1/attn/value"),
-        *linear(block + r"self_attn\.out_proj", r"encoder/block_\1/attn/out"),
-        *layer_norm(block + r"layer_norm2", r"encoder/block_\1/norm2"),
-        *linear(block + r"mlp\.fc1", r"encoder/block_\1/mlp/fc1"),
-        *linear(block + r"mlp\.fc2", r"encoder/block_\1/mlp/fc2"),
-    ]
 
 
 _VISION = r"vision_model\."
@@ -134,20 +108,6 @@ def hf_clip_text_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dic
         "layer_norm_eps": text.get("layer_norm_eps", 1e-5),
         "attention_dropout_rate": text.get("attention_dropout", 0.0),
     }
-
-
-def vision_resizers(num_prefix_tokens: int, method: str, default_image_size: int, default_patch_size: int):
-    """Position embeddings follow the image size as Hugging Face's ``interpolate_pos_encoding`` resamples them
-    (the prefix tokens' kept); the patch embedding follows the number of input channels."""
-
-    def resizers(fields: dict[str, Any]) -> dict:
-        grid = patch_grid(fields.get("image_size", default_image_size), fields.get("patch_size", default_patch_size))
-        return {
-            r"params/embed/pos_embedding": resample_pos_embedding(num_prefix_tokens, method, grid),
-            r"params/embed/patch/kernel": adapt_input_channels,
-        }
-
-    return resizers
 
 
 HF_CLIP_VISION = Layout(

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
+from jtl.models._dual import ClipTextEmbed
 from jtl.models._layers import (
     Mlp,
     PatchEmbed,
@@ -37,7 +38,6 @@ from jtl.models._layers import (
     token_feature_maps,
     transformer_encoder,
 )
-from jtl.models.clip._model import ClipTextEmbed
 
 
 def _features_head(module: nn.Module, x: jax.Array) -> jax.Array:

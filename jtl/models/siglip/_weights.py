@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from jtl.models._dual import encoder_rules, vision_resizers
 from jtl.models._layers import pair
-from jtl.models.clip._weights import encoder_rules, vision_resizers
 from jtl.weights import (
     Layout,
     Rule,
@@ -143,6 +143,8 @@ def _naflex_resizers(fields: dict[str, Any]) -> dict:
     p = pair(fields.get("patch_size", 16))[0]
 
     def adapt(kernel: np.ndarray, target_shape: tuple) -> np.ndarray:
+        if tuple(kernel.shape) == tuple(target_shape):
+            return kernel
         channels_in, channels_out = kernel.shape[0] // (p * p), target_shape[0] // (p * p)
         out = adapt_input_channels(kernel.reshape(p, p, channels_in, -1), (p, p, channels_out, target_shape[1]))
         return out.reshape(target_shape)

@@ -69,6 +69,8 @@ def hf_swin_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str
 def refuse_window_change(table: np.ndarray, target_shape: tuple) -> np.ndarray:
     """A relative position table for another window size: refused, as Hugging Face's Swin has no way to resize
     one (its tables load only at the window they were trained with)."""
+    if tuple(table.shape) == tuple(target_shape):
+        return table
     raise WeightLoadError(
         f"relative position bias table {tuple(table.shape)} -> {tuple(target_shape)}: Hugging Face's Swin cannot "
         "change the window size of a pretrained model; load it with the checkpoint's window_size"
