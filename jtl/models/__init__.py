@@ -24,10 +24,9 @@ from jtl.models._registry import (
     top_layers,
     unregister,
 )
-from jtl.models.albert import Albert
 from jtl.models.ast import AST
 from jtl.models.beit import Beit
-from jtl.models.bert import Bert, mean_pool
+from jtl.models.bert import Albert, Bert, mean_pool
 from jtl.models.clip import Clip, ClipModel, ClipText
 from jtl.models.convnext import ConvNeXt
 from jtl.models.deberta import Deberta
