@@ -33,8 +33,10 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "audio_transfer.py"
 RUNS = {"from scratch": "scratch", "speech-pretrained, fine-tuned": "transfer"}
 
 
-def _config(variant: str, data: Path, steps: int, seed: int = 0):
+def _config(variant: str, data: Path, steps: int, seed: int = 0, model: dict | None = None):
     config = load_config(f"{CONFIG}:{variant}")
+    if model is not None:
+        config.model.overrides = model
     task = "speech" if variant == "source" else "music"
     config.data.train_dir, config.data.test_dir = str(data / task / "train"), str(data / task / "test")
     config.seed = seed
@@ -57,12 +59,12 @@ def write_data(data: Path, source_clips: tuple[int, int], target_clips: tuple[in
     return data
 
 
-def pretrained_source(cache: Path, data: Path, steps: int) -> tuple[Path, float]:
+def pretrained_source(cache: Path, data: Path, steps: int, model: dict | None = None) -> tuple[Path, float]:
     """The speech-like source model, trained once and exported to ``cache/export``, and its held-out accuracy."""
     export, result_file = cache / "export", cache / "result.json"
     if export.exists() and result_file.exists():
         return export, json.loads(result_file.read_text())["eval/accuracy"]
-    config = _config("source", data, steps)
+    config = _config("source", data, steps, model=model)
     print(f"running: the speech-like source task, {config.total_steps} steps, once", file=sys.stderr, flush=True)
     with contextlib.redirect_stdout(io.StringIO()):
         result = train_and_evaluate(config, cache / "run")
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--source-steps", type=int, default=0, help="override the source's steps (0: config's)")
     parser.add_argument("--source-clips", type=_pair, default=None, help="speech clips per class: TRAIN,TEST")
     parser.add_argument("--target-clips", type=_pair, default=None, help="music clips per class: TRAIN,TEST")
+    parser.add_argument("--model", type=json.loads, default=None, help="the AST's fields, JSON (default: config's)")
     args = parser.parse_args(argv)
     absl_logging.set_verbosity(absl_logging.ERROR)
     source_clips, target_clips = args.source_clips or CLIPS["speech"], args.target_clips or CLIPS["music"]
@@ -93,12 +96,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     start = time.perf_counter()
     data = write_data(workdir / "data", source_clips, target_clips)
     tag = f"-steps{args.source_steps}" if args.source_steps else ""
-    source, source_accuracy = pretrained_source(workdir / f"source{tag}", data, args.source_steps)
+    source, source_accuracy = pretrained_source(workdir / f"source{tag}", data, args.source_steps, args.model)
     accuracies: dict[str, list[float]] = {name: [] for name in RUNS}
     for seed in seeds:
         for name, variant in RUNS.items():
             print(f"running: {name}, seed {seed}", file=sys.stderr, flush=True)
-            config = _config(variant, data, args.steps, seed)
+            config = _config(variant, data, args.steps, seed, args.model)
             if variant == "transfer":
                 config.model.pretrained = str(source)
             with contextlib.redirect_stdout(io.StringIO()):
