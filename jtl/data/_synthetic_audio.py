@@ -51,8 +51,9 @@ def speech_like(vowel: str, rng: np.random.Generator, seconds: float = 1.0, rate
     """One speech-like clip: a vowel from a glottal pulse train through a cascade of three formant resonators.
 
     The speaker varies: the vocal tract length scales every formant by 0.85-1.25 (men to children), the pitch
-    (85-250 Hz, higher for shorter tracts) falls slowly with a small vibrato and jitter, each formant is off its
-    average by up to 6%, and the vowel starts at a random time and lasts 0.35-0.7 s, over a little breath noise.
+    (about 60-235 Hz, higher for shorter tracts) falls slowly with a small vibrato and jitter, each formant is
+    off its average by up to 6%, and the vowel starts at a random time and lasts 0.35-0.7 s, over a little
+    breath noise.
 
     Args:
       vowel: a key of :data:`VOWELS`.
