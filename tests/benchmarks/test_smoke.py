@@ -135,3 +135,15 @@ def test_startup_benchmark_runs_tiny(capsys):
     for marks in medians.values():
         assert [marks[p] for p in startup.PHASES] == sorted(marks[p] for p in startup.PHASES)
     assert "warm cache" in capsys.readouterr().out
+
+
+def test_audio_transfer_benchmark_runs_tiny(tmp_path, capsys):
+    from benchmarks import audio_transfer
+
+    tiny = ["--seeds", "0", "--steps", "2", "--source-steps", "2", "--source-clips", "1,1", "--target-clips", "1,1"]
+    # The registry's ast-testing as it is: 16 frames x 8 mel bins, 2 blocks of width 16.
+    results = audio_transfer.main([*tiny, "--model", "{}", "--workdir", str(tmp_path)])
+    assert set(results) == {"source", "from scratch", "speech-pretrained, fine-tuned"}
+    assert all(len(values) == 1 and 0.0 <= values[0] <= 1.0 for values in results.values())
+    assert (tmp_path / "source-steps2" / "export").is_dir()  # the source model, exported once
+    assert "| speech-pretrained, fine-tuned |" in capsys.readouterr().out
