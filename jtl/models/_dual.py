@@ -85,10 +85,13 @@ def vision_resizers(num_prefix_tokens: int, method: str, default_image_size: int
     """Position embeddings follow the image size as Hugging Face's ``interpolate_pos_encoding`` resamples them
     (the prefix tokens' kept); the patch embedding follows the number of input channels."""
 
-    def resizers(fields: dict[str, Any]) -> dict:
-        grid = patch_grid(fields.get("image_size", default_image_size), fields.get("patch_size", default_patch_size))
+    def resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict:
+        grid, source_grid = (
+            patch_grid(f.get("image_size", default_image_size), f.get("patch_size", default_patch_size))
+            for f in (fields, source)
+        )
         return {
-            r"params/embed/pos_embedding": resample_pos_embedding(num_prefix_tokens, method, grid),
+            r"params/embed/pos_embedding": resample_pos_embedding(num_prefix_tokens, method, grid, source_grid),
             r"params/embed/patch/kernel": adapt_input_channels,
         }
 

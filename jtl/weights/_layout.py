@@ -16,9 +16,9 @@ from jtl.weights._readers import WeightLoadError
 State = Mapping[str, Any]  # checkpoint key -> array, or -> TensorSpec where only the file's header was read
 
 
-def no_resizers(fields: dict[str, Any]) -> dict[str, Resizer]:
+def no_resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict[str, Resizer]:
     """The default of :attr:`Layout.resizers`: no variable may change shape."""
-    del fields
+    del fields, source
     return {}
 
 
@@ -33,8 +33,10 @@ class Layout(NamedTuple):
         for a bare file), ``state`` the tensors (shapes and dtypes only, for a safetensors file).
       detect: claims a bare file from its tensor names (``None``: never claims one).
       model_types: the Hugging Face ``config.json`` ``model_type`` values it serves.
-      resizers: ``fields -> {regex: resize(array, target_shape)}``, the variables that may change shape with
-        the fields (ViT position embeddings follow the image size).
+      resizers: ``(fields, source fields) -> {regex: resize(array, target_shape)}``, the variables that may
+        change with the model's fields (ViT position embeddings follow the image size), given the fields the
+        checkpoint was read with and those after the caller's changes; a resize returns its input itself when
+        nothing changes.
       prepare: applied to the tensors before the rules (big_vision's stacked blocks are split); a layout with
         one has its files read at once, not header first.
 
@@ -50,7 +52,7 @@ class Layout(NamedTuple):
     fields: Callable[[dict[str, Any], State], dict[str, Any]]
     detect: Callable[[Collection[str]], bool] | None = None
     model_types: tuple[str, ...] = ()
-    resizers: Callable[[dict[str, Any]], dict[str, Resizer]] = no_resizers
+    resizers: Callable[[dict[str, Any], dict[str, Any]], dict[str, Resizer]] = no_resizers
     prepare: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
 
     def rules_for(self, state: State) -> list[Rule]:
@@ -199,7 +201,10 @@ def adapt_input_channels(kernel: np.ndarray, target_shape: tuple) -> np.ndarray:
 
 
 def resample_pos_embedding(
-    num_prefix_tokens: int, method: str = "bilinear", grid: tuple[int, int] | None = None
+    num_prefix_tokens: int,
+    method: str = "bilinear",
+    grid: tuple[int, int] | None = None,
+    source_grid: tuple[int, int] | None = None,
 ) -> Resizer:
     """Resamples ViT position embeddings to a new patch grid, keeping the prefix tokens' embeddings, as the
     source's own code does at a new resolution: bilinear for vit_jax and big_vision, PyTorch's bicubic for Hugging
@@ -209,6 +214,8 @@ def resample_pos_embedding(
       num_prefix_tokens: tokens before the patch grid (1 for a class token).
       method: ``"bilinear"``, ``"bicubic"`` or ``"bicubic-antialias"`` (see :func:`resize_grid`).
       grid: the new patch grid (rows, columns); ``None``: square.
+      source_grid: the checkpoint's patch grid; ``None``: square. Embeddings already on ``grid`` are returned
+        as they are.
 
     Returns:
       ``resize(pos (1, prefix + n*n, D), target_shape) -> (1, prefix + rows*columns, D)``.
@@ -220,17 +227,17 @@ def resample_pos_embedding(
 
     def resize(pos: np.ndarray, target_shape: tuple) -> np.ndarray:
         prefix, old_grid = pos[:, :num_prefix_tokens], pos[0, num_prefix_tokens:]
-        old = math.isqrt(old_grid.shape[0])
+        old = tuple(source_grid or (math.isqrt(old_grid.shape[0]),) * 2)
         new_count = target_shape[1] - num_prefix_tokens
-        new = grid or (math.isqrt(new_count),) * 2
-        if old * old != old_grid.shape[0] or new[0] * new[1] != new_count:
+        new = tuple(grid or (math.isqrt(new_count),) * 2)
+        if old[0] * old[1] != old_grid.shape[0] or new[0] * new[1] != new_count:
             raise WeightLoadError(
-                f"position embeddings {pos.shape} -> {target_shape}: the source's patch grid must be square and the "
-                f"target's {new[0]}x{new[1]}"
+                f"position embeddings {pos.shape} -> {target_shape}: expected the source's patch grid "
+                f"{old[0]}x{old[1]} and the target's {new[0]}x{new[1]}"
             )
-        if (old, old) == tuple(new):
+        if old == new:
             return pos
-        resized = resize_grid(old_grid.reshape(old, old, -1), new, method)
+        resized = resize_grid(old_grid.reshape(*old, -1), new, method)
         return np.concatenate([prefix, resized.reshape(1, new_count, -1)], axis=1)
 
     return resize

@@ -104,7 +104,7 @@ def load_pretrained(
     # The tensors are read on a second thread (the read releases the GIL) while the model's init is traced.
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(source_.read)
-        model, fields, shapes, inputs = _abstract_model(
+        model, fields, source_fields, shapes, inputs = _abstract_model(
             family.model,
             layout,
             config,
@@ -138,7 +138,7 @@ def load_pretrained(
         unmatched,
         source=where,
         reinitialise=HEAD if replace_head else None,
-        resizers=layout.resizers(fields),
+        resizers=layout.resizers(fields, source_fields),
         strict=strict,
     )
     if verbose:
@@ -157,9 +157,11 @@ def _abstract_model(
     overrides: dict,
     seed: int,
     where: str,
-) -> tuple[nn.Module, dict, dict, list]:
-    """Builds the model from the source and traces its init: (model, fields, variable shapes, inputs)."""
-    fields = layout.fields(config, tensor_shapes)
+) -> tuple[nn.Module, dict, dict, dict, list]:
+    """Builds the model from the source and traces its init: (model, fields, the source's own fields, variable
+    shapes, inputs)."""
+    source_fields = layout.fields(config, tensor_shapes)
+    fields = dict(source_fields)
     if num_classes is not None:
         fields["num_classes"] = num_classes
     if image_size is not None:
@@ -174,7 +176,7 @@ def _abstract_model(
     inputs = jax.eval_shape(model.example_inputs)
     shapes = jax.eval_shape(model.init, jax.eval_shape(jax.random.PRNGKey, seed), *inputs)
     shapes = {k: v for k, v in shapes.items() if k != "intermediates"}
-    return model, fields, shapes, inputs
+    return model, fields, source_fields, shapes, inputs
 
 
 class Source(NamedTuple):
@@ -279,8 +281,8 @@ def _resolve_native(path: Path) -> Source:
     if family is None:
         raise WeightLoadError(f"{where}: model class {class_name!r} is not a registered jtl model family")
 
-    def resizers(fields: dict) -> dict:
-        return {k: v for layout in family.layouts for k, v in layout.resizers(fields).items()}
+    def resizers(fields: dict, source: dict) -> dict:
+        return {k: v for layout in family.layouts for k, v in layout.resizers(fields, source).items()}
 
     layout = Layout("jtl", [Rule(r"(.*)", r"\1")], lambda config, state: dict(config), resizers=resizers)
     return Source(family, layout, fields, *_eager(state), where)

@@ -117,12 +117,13 @@ def resize_relative_position_table(grid: tuple[int, int]):
     return resize
 
 
-def _resizers(fields: dict[str, Any]) -> dict:
+def _resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict:
     """Position embeddings and relative position tables follow the image size as Hugging Face resamples them at
     another resolution; the patch embedding follows the number of input channels."""
     grid = patch_grid(fields.get("image_size", 224), fields.get("patch_size", 16))
+    source_grid = patch_grid(source.get("image_size", 224), source.get("patch_size", 16))
     return {
-        r"params/embed/pos_embedding": resample_pos_embedding(1, "bicubic", grid),
+        r"params/embed/pos_embedding": resample_pos_embedding(1, "bicubic", grid, source_grid),
         r"params/(?:embed|encoder/block_\d+/attn)/rel_pos_embedding": resize_relative_position_table(grid),
         r"params/embed/patch/kernel": adapt_input_channels,
     }

@@ -12,9 +12,9 @@ from jtl.models._layers import activation
 from jtl.weights import Layout, Rule, WeightLoadError, adapt_input_channels, conv, first_match, layer_norm, linear
 
 
-def resizers(fields: dict[str, Any]) -> dict:
+def resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict:
     """The stem convolution follows the number of input channels (timm's ``adapt_input_conv``)."""
-    del fields
+    del fields, source
     return {r"params/embed/patch/kernel": adapt_input_channels}
 
 

@@ -65,14 +65,15 @@ def hf_dinov2_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[s
     }
 
 
-def _resizers(method: str) -> Callable[[dict[str, Any]], dict]:
+def _resizers(method: str) -> Callable[[dict[str, Any], dict[str, Any]], dict]:
     """Position embeddings follow the image size as Hugging Face interpolates them, the class token's kept; the
     patch embedding follows the number of input channels."""
 
-    def resizers(fields: dict[str, Any]) -> dict:
+    def resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict:
         grid = patch_grid(fields.get("image_size", 518), fields.get("patch_size", 14))
+        source_grid = patch_grid(source.get("image_size", 518), source.get("patch_size", 14))
         return {
-            r"params/embed/pos_embedding": resample_pos_embedding(1, method, grid),
+            r"params/embed/pos_embedding": resample_pos_embedding(1, method, grid, source_grid),
             r"params/embed/patch/kernel": adapt_input_channels,
         }
 

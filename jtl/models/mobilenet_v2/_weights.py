@@ -9,9 +9,9 @@ from jtl.models._layers import activation
 from jtl.weights import Layout, WeightLoadError, adapt_input_channels, batch_norm, conv, first_match, linear
 
 
-def resizers(fields: dict[str, Any]) -> dict:
+def resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict:
     """The stem convolution follows the number of input channels (timm's ``adapt_input_conv``)."""
-    del fields
+    del fields, source
     return {r"params/embed/conv/conv/kernel": adapt_input_channels}
 
 

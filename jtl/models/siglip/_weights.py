@@ -137,9 +137,10 @@ def hf_siglip_text_fields(config: dict[str, Any], state: Mapping[str, Any]) -> d
     }
 
 
-def _naflex_resizers(fields: dict[str, Any]) -> dict:
+def _naflex_resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict:
     """SigLIP 2 resizes its position grid on every call (any image size), so only the input channels of its
     linear patch embedding, flattened (row, column, channel), may change."""
+    del source
     p = pair(fields.get("patch_size", 16))[0]
 
     def adapt(kernel: np.ndarray, target_shape: tuple) -> np.ndarray:

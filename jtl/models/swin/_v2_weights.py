@@ -70,10 +70,10 @@ def hf_swinv2_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[s
     }
 
 
-def _resizers(fields: dict[str, Any]) -> dict:
+def _resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict:
     """The patch embedding follows the number of input channels; nothing else has a size that depends on the
     image or window size (the position bias is generated from coordinates)."""
-    del fields
+    del fields, source
     return {r"params/embed/patch/kernel": adapt_input_channels}
 
 

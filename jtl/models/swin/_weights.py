@@ -77,13 +77,14 @@ def refuse_window_change(table: np.ndarray, target_shape: tuple) -> np.ndarray:
     )
 
 
-def _resizers(fields: dict[str, Any]) -> dict:
+def _resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict:
     """Absolute position embeddings (when the model has them) follow the image size as Hugging Face's
     ``interpolate_pos_encoding`` resamples them (PyTorch's bicubic); the patch embedding follows the input
     channels; the window size cannot change."""
     grid = patch_grid(fields.get("image_size", 224), fields.get("patch_size", 4))
+    source_grid = patch_grid(source.get("image_size", 224), source.get("patch_size", 4))
     return {
-        r"params/embed/pos_embedding": resample_pos_embedding(0, "bicubic", grid),
+        r"params/embed/pos_embedding": resample_pos_embedding(0, "bicubic", grid, source_grid),
         r"params/embed/patch/kernel": adapt_input_channels,
         r"params/stage_\d+/block_\d+/attn/rel_pos_embedding": refuse_window_change,
     }

@@ -15,9 +15,9 @@ import numpy as np
 from jtl.weights import Layout, Rule, WeightLoadError, adapt_input_channels, conv, linear
 
 
-def resizers(fields: dict[str, Any]) -> dict:
+def resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict:
     """The first convolution follows the number of input channels (timm's ``adapt_input_conv``)."""
-    del fields
+    del fields, source
     return {r"params/encoder/block_0/kernel": adapt_input_channels}
 
 

@@ -26,15 +26,16 @@ from jtl.weights import (
 )
 
 
-def _resizers(method: str) -> Callable[[dict[str, Any]], dict]:
+def _resizers(method: str) -> Callable[[dict[str, Any], dict[str, Any]], dict]:
     """Position embeddings follow the image size (a new patch grid) as the source's code resamples them, the
     class token's kept; the patch embedding follows the number of input channels."""
 
-    def resizers(fields: dict[str, Any]) -> dict:
+    def resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict:
         prefix = prefix_tokens(fields.get("pooling", "cls"), fields.get("distillation_token", False))
         grid = patch_grid(fields.get("image_size", 224), fields.get("patch_size", 16))
+        source_grid = patch_grid(source.get("image_size", 224), source.get("patch_size", 16))
         return {
-            r"params/embed/pos_embedding": resample_pos_embedding(prefix, method, grid),
+            r"params/embed/pos_embedding": resample_pos_embedding(prefix, method, grid, source_grid),
             r"params/embed/patch/kernel": adapt_input_channels,
         }
 
