@@ -135,3 +135,14 @@ def test_startup_benchmark_runs_tiny(capsys):
     for marks in medians.values():
         assert [marks[p] for p in startup.PHASES] == sorted(marks[p] for p in startup.PHASES)
     assert "warm cache" in capsys.readouterr().out
+
+
+def test_zero_shot_benchmark_runs_tiny(tmp_path, capsys):
+    from benchmarks import zero_shot
+
+    tiny = ["--seeds", "0", "--steps", "2", "--shots", "2", "--pretrain-steps", "2", "--workdir", str(tmp_path)]
+    results = zero_shot.main(tiny)
+    (run,) = results["runs"]
+    assert all(0.0 <= run[f"wise_ft/{a}/eval_ood/accuracy"] <= 1.0 for a in ("0", "0.25", "0.5", "0.75"))
+    assert results["table"][2].startswith("| zero-shot (alpha 0) |") and len(results["table"]) == 7
+    assert "| fine-tuned (alpha 1) |" in capsys.readouterr().out
