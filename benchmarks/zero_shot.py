@@ -45,6 +45,9 @@ CAPTIONS = (
     "a drawing of a {word}.",
 )
 SPECIAL = ("<pad>", "<bos>", "<unk>", "<eos>")  # ids 0-3
+# The towers' widths and depths (the images are 8x8x1 in 2x2 patches; the captions at most 16 tokens).
+VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4)
+TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 
 
 def _vocabulary() -> list[str]:
@@ -92,14 +95,11 @@ def pretrain(directory: Path, steps: int, seed: int = 0, batch_size: int = 64, v
     rng = np.random.default_rng(seed)
     tokenizer = word_tokenizer()
     config = transformers.CLIPConfig(
-        vision_config=dict(
-            image_size=8, patch_size=2, num_channels=1, hidden_size=64, intermediate_size=128,
-            num_hidden_layers=3, num_attention_heads=4,
-        ),
-        text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=16, pad_token_id=0, bos_token_id=1, eos_token_id=3,
-        ),
+        vision_config={**VISION, "image_size": 8, "patch_size": 2, "num_channels": 1},
+        text_config={
+            **TEXT, "vocab_size": len(tokenizer), "max_position_embeddings": 16, "pad_token_id": 0,
+            "bos_token_id": 1, "eos_token_id": 3,
+        },
         projection_dim=32,
     )  # fmt: skip
     model = transformers.CLIPModel(config).train()

@@ -137,9 +137,12 @@ def test_startup_benchmark_runs_tiny(capsys):
     assert "warm cache" in capsys.readouterr().out
 
 
-def test_zero_shot_benchmark_runs_tiny(tmp_path, capsys):
+def test_zero_shot_benchmark_runs_tiny(tmp_path, capsys, monkeypatch):
     from benchmarks import zero_shot
 
+    tower = dict(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1)
+    monkeypatch.setattr(zero_shot, "VISION", tower)
+    monkeypatch.setattr(zero_shot, "TEXT", tower)
     tiny = ["--seeds", "0", "--steps", "2", "--shots", "2", "--pretrain-steps", "2", "--workdir", str(tmp_path)]
     results = zero_shot.main(tiny)
     (run,) = results["runs"]
