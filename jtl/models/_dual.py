@@ -322,8 +322,10 @@ def zero_shot_model(
     from the text tower's embeddings of every template filled with every class name (:func:`zero_shot_head`), the
     starting point of zero-shot fine-tuning and WiSE-FT (``config.model.zero_shot``).
 
-    SigLIP's prompts are padded to the text tower's full length, as it was trained; CLIP's to the longest prompt,
-    with the attention mask.
+    The prompts are tokenised as Hugging Face's zero-shot image classification pipeline does: SigLIP's padded to
+    the text tower's full length (as it was trained), CLIP's to the longest prompt; the attention mask goes with
+    them where the tokenizer returns one (``tests/weights/test_zero_shot.py`` checks both against
+    ``logits_per_image``).
 
     Args:
       source: a Hugging Face hub id or directory (``model_type`` ``clip``, ``siglip`` or ``siglip2``) with its

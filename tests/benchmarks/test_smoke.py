@@ -147,3 +147,17 @@ def test_audio_transfer_benchmark_runs_tiny(tmp_path, capsys):
     assert all(len(values) == 1 and 0.0 <= values[0] <= 1.0 for values in results.values())
     assert (tmp_path / "source-steps2" / "export").is_dir()  # the source model, exported once
     assert "| speech-pretrained, fine-tuned |" in capsys.readouterr().out
+
+
+def test_zero_shot_benchmark_runs_tiny(tmp_path, capsys, monkeypatch):
+    from benchmarks import zero_shot
+
+    tower = dict(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1)
+    monkeypatch.setattr(zero_shot, "VISION", tower)
+    monkeypatch.setattr(zero_shot, "TEXT", tower)
+    tiny = ["--seeds", "0", "--steps", "2", "--shots", "2", "--pretrain-steps", "2", "--workdir", str(tmp_path)]
+    results = zero_shot.main(tiny)
+    (run,) = results["runs"]
+    assert all(0.0 <= run[f"wise_ft/{a}/eval_ood/accuracy"] <= 1.0 for a in ("0", "0.25", "0.5", "0.75"))
+    assert results["table"][2].startswith("| zero-shot (alpha 0) |") and len(results["table"]) == 7
+    assert "| fine-tuned (alpha 1) |" in capsys.readouterr().out
