@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import EncoderBlock, classifier_head
-from jtl.models.bert._model import OUTPUTS, BertEmbed, mean_pool
+from jtl.models._layers import EncoderBlock, text_output
+from jtl.models.bert._model import BertEmbed
 
 # name: (hidden size, steps, heads, intermediate size); every size has 128-wide embeddings.
 SIZES = {
@@ -104,8 +104,6 @@ class Albert(nn.Module):
         *,
         train: bool = False,
     ) -> jax.Array:
-        if self.output not in OUTPUTS:
-            raise ValueError(f"Albert output must be one of {OUTPUTS}, got {self.output!r}")
         if not 1 <= self.num_hidden_groups <= self.num_layers:
             raise ValueError(
                 f"Albert num_hidden_groups={self.num_hidden_groups} must be between 1 and num_layers={self.num_layers}"
@@ -140,17 +138,7 @@ class Albert(nn.Module):
         x = encoder(x, attention_mask, train=train)
         # Created whatever the output, so that loading never reports the checkpoint's pooler as unexpected.
         pooled = jnp.tanh(nn.Dense(self.hidden_size, dtype=self.dtype, name="pooler")(x[:, 0]))
-        features = {
-            "pooler": pooled,
-            "cls": x[:, 0],
-            "mean": mean_pool(x, attention_mask),
-            "tokens": x,
-        }[self.output]
-        self.sow("intermediates", "features", features)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return features
-        features = nn.Dropout(self.classifier_dropout_rate)(features, deterministic=not train)
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(features)
+        return text_output(self, x, attention_mask, pooled, self.classifier_dropout_rate, train=train)
 
 
 def albert_config(name: str) -> dict:
