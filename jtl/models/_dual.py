@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl.models._layers import patch_grid
+from jtl.models._layers import features_head, patch_grid
 from jtl.weights import (
     LoadReport,
     Pretrained,
@@ -54,6 +54,33 @@ class ClipTextEmbed(nn.Module):
             self.max_position_embeddings, self.hidden_size, embedding_init=init, dtype=self.dtype, name="position"
         )
         return word(input_ids) + position(jnp.arange(input_ids.shape[1]))[None]
+
+
+def tower_head(module: nn.Module, x: jax.Array) -> jax.Array:
+    """What both families' towers end with: the optional L2 normalisation (``module.normalize``), then
+    ``features_head`` (the sown features and the classifier head).
+
+    Args:
+      module: the calling tower (``normalize``, ``num_classes``, ``head_zero_init``, ``dtype`` fields).
+      x: the pooled (batch, width) features.
+
+    Returns:
+      The logits, or the (normalised) features when ``module.num_classes`` is 0.
+
+    >>> class Tiny(nn.Module):
+    ...     normalize: bool = True
+    ...     num_classes: int = 0
+    ...     head_zero_init: bool = True
+    ...     dtype: jnp.dtype = jnp.float32
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         return tower_head(self, x)
+    >>> Tiny().apply({}, jnp.array([[3.0, 4.0]])).tolist()
+    [[0.6000000238418579, 0.800000011920929]]
+    """
+    if module.normalize:
+        x = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    return features_head(module, x)
 
 
 def encoder_rules(prefix: str) -> list[Rule]:

@@ -347,6 +347,56 @@ def features_head(module: nn.Module, features: jax.Array, dropout_rate: float = 
     return classifier_head(module.num_classes, module.head_zero_init, module.dtype)(features)
 
 
+class ImageInputs:
+    """Mixin for image models with ``image_size`` and ``num_channels`` fields: ``example_inputs`` gives zero images
+    of that size, each side capped at the class's ``example_max_size`` (set it where the parameters do not depend on
+    the resolution, as in the CNNs, to keep ``init`` cheap).
+    """
+
+    example_max_size: int | None = None
+
+    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
+        """Inputs of the right shape for ``init``: (batch, height, width, channels) zero images.
+
+        Args:
+          batch_size: the batch.
+
+        Returns:
+          A 1-tuple with the images.
+
+        >>> class Tiny(ImageInputs, nn.Module):
+        ...     image_size: int = 224
+        ...     num_channels: int = 3
+        ...     example_max_size = 64
+        >>> Tiny().example_inputs(2)[0].shape
+        (2, 64, 64, 3)
+        """
+        height, width = pair(self.image_size)
+        if self.example_max_size is not None:  # parameters do not depend on the resolution
+            height, width = min(height, self.example_max_size), min(width, self.example_max_size)
+        return (jnp.zeros((batch_size, height, width, self.num_channels), jnp.float32),)
+
+
+class TokenInputs:
+    """Mixin for text models: ``example_inputs`` gives token ids and an attention mask."""
+
+    def example_inputs(self, batch_size: int = 1, length: int = 4) -> tuple[jax.Array, ...]:
+        """Inputs of the right shape for ``init``: token ids and an attention mask.
+
+        Args:
+          batch_size: the batch.
+          length: the tokens per sequence.
+
+        Returns:
+          (batch, length) zero token ids and a (batch, length) all-ones mask.
+
+        >>> ids, mask = TokenInputs().example_inputs(2)
+        >>> ids.shape, int(mask.sum())
+        ((2, 4), 8)
+        """
+        return jnp.zeros((batch_size, length), jnp.int32), jnp.ones((batch_size, length), jnp.int32)
+
+
 TEXT_OUTPUTS = ("pooler", "cls", "mean", "tokens")
 
 

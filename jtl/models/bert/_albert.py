@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import EncoderBlock, text_output
+from jtl.models._layers import EncoderBlock, TokenInputs, text_output
 from jtl.models.bert._model import BertEmbed
 
 # name: (hidden size, steps, heads, intermediate size); every size has 128-wide embeddings.
@@ -58,7 +58,7 @@ class SharedEncoder(nn.Module):
         return x
 
 
-class Albert(nn.Module):
+class Albert(TokenInputs, nn.Module):
     """An ALBERT encoder over token ids; see the module docstring for the shared blocks and ``output``.
 
     >>> import jax, jax.numpy as jnp
@@ -90,10 +90,6 @@ class Albert(nn.Module):
     num_classes: int = 0
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
-
-    def example_inputs(self, batch_size: int = 1, length: int = 4) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``: token ids and an attention mask."""
-        return jnp.zeros((batch_size, length), jnp.int32), jnp.ones((batch_size, length), jnp.int32)
 
     @nn.compact
     def __call__(

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import gelu, text_output, transformer_encoder
+from jtl.models._layers import TokenInputs, gelu, text_output, transformer_encoder
 
 # name: (hidden size, depth, heads, intermediate size)
 SIZES = {
@@ -120,7 +120,7 @@ class BertEmbed(nn.Module):
         return nn.Dense(self.hidden_size, dtype=self.dtype, name="project")(x)
 
 
-class Bert(nn.Module):
+class Bert(TokenInputs, nn.Module):
     """A BERT encoder over token ids; see the module docstring for ``output``.
 
     Hidden states are sown as ``intermediates/encoder/hidden_states`` (embeddings, then each layer).
@@ -152,10 +152,6 @@ class Bert(nn.Module):
     num_classes: int = 0
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
-
-    def example_inputs(self, batch_size: int = 1, length: int = 4) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``: token ids and an attention mask."""
-        return jnp.zeros((batch_size, length), jnp.int32), jnp.ones((batch_size, length), jnp.int32)
 
     @nn.compact
     def __call__(

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import Mlp, activation, text_output
+from jtl.models._layers import Mlp, TokenInputs, activation, text_output
 
 POSITION_ATTENTION = ("c2p", "p2c")
 
@@ -279,7 +279,7 @@ class DebertaEmbed(nn.Module):
         return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
 
-class Deberta(nn.Module):
+class Deberta(TokenInputs, nn.Module):
     """A DeBERTa-v2/v3 encoder over token ids; see the module docstring for ``output``. The defaults are
     deberta-v3-base's.
 
@@ -322,10 +322,6 @@ class Deberta(nn.Module):
     num_classes: int = 0
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
-
-    def example_inputs(self, batch_size: int = 1, length: int = 4) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``: token ids and an attention mask."""
-        return jnp.zeros((batch_size, length), jnp.int32), jnp.ones((batch_size, length), jnp.int32)
 
     @nn.compact
     def __call__(

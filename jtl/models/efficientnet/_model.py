@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.models._layers import activation, classifier_head
+from jtl.models._layers import ImageInputs, activation, features_head
 
 # name: (width coefficient, depth coefficient, image size, dropout rate), as the hub's config.json files give them
 SIZES = {
@@ -156,7 +156,7 @@ class Encoder(nn.Module):
         return x
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(ImageInputs, nn.Module):
     """EfficientNet over NHWC images; ``num_classes=0`` returns the pooled features.
 
     The fields are Hugging Face's ``EfficientNetConfig``'s (base widths, repeats, kernel sizes per stage, scaled
@@ -193,10 +193,7 @@ class EfficientNet(nn.Module):
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
 
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        size = min(self.image_size, 64)  # parameters do not depend on the resolution
-        return (jnp.zeros((batch_size, size, size, self.num_channels), jnp.float32),)
+    example_max_size = 64  # example_inputs' size: parameters do not depend on the resolution
 
     def _filters(self, channels: int) -> int:
         return round_filters(channels, self.width_coefficient, self.depth_divisor)
@@ -218,11 +215,7 @@ class EfficientNet(nn.Module):
         x = Encoder(self.block_fields(), self.dtype, name="encoder")(x, train=train)
         x = conv_bn(self._filters(1280), name="top")(x, train=train)
         x = x.mean(axis=(1, 2)) if self.pooling_type == "mean" else x.max(axis=(1, 2))
-        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return x
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+        return features_head(self, x, self.dropout_rate, train=train)
 
     def block_fields(self) -> tuple[dict[str, Any], ...]:
         """Each block's :class:`MBConv` fields, through all stages."""

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.models._layers import activation, classifier_head
+from jtl.models._layers import ImageInputs, activation, features_head
 
 # The 16 inverted residual blocks after the stem: output channels (before the depth multiplier) and strides.
 CHANNELS = (16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320)
@@ -118,7 +118,7 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(ImageInputs, nn.Module):
     """MobileNetV2 over NHWC images; ``num_classes=0`` returns the pooled features.
 
     The fields are Hugging Face's ``MobileNetV2Config``'s. ``bn_momentum`` follows Flax's convention (the running
@@ -149,10 +149,7 @@ class MobileNetV2(nn.Module):
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
 
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        size = min(self.image_size, 64)  # parameters do not depend on the resolution
-        return (jnp.zeros((batch_size, size, size, self.num_channels), jnp.float32),)
+    example_max_size = 64  # example_inputs' size: parameters do not depend on the resolution
 
     def _channels(self, channels: int) -> int:
         return make_divisible(round(channels * self.depth_multiplier), self.depth_divisible_by, self.min_depth)
@@ -194,11 +191,7 @@ class MobileNetV2(nn.Module):
         top = 1280 if self.finegrained_output and self.depth_multiplier < 1.0 else self._channels(1280)
         x = layer(top, act=self.hidden_act, name="top")(x, train=train)
         x = x.mean(axis=(1, 2))
-        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return x
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+        return features_head(self, x, self.dropout_rate, train=train)
 
 
 class Stem(nn.Module):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import activation, mean_pool, text_output
+from jtl.models._layers import TokenInputs, activation, mean_pool, text_output
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
@@ -143,7 +143,7 @@ class GeGlu(nn.Module):
         return nn.Dense(x.shape[-1], use_bias=self.use_bias, dtype=self.dtype, name="fc2")(y)
 
 
-class ModernBert(nn.Module):
+class ModernBert(TokenInputs, nn.Module):
     """A ModernBERT encoder over token ids; see the module docstring for ``output``. The defaults are
     ModernBERT-base's.
 
@@ -184,10 +184,6 @@ class ModernBert(nn.Module):
     num_classes: int = 0
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
-
-    def example_inputs(self, batch_size: int = 1, length: int = 4) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``: token ids and an attention mask."""
-        return jnp.zeros((batch_size, length), jnp.int32), jnp.ones((batch_size, length), jnp.int32)
 
     def attention_types(self) -> tuple[str, ...]:
         """Each block's ``"full_attention"`` or ``"sliding_attention"``.

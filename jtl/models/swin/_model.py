@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl.models._layers import DropPath, Mlp, classifier_head, pair, patch_grid
+from jtl.models._layers import DropPath, ImageInputs, Mlp, features_head, pair, patch_grid
 
 # name: (embed_dim, depths, heads, window, image size), as Hugging Face's microsoft/swin-* configs give them.
 SIZES = {
@@ -226,7 +226,7 @@ class SwinEmbed(nn.Module):
         return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
 
-class Swin(nn.Module):
+class Swin(ImageInputs, nn.Module):
     """A Swin Transformer over NHWC images, with a linear ``head`` when ``num_classes`` > 0.
 
     Sown as ``intermediates``: ``hidden_states`` (the embeddings, then each stage's output after patch merging, as
@@ -259,10 +259,6 @@ class Swin(nn.Module):
     always_partition: bool = False
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
-
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        return (jnp.zeros((batch_size, *pair(self.image_size), self.num_channels), jnp.float32),)
 
     def _block(self, stage: int, index: int, drop_path_rate: float) -> nn.Module:
         width = self.embed_dim * 2**stage
@@ -304,10 +300,7 @@ class Swin(nn.Module):
             self.sow("intermediates", "hidden_states", x)
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
         x = x.mean(axis=(1, 2))
-        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return x
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+        return features_head(self, x)
 
 
 class _Stage(nn.Module):
