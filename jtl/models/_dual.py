@@ -39,7 +39,8 @@ from jtl.weights import (
 
 
 class ClipTextEmbed(nn.Module):
-    """Token ids -> ``word`` plus ``position`` embeddings (positions from 0)."""
+    """Token ids -> ``word`` plus ``position`` embeddings (positions from 0); a sequence longer than
+    ``max_position_embeddings`` is an error."""
 
     vocab_size: int
     hidden_size: int
@@ -48,12 +49,15 @@ class ClipTextEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array) -> jax.Array:
+        length = input_ids.shape[1]
+        if length > self.max_position_embeddings:
+            raise ValueError(f"sequence length {length} exceeds max_position_embeddings={self.max_position_embeddings}")
         init = nn.initializers.normal(stddev=0.02)
         word = nn.Embed(self.vocab_size, self.hidden_size, embedding_init=init, dtype=self.dtype, name="word")
         position = nn.Embed(
             self.max_position_embeddings, self.hidden_size, embedding_init=init, dtype=self.dtype, name="position"
         )
-        return word(input_ids) + position(jnp.arange(input_ids.shape[1]))[None]
+        return word(input_ids) + position(jnp.arange(length))[None]
 
 
 def tower_head(module: nn.Module, x: jax.Array) -> jax.Array:

@@ -266,9 +266,6 @@ class SiglipText(TokenInputs, nn.Module):
     def __call__(
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, train: bool = False
     ) -> jax.Array:
-        length = input_ids.shape[1]
-        if length > self.max_position_embeddings:
-            raise ValueError(f"sequence length {length} exceeds max_position_embeddings={self.max_position_embeddings}")
         x = ClipTextEmbed(self.vocab_size, self.hidden_size, self.max_position_embeddings, self.dtype, name="embed")(
             input_ids
         )
