@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl.models._layers import patch_grid
+from jtl.models._layers import features_head, patch_grid
 from jtl.weights import (
     LoadReport,
     Pretrained,
@@ -39,7 +39,8 @@ from jtl.weights import (
 
 
 class ClipTextEmbed(nn.Module):
-    """Token ids -> ``word`` plus ``position`` embeddings (positions from 0)."""
+    """Token ids -> ``word`` plus ``position`` embeddings (positions from 0); a sequence longer than
+    ``max_position_embeddings`` is an error."""
 
     vocab_size: int
     hidden_size: int
@@ -48,12 +49,42 @@ class ClipTextEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array) -> jax.Array:
+        length = input_ids.shape[1]
+        if length > self.max_position_embeddings:
+            raise ValueError(f"sequence length {length} exceeds max_position_embeddings={self.max_position_embeddings}")
         init = nn.initializers.normal(stddev=0.02)
         word = nn.Embed(self.vocab_size, self.hidden_size, embedding_init=init, dtype=self.dtype, name="word")
         position = nn.Embed(
             self.max_position_embeddings, self.hidden_size, embedding_init=init, dtype=self.dtype, name="position"
         )
-        return word(input_ids) + position(jnp.arange(input_ids.shape[1]))[None]
+        return word(input_ids) + position(jnp.arange(length))[None]
+
+
+def tower_head(module: nn.Module, x: jax.Array) -> jax.Array:
+    """What both families' towers end with: the optional L2 normalisation (``module.normalize``), then
+    ``features_head`` (the sown features and the classifier head).
+
+    Args:
+      module: the calling tower (``normalize``, ``num_classes``, ``head_zero_init``, ``dtype`` fields).
+      x: the pooled (batch, width) features.
+
+    Returns:
+      The logits, or the (normalised) features when ``module.num_classes`` is 0.
+
+    >>> class Tiny(nn.Module):
+    ...     normalize: bool = True
+    ...     num_classes: int = 0
+    ...     head_zero_init: bool = True
+    ...     dtype: jnp.dtype = jnp.float32
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         return tower_head(self, x)
+    >>> Tiny().apply({}, jnp.array([[3.0, 4.0]])).tolist()
+    [[0.6000000238418579, 0.800000011920929]]
+    """
+    if module.normalize:
+        x = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    return features_head(module, x)
 
 
 def encoder_rules(prefix: str) -> list[Rule]:

@@ -313,6 +313,164 @@ def classifier_head(num_classes: int, zero_init: bool, dtype: jnp.dtype) -> nn.D
     return nn.Dense(num_classes, kernel_init=kernel_init, dtype=dtype, name="head")
 
 
+def features_head(module: nn.Module, features: jax.Array, dropout_rate: float = 0.0, *, train: bool = False):
+    """The tail every jtl model ends with: sow the pooled ``features`` (``features_and_logits`` reads them), then,
+    when ``module.num_classes``, dropout and the ``head`` (``classifier_head``) over them.
+
+    Call it from ``module``'s compact ``__call__``: the dropout and the head are created in ``module``.
+
+    Args:
+      module: the calling model; it has ``num_classes``, ``head_zero_init`` and ``dtype`` fields.
+      features: the pooled (batch, width) features.
+      dropout_rate: the classifier dropout before the head (none by default).
+      train: whether dropout is active.
+
+    Returns:
+      The logits, or ``features`` when ``module.num_classes`` is 0.
+
+    >>> class Tiny(nn.Module):
+    ...     num_classes: int = 3
+    ...     head_zero_init: bool = True
+    ...     dtype: jnp.dtype = jnp.float32
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         return features_head(self, x)
+    >>> variables = Tiny().init(jax.random.PRNGKey(0), jnp.ones((2, 4)))
+    >>> list(variables["params"]), Tiny().apply(variables, jnp.ones((2, 4))).shape
+    (['head'], (2, 3))
+    """
+    module.sow("intermediates", "features", features)
+    if not module.num_classes:
+        return features
+    if dropout_rate:
+        features = nn.Dropout(dropout_rate)(features, deterministic=not train)
+    return classifier_head(module.num_classes, module.head_zero_init, module.dtype)(features)
+
+
+class ImageInputs:
+    """Mixin for image models with ``image_size`` and ``num_channels`` fields: ``example_inputs`` gives zero images
+    of that size, each side capped at the class's ``example_max_size`` (set it where the parameters do not depend on
+    the resolution, as in the CNNs, to keep ``init`` cheap).
+    """
+
+    example_max_size: int | None = None
+
+    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
+        """Inputs of the right shape for ``init``: (batch, height, width, channels) zero images.
+
+        Args:
+          batch_size: the batch.
+
+        Returns:
+          A 1-tuple with the images.
+
+        >>> class Tiny(ImageInputs, nn.Module):
+        ...     image_size: int = 224
+        ...     num_channels: int = 3
+        ...     example_max_size = 64
+        >>> Tiny().example_inputs(2)[0].shape
+        (2, 64, 64, 3)
+        """
+        height, width = pair(self.image_size)
+        if self.example_max_size is not None:  # parameters do not depend on the resolution
+            height, width = min(height, self.example_max_size), min(width, self.example_max_size)
+        return (jnp.zeros((batch_size, height, width, self.num_channels), jnp.float32),)
+
+
+class TokenInputs:
+    """Mixin for text models: ``example_inputs`` gives token ids and an attention mask."""
+
+    def example_inputs(self, batch_size: int = 1, length: int = 4) -> tuple[jax.Array, ...]:
+        """Inputs of the right shape for ``init``: token ids and an attention mask.
+
+        Args:
+          batch_size: the batch.
+          length: the tokens per sequence.
+
+        Returns:
+          (batch, length) zero token ids and a (batch, length) all-ones mask.
+
+        >>> ids, mask = TokenInputs().example_inputs(2)
+        >>> ids.shape, int(mask.sum())
+        ((2, 4), 8)
+        """
+        return jnp.zeros((batch_size, length), jnp.int32), jnp.ones((batch_size, length), jnp.int32)
+
+
+TEXT_OUTPUTS = ("pooler", "cls", "mean", "tokens")
+
+
+def mean_pool(tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Mean of the token vectors where ``attention_mask`` is 1.
+
+    Args:
+      tokens: (batch, length, width) hidden states.
+      attention_mask: (batch, length), 1 for real tokens and 0 for padding.
+
+    Returns:
+      (batch, width) means.
+
+    >>> mean_pool(jnp.array([[[1.0], [3.0], [100.0]]]), jnp.array([[1, 1, 0]])).tolist()
+    [[2.0]]
+    """
+    weights = attention_mask.astype(tokens.dtype)[..., None]
+    return (tokens * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1e-9)
+
+
+def check_text_output(module: nn.Module) -> None:
+    """Raise unless ``module.output`` is one of ``TEXT_OUTPUTS``.
+
+    Args:
+      module: a text encoder with an ``output`` field.
+
+    Raises:
+      ValueError: naming the module's class and the known outputs.
+
+    >>> from types import SimpleNamespace
+    >>> check_text_output(SimpleNamespace(output="mean"))
+    """
+    if module.output not in TEXT_OUTPUTS:
+        raise ValueError(f"{type(module).__name__} output must be one of {TEXT_OUTPUTS}, got {module.output!r}")
+
+
+def text_output(
+    module: nn.Module, tokens: jax.Array, attention_mask: jax.Array, pooled: jax.Array, dropout_rate: float, *, train
+) -> jax.Array:
+    """The text encoders' tail: the ``module.output`` they return (``"pooler"``: ``pooled``; ``"cls"``: the first
+    token; ``"mean"``: the masked mean; ``"tokens"``: the whole sequence), sown and classified by ``features_head``.
+
+    Args:
+      module: the calling encoder (``output``, ``num_classes``, ``head_zero_init``, ``dtype`` fields).
+      tokens: the final (batch, length, width) hidden states.
+      attention_mask: (batch, length), 1 for real tokens.
+      pooled: the pooler's (batch, width) output.
+      dropout_rate: the classifier dropout before the head.
+      train: whether dropout is active.
+
+    Returns:
+      The logits, or the chosen features when ``module.num_classes`` is 0.
+
+    >>> class Tiny(nn.Module):
+    ...     output: str = "mean"
+    ...     num_classes: int = 0
+    ...     head_zero_init: bool = True
+    ...     dtype: jnp.dtype = jnp.float32
+    ...     @nn.compact
+    ...     def __call__(self, x, mask):
+    ...         return text_output(self, x, mask, x[:, 0], 0.1, train=False)
+    >>> Tiny().apply({}, jnp.array([[[1.0], [3.0], [100.0]]]), jnp.array([[1, 1, 0]])).tolist()
+    [[2.0]]
+    """
+    check_text_output(module)
+    features = {
+        "pooler": pooled,
+        "cls": tokens[:, 0],
+        "mean": mean_pool(tokens, attention_mask),
+        "tokens": tokens,
+    }[module.output]
+    return features_head(module, features, dropout_rate, train=train)
+
+
 def pair(size: int | tuple[int, int]) -> tuple[int, int]:
     """An image or patch size as (height, width): an int is square.
 

@@ -1,7 +1,6 @@
 """ALBERT (factorised embeddings, layers shared across depth) against Hugging Face's PyTorch model, converted from
 the file it writes, on random weights that are never zero, with several groups of several layers."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -12,7 +11,7 @@ from safetensors.numpy import load_file  # noqa: E402
 
 from jtl import models  # noqa: E402
 from jtl.weights import load_pretrained, load_tokenizer  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
+from tests.parity import assert_text_classifier_matches, randomise, text_classification_inputs  # noqa: E402
 
 
 def test_sequence_classification_layer_by_layer(tmp_path):
@@ -33,19 +32,6 @@ def test_sequence_classification_layer_by_layer(tmp_path):
     torch.manual_seed(0)
     reference = randomise(transformers.AlbertForSequenceClassification(config), 3)
     reference.save_pretrained(tmp_path)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1, 100, size=(3, 10))
-    types = (np.arange(10) >= 5).astype(np.int64)[None].repeat(3, 0)
-    mask = np.ones((3, 10), np.int64)
-    mask[1, 6:] = 0
-    mask[2, 3:] = 0
-    with torch.no_grad():
-        expected = reference(
-            input_ids=torch.tensor(ids),
-            attention_mask=torch.tensor(mask),
-            token_type_ids=torch.tensor(types),
-            output_hidden_states=True,
-        )
 
     model, variables, report = load_pretrained(tmp_path, verbose=False)
     assert not report.missing and not report.unexpected, report
@@ -59,15 +45,8 @@ def test_sequence_classification_layer_by_layer(tmp_path):
     np.testing.assert_array_equal(
         params["embed"]["project"]["kernel"], saved["albert.encoder.embedding_hidden_mapping_in.weight"].T
     )
-    logits, state = model.apply(
-        variables, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types), mutable=["intermediates"]
-    )
-    hidden = state["intermediates"]["encoder"]["hidden_states"]
+    hidden = assert_text_classifier_matches(reference, model, variables, *text_classification_inputs())
     assert len(hidden) == 1 + 5 * 2  # every layer application, as Hugging Face records them
-    real = mask.astype(bool)  # padded positions attend to garbage in both; compare real tokens
-    for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
-        assert max_abs(np.asarray(ours)[real], theirs.numpy()[real]) < TOL, f"hidden state {i}"
-    assert max_abs(logits, expected.logits.numpy()) < TOL
 
 
 def test_layer_index_counts_the_shared_blocks_once():

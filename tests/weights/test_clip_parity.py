@@ -12,23 +12,13 @@ transformers = pytest.importorskip("transformers")
 from jtl import models  # noqa: E402
 from jtl.models import clip  # noqa: E402
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
+from tests.parity import TOL, assert_hidden_states_match, max_abs, nhwc, randomise  # noqa: E402
 
 VISION = dict(
     hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=4
 )
 TEXT = dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3, vocab_size=40)
 TEXT_IDS = [[38, 5, 6, 39, 1, 1], [38, 7, 39, 1, 1, 1], [38, 9, 10, 11, 12, 39]]  # bos ... eos, then padding
-
-
-def _nhwc(pixels):
-    return jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))
-
-
-def _hidden_states_match(ours, theirs, what):
-    assert len(ours) == len(theirs), what
-    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-        assert max_abs(a, b.numpy()) < TOL, f"{what} hidden state {i}"
 
 
 def test_clip_dual_model_towers_and_zero_shot_head(tmp_path):
@@ -55,24 +45,22 @@ def test_clip_dual_model_towers_and_zero_shot_head(tmp_path):
     assert not report.missing and not report.unexpected, report
     assert model.vision.projection_dim == model.text.projection_dim == 12 and model.text.hidden_act == "gelu"
     assert model.vision.layer_norm_eps == 1e-6 and model.text.eos_token_id == 39
-    logits, state = model.apply(
-        variables, _nhwc(pixels), jnp.asarray(ids), jnp.asarray(mask), mutable=["intermediates"]
-    )
-    _hidden_states_match(
+    logits, state = model.apply(variables, nhwc(pixels), jnp.asarray(ids), jnp.asarray(mask), mutable=["intermediates"])
+    assert_hidden_states_match(
         state["intermediates"]["vision"]["encoder"]["hidden_states"],
         expected.vision_model_output.hidden_states,
         "vision",
     )
-    _hidden_states_match(
+    assert_hidden_states_match(
         state["intermediates"]["text"]["encoder"]["hidden_states"], expected.text_model_output.hidden_states, "text"
     )
     assert max_abs(logits, expected.logits_per_image.numpy()) < TOL
-    image_embeds = model.apply(variables, _nhwc(pixels), method="encode_image")
+    image_embeds = model.apply(variables, nhwc(pixels), method="encode_image")
     assert max_abs(image_embeds, expected.image_embeds.numpy()) < TOL
 
     # The zero-shot classifier (one prompt a class) is the dual model's logits_per_image.
     vision, vision_variables = clip.zero_shot_classifier(model, variables, jnp.asarray(ids), jnp.asarray(mask))
-    assert max_abs(vision.apply(vision_variables, _nhwc(pixels)), expected.logits_per_image.numpy()) < TOL
+    assert max_abs(vision.apply(vision_variables, nhwc(pixels)), expected.logits_per_image.numpy()) < TOL
     # Two templates a class: embeddings normalised, averaged, renormalised, times the scale.
     two = jnp.asarray(np.stack([TEXT_IDS, TEXT_IDS[1:] + TEXT_IDS[:1]], axis=1))
     head = clip.zero_shot_head(model, variables, two, (two != 1).astype(jnp.int32))
@@ -84,7 +72,7 @@ def test_clip_dual_model_towers_and_zero_shot_head(tmp_path):
     # The vision tower alone is what load_pretrained gives; the text tower comes through its layout.
     tower, tower_variables, tower_report = load_pretrained(tmp_path, verbose=False)
     assert isinstance(tower, clip.Clip) and not tower_report.missing
-    embeds = tower.apply(tower_variables, _nhwc(pixels))
+    embeds = tower.apply(tower_variables, nhwc(pixels))
     assert max_abs(embeds / np.linalg.norm(embeds, axis=-1, keepdims=True), expected.image_embeds.numpy()) < TOL
     text_tower, text_variables, _ = load_pretrained(tmp_path, layout="hf-clip-text", num_classes=5, verbose=False)
     assert isinstance(text_tower, clip.ClipText) and text_tower.num_classes == 5
@@ -118,7 +106,7 @@ def test_clip_text_tower_legacy_eos_pools_at_the_largest_id(tmp_path):
     assert not report.missing and not report.unexpected, report
     assert isinstance(model, clip.ClipText) and model.projection_dim == 512 and model.eos_token_id == 2
     embeds, state = model.apply(variables, jnp.asarray(ids), jnp.asarray(mask), mutable=["intermediates"])
-    _hidden_states_match(state["intermediates"]["encoder"]["hidden_states"], expected.hidden_states, "text")
+    assert_hidden_states_match(state["intermediates"]["encoder"]["hidden_states"], expected.hidden_states, "text")
     assert max_abs(embeds, expected.text_embeds.numpy()) < TOL
 
 
@@ -134,11 +122,11 @@ def test_clip_image_classifier_at_a_new_resolution_and_feature_maps(tmp_path):
     assert not report.missing and not report.unexpected, report
     assert report.resized == [("params/embed/pos_embedding", (1, 17, 32), (1, 31, 32))]
     assert model.pooling == "mean" and model.num_classes == 3 and model.hidden_act == "gelu_new"
-    logits, state = model.apply(variables, _nhwc(pixels), mutable=["intermediates"])
-    _hidden_states_match(state["intermediates"]["encoder"]["hidden_states"], expected.hidden_states, "vision")
+    logits, state = model.apply(variables, nhwc(pixels), mutable=["intermediates"])
+    assert_hidden_states_match(state["intermediates"]["encoder"]["hidden_states"], expected.hidden_states, "vision")
     assert max_abs(logits, expected.logits.numpy()) < TOL
 
-    maps = models.feature_maps(model, variables, _nhwc(pixels), layers=[0, 1])
+    maps = models.feature_maps(model, variables, nhwc(pixels), layers=[0, 1])
     assert [(name, fm.features.shape, fm.stride) for name, fm in maps.items()] == [
         ("block_0", (2, 6, 5, 32), 4),
         ("block_1", (2, 6, 5, 32), 4),
@@ -150,4 +138,4 @@ def test_clip_image_classifier_at_a_new_resolution_and_feature_maps(tmp_path):
     grey, grey_variables, _ = load_pretrained(tmp_path, num_channels=1, verbose=False)
     with torch.no_grad():
         expected_grey = reference(pixel_values=pixels[:, :1, :16, :16].repeat(1, 3, 1, 1)).logits.numpy()
-    assert max_abs(grey.apply(grey_variables, _nhwc(pixels[:, :1, :16, :16])), expected_grey) < TOL
+    assert max_abs(grey.apply(grey_variables, nhwc(pixels[:, :1, :16, :16])), expected_grey) < TOL

@@ -12,19 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from jtl import models  # noqa: E402
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
-
-
-def _nhwc(x):
-    return np.asarray(x.numpy().transpose(0, 2, 3, 1))
-
-
-def _randomise_running_statistics(model, seed):
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+from tests.parity import TOL, max_abs, nhwc, randomise, randomise_running_statistics  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -41,8 +29,7 @@ def test_efficientnet_layer_by_layer(changes, tmp_path):
         width_coefficient=0.25, depth_coefficient=0.5, hidden_dim=320, image_size=35, num_labels=3, **changes
     )
     reference = randomise(transformers.EfficientNetForImageClassification(config), 0, scale=0.1)
-    with torch.no_grad():
-        _randomise_running_statistics(reference, 1)
+    randomise_running_statistics(reference, 1)
     reference.save_pretrained(tmp_path)
     pixels = torch.randn(2, config.num_channels, 35, 33)
     with torch.no_grad():
@@ -51,11 +38,11 @@ def test_efficientnet_layer_by_layer(changes, tmp_path):
     model, variables, report = load_pretrained(tmp_path, verbose=False)
     assert not report.missing and not report.unexpected, report
     assert model.depthwise_padding == tuple(changes.get("depthwise_padding", ())) and model.num_classes == 3
-    logits, state = model.apply(variables, jnp.asarray(_nhwc(pixels)), mutable=["intermediates"])
+    logits, state = model.apply(variables, jnp.asarray(nhwc(pixels)), mutable=["intermediates"])
     hidden = [*state["intermediates"]["hidden_states"], *state["intermediates"]["encoder"]["hidden_states"]]
     assert len(hidden) == len(expected.hidden_states) == 11
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
-        assert max_abs(ours, _nhwc(theirs)) < TOL, f"hidden state {i}"
+        assert max_abs(ours, nhwc(theirs)) < TOL, f"hidden state {i}"
     assert max_abs(logits, expected.logits.numpy()) < TOL
     # Loaded variables are the file's after transposes only.
     saved = load_file(tmp_path / "model.safetensors")

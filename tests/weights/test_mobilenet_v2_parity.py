@@ -14,19 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from jtl import models  # noqa: E402
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
-
-
-def _nhwc(x):
-    return np.asarray(x.numpy().transpose(0, 2, 3, 1))
-
-
-def _randomise_running_statistics(model, seed):
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+from tests.parity import TOL, max_abs, nhwc, randomise, randomise_running_statistics  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -41,8 +29,7 @@ def _randomise_running_statistics(model, seed):
 def test_mobilenet_v2_layer_by_layer(changes, size, tmp_path):
     config = transformers.MobileNetV2Config(num_labels=3, image_size=size[0], **changes)
     reference = randomise(transformers.MobileNetV2ForImageClassification(config), 0, scale=0.1)
-    with torch.no_grad():
-        _randomise_running_statistics(reference, 1)
+    randomise_running_statistics(reference, 1)
     reference.save_pretrained(tmp_path)
     pixels = torch.randn(2, config.num_channels, *size)
     with torch.no_grad():
@@ -52,12 +39,12 @@ def test_mobilenet_v2_layer_by_layer(changes, size, tmp_path):
     assert not report.missing and not report.unexpected, report
     assert model.tf_padding == changes.get("tf_padding", True) and model.num_classes == 3
     logits, state = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(
-        variables, jnp.asarray(_nhwc(pixels))
+        variables, jnp.asarray(nhwc(pixels))
     )
     hidden = state["intermediates"]["encoder"]["hidden_states"]
     assert len(hidden) == len(expected.hidden_states) == 16
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
-        assert max_abs(ours, _nhwc(theirs)) < TOL, f"hidden state {i}"
+        assert max_abs(ours, nhwc(theirs)) < TOL, f"hidden state {i}"
     assert max_abs(logits, expected.logits.numpy()) < TOL
     # Loaded variables are the file's after transposes only.
     saved = load_file(tmp_path / "model.safetensors")

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from jtl import models  # noqa: E402
 from jtl.models import siglip  # noqa: E402
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
+from tests.parity import TOL, assert_hidden_states_match, max_abs, nhwc, randomise  # noqa: E402
 
 VISION = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, patch_size=4)
 TEXT = dict(
@@ -26,16 +26,6 @@ TEXT = dict(
     projection_size=32,
 )
 TEXT_IDS = [[5, 6, 7, 8, 1, 1], [9, 10, 1, 1, 1, 1], [11, 12, 13, 14, 15, 16]]
-
-
-def _nhwc(pixels):
-    return jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))
-
-
-def _hidden_states_match(ours, theirs, what):
-    assert len(ours) == len(theirs), what
-    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-        assert max_abs(a, b.numpy()) < TOL, f"{what} hidden state {i}"
 
 
 def test_siglip_dual_model_towers_and_zero_shot_head(tmp_path):
@@ -53,16 +43,16 @@ def test_siglip_dual_model_towers_and_zero_shot_head(tmp_path):
     model, variables, report = siglip.load_dual(tmp_path, verbose=False)
     assert not report.missing and not report.unexpected, report
     assert model.text.projection_dim == 32 and not model.text.gelu_approximate and model.vision.layer_norm_eps == 1e-5
-    args = (_nhwc(pixels), jnp.asarray(ids), jnp.asarray(mask))
+    args = (nhwc(pixels), jnp.asarray(ids), jnp.asarray(mask))
     logits, state = model.apply(variables, *args, mutable=["intermediates"])
     vision_states = state["intermediates"]["vision"]["encoder"]["hidden_states"]
-    _hidden_states_match(vision_states, expected.vision_model_output.hidden_states, "vision")
+    assert_hidden_states_match(vision_states, expected.vision_model_output.hidden_states, "vision")
     text_states = state["intermediates"]["text"]["encoder"]["hidden_states"]
-    _hidden_states_match(text_states, expected.text_model_output.hidden_states, "text")
+    assert_hidden_states_match(text_states, expected.text_model_output.hidden_states, "text")
     assert max_abs(logits, expected.logits_per_image.numpy()) < TOL
 
     vision, vision_variables = siglip.zero_shot_classifier(model, variables, jnp.asarray(ids), jnp.asarray(mask))
-    assert max_abs(vision.apply(vision_variables, _nhwc(pixels)), expected.logits_per_image.numpy()) < TOL
+    assert max_abs(vision.apply(vision_variables, nhwc(pixels)), expected.logits_per_image.numpy()) < TOL
 
     saved = load_file(tmp_path / "model.safetensors")
     params = variables["params"]
@@ -85,10 +75,10 @@ def test_siglip_image_classifier_at_a_new_resolution_and_feature_maps(tmp_path):
     assert not report.missing and not report.unexpected, report
     assert report.resized == [("params/embed/pos_embedding", (1, 16, 32), (1, 30, 32))]
     assert model.pooling == "mean" and model.num_classes == 3
-    logits, state = model.apply(variables, _nhwc(pixels), mutable=["intermediates"])
-    _hidden_states_match(state["intermediates"]["encoder"]["hidden_states"], expected.hidden_states, "vision")
+    logits, state = model.apply(variables, nhwc(pixels), mutable=["intermediates"])
+    assert_hidden_states_match(state["intermediates"]["encoder"]["hidden_states"], expected.hidden_states, "vision")
     assert max_abs(logits, expected.logits.numpy()) < TOL
-    maps = models.feature_maps(model, variables, _nhwc(pixels), layers=[0])
+    maps = models.feature_maps(model, variables, nhwc(pixels), layers=[0])
     tokens = expected.hidden_states[1].numpy().reshape(2, 6, 5, 32)
     assert maps["block_0"].stride == 4 and max_abs(maps["block_0"].features, tokens) < TOL
 
@@ -119,7 +109,7 @@ def test_siglip2_naflex_and_fixed_resolution(tmp_path):
         )
     inputs = tuple(jnp.asarray(x.numpy()) for x in (patches, pixel_mask, shapes))
     embeds, state = model.vision.apply({"params": variables["params"]["vision"]}, *inputs, mutable=["intermediates"])
-    _hidden_states_match(
+    assert_hidden_states_match(
         state["intermediates"]["encoder"]["hidden_states"], expected.vision_model_output.hidden_states, "vision"
     )
     image = embeds / np.linalg.norm(embeds, axis=-1, keepdims=True)
@@ -129,14 +119,14 @@ def test_siglip2_naflex_and_fixed_resolution(tmp_path):
 
     # NHWC images: every image on the same grid, as the processor would patchify them.
     pixels = torch.randn(2, 3, 12, 20)
-    flat = torch.tensor(np.array(siglip.patchify(_nhwc(pixels), 4)))
+    flat = torch.tensor(np.array(siglip.patchify(nhwc(pixels), 4)))
     with torch.no_grad():
         expected = reference.get_image_features(
             pixel_values=flat,
             pixel_attention_mask=torch.ones(2, 15, dtype=torch.long),
             spatial_shapes=torch.tensor([[3, 5]] * 2),
         )
-    image = model.apply(variables, _nhwc(pixels), method="encode_image")
+    image = model.apply(variables, nhwc(pixels), method="encode_image")
     expected = expected.pooler_output.numpy() if hasattr(expected, "pooler_output") else expected.numpy()
     assert max_abs(image, expected / np.linalg.norm(expected, axis=-1, keepdims=True)) < TOL
 

@@ -21,7 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import DropPath, LayerScale, Mlp, classifier_head, pair, patch_grid, token_feature_maps
+from jtl.models._layers import (
+    DropPath,
+    ImageInputs,
+    LayerScale,
+    Mlp,
+    features_head,
+    pair,
+    patch_grid,
+    token_feature_maps,
+)
 
 # name: (hidden size, depth, heads, MLP width), as Hugging Face's microsoft/beit-* configs give them.
 SIZES = {"beit-base-patch16-224": (768, 12, 12, 3072), "beit-large-patch16-224": (1024, 24, 16, 4096)}
@@ -158,7 +167,7 @@ class BeitEmbed(nn.Module):
         return nn.Dropout(self.dropout_rate)(x, deterministic=not train), bias
 
 
-class Beit(nn.Module):
+class Beit(ImageInputs, nn.Module):
     """A BEiT backbone over NHWC images, with a linear ``head`` when ``num_classes`` > 0.
 
     Hidden states are sown as ``intermediates/encoder/hidden_states`` (the embeddings, then each block's output).
@@ -192,10 +201,6 @@ class Beit(nn.Module):
     drop_path_rate: float = 0.0
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
-
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        return (jnp.zeros((batch_size, *pair(self.image_size), self.num_channels), jnp.float32),)
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -233,10 +238,7 @@ class Beit(nn.Module):
         x = _Encoder(blocks, name="encoder")(x, shared_bias, train=train)
         norm = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")
         x = norm(x[:, 1:].mean(axis=1)) if self.mean_pooling else norm(x)[:, 0]
-        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return x
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+        return features_head(self, x)
 
 
 class _Encoder(nn.Module):

@@ -4,12 +4,13 @@ DistilBERT and ELECTRA's discriminator) and ALBERT, which builds on its embeddin
 across depth; ``albert-{base,large,xlarge,xxlarge}``, each also ``-v2``, ``albert-testing``): the modules, named
 sizes, layer indices and weight layouts; they take text."""
 
+from jtl.models._layers import mean_pool
 from jtl.models._registry import Family, register
 from jtl.models.bert._albert import CONFIGS as ALBERT_CONFIGS
 from jtl.models.bert._albert import Albert, albert_config
 from jtl.models.bert._albert import layer_index as albert_layer_index
 from jtl.models.bert._albert_weights import HF_ALBERT
-from jtl.models.bert._model import CONFIGS, Bert, bert_config, layer_index, mean_pool
+from jtl.models.bert._model import CONFIGS, Bert, bert_config, layer_index
 from jtl.models.bert._weights import HF_BERT, HF_DISTILBERT, HF_ELECTRA, HF_ROBERTA
 
 FAMILY = register(Family("bert", Bert, CONFIGS, layer_index, "text", (HF_BERT, HF_ROBERTA, HF_DISTILBERT, HF_ELECTRA)))

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import EncoderBlock, classifier_head
-from jtl.models.bert._model import OUTPUTS, BertEmbed, mean_pool
+from jtl.models._layers import EncoderBlock, TokenInputs, text_output
+from jtl.models.bert._model import BertEmbed
 
 # name: (hidden size, steps, heads, intermediate size); every size has 128-wide embeddings.
 SIZES = {
@@ -58,7 +58,7 @@ class SharedEncoder(nn.Module):
         return x
 
 
-class Albert(nn.Module):
+class Albert(TokenInputs, nn.Module):
     """An ALBERT encoder over token ids; see the module docstring for the shared blocks and ``output``.
 
     >>> import jax, jax.numpy as jnp
@@ -91,10 +91,6 @@ class Albert(nn.Module):
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
 
-    def example_inputs(self, batch_size: int = 1, length: int = 4) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``: token ids and an attention mask."""
-        return jnp.zeros((batch_size, length), jnp.int32), jnp.ones((batch_size, length), jnp.int32)
-
     @nn.compact
     def __call__(
         self,
@@ -104,8 +100,6 @@ class Albert(nn.Module):
         *,
         train: bool = False,
     ) -> jax.Array:
-        if self.output not in OUTPUTS:
-            raise ValueError(f"Albert output must be one of {OUTPUTS}, got {self.output!r}")
         if not 1 <= self.num_hidden_groups <= self.num_layers:
             raise ValueError(
                 f"Albert num_hidden_groups={self.num_hidden_groups} must be between 1 and num_layers={self.num_layers}"
@@ -140,17 +134,7 @@ class Albert(nn.Module):
         x = encoder(x, attention_mask, train=train)
         # Created whatever the output, so that loading never reports the checkpoint's pooler as unexpected.
         pooled = jnp.tanh(nn.Dense(self.hidden_size, dtype=self.dtype, name="pooler")(x[:, 0]))
-        features = {
-            "pooler": pooled,
-            "cls": x[:, 0],
-            "mean": mean_pool(x, attention_mask),
-            "tokens": x,
-        }[self.output]
-        self.sow("intermediates", "features", features)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return features
-        features = nn.Dropout(self.classifier_dropout_rate)(features, deterministic=not train)
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(features)
+        return text_output(self, x, attention_mask, pooled, self.classifier_dropout_rate, train=train)
 
 
 def albert_config(name: str) -> dict:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import classifier_head, gelu, transformer_encoder
+from jtl.models._layers import TokenInputs, gelu, text_output, transformer_encoder
 
 # name: (hidden size, depth, heads, intermediate size)
 SIZES = {
@@ -31,7 +31,6 @@ SIZES = {
     "minilm-l6": (384, 6, 12, 1536),
     "minilm-l12": (384, 12, 12, 1536),
 }
-OUTPUTS = ("pooler", "cls", "mean", "tokens")
 # The pooler's activation: BERT's tanh, DistilBERT's pre-classifier ReLU, ELECTRA's head GELU.
 POOLER_ACTIVATIONS = {"tanh": jnp.tanh, "relu": nn.relu, "gelu": gelu(False)}
 
@@ -56,23 +55,6 @@ def sinusoidal_init(key: jax.Array, shape: tuple[int, int], dtype: jnp.dtype = j
     angle = np.arange(positions)[:, None] / np.power(10000, 2 * (np.arange(width) // 2) / width)[None]
     table = np.where(np.arange(width) % 2 == 0, np.sin(angle), np.cos(angle))
     return jnp.asarray(table, dtype)
-
-
-def mean_pool(tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    """Mean of the token vectors where ``attention_mask`` is 1.
-
-    Args:
-      tokens: (batch, length, width) hidden states.
-      attention_mask: (batch, length), 1 for real tokens and 0 for padding.
-
-    Returns:
-      (batch, width) means.
-
-    >>> mean_pool(jnp.array([[[1.0], [3.0], [100.0]]]), jnp.array([[1, 1, 0]])).tolist()
-    [[2.0]]
-    """
-    weights = attention_mask.astype(tokens.dtype)[..., None]
-    return (tokens * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1e-9)
 
 
 def padded_positions(input_ids: jax.Array, padding_idx: int) -> jax.Array:
@@ -138,7 +120,7 @@ class BertEmbed(nn.Module):
         return nn.Dense(self.hidden_size, dtype=self.dtype, name="project")(x)
 
 
-class Bert(nn.Module):
+class Bert(TokenInputs, nn.Module):
     """A BERT encoder over token ids; see the module docstring for ``output``.
 
     Hidden states are sown as ``intermediates/encoder/hidden_states`` (embeddings, then each layer).
@@ -171,10 +153,6 @@ class Bert(nn.Module):
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
 
-    def example_inputs(self, batch_size: int = 1, length: int = 4) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``: token ids and an attention mask."""
-        return jnp.zeros((batch_size, length), jnp.int32), jnp.ones((batch_size, length), jnp.int32)
-
     @nn.compact
     def __call__(
         self,
@@ -184,8 +162,6 @@ class Bert(nn.Module):
         *,
         train: bool = False,
     ) -> jax.Array:
-        if self.output not in OUTPUTS:
-            raise ValueError(f"Bert output must be one of {OUTPUTS}, got {self.output!r}")
         if self.pooler_activation not in POOLER_ACTIVATIONS:
             raise ValueError(
                 f"Bert pooler_activation must be one of {sorted(POOLER_ACTIVATIONS)}, got {self.pooler_activation!r}"
@@ -212,17 +188,7 @@ class Bert(nn.Module):
         # never reports it as unexpected. (RoBERTa's and ELECTRA's classifier.dense, DistilBERT's pre_classifier.)
         pooler = nn.Dense(self.hidden_size, dtype=self.dtype, name="pooler")
         pooled = POOLER_ACTIVATIONS[self.pooler_activation](pooler(x[:, 0]))
-        features = {
-            "pooler": pooled,
-            "cls": x[:, 0],
-            "mean": mean_pool(x, attention_mask),
-            "tokens": x,
-        }[self.output]
-        self.sow("intermediates", "features", features)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return features
-        features = nn.Dropout(self.dropout_rate)(features, deterministic=not train)
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(features)
+        return text_output(self, x, attention_mask, pooled, self.dropout_rate, train=train)
 
 
 def bert_config(name: str) -> dict:

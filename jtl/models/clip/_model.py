@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
-from jtl.models._dual import ClipTextEmbed
+from jtl.models._dual import ClipTextEmbed, tower_head
 from jtl.models._layers import (
-    classifier_head,
+    ImageInputs,
+    TokenInputs,
     pair,
     patch_grid,
     token_feature_maps,
@@ -79,17 +80,7 @@ class ClipEmbed(nn.Module):
         return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x + pos.astype(x.dtype))
 
 
-def _features_head(module: nn.Module, x: jax.Array) -> jax.Array:
-    """The optional L2 normalisation, the sown features and the classifier head that both towers end with."""
-    if module.normalize:
-        x = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-    module.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
-    if not module.num_classes:
-        return x
-    return classifier_head(module.num_classes, module.head_zero_init, module.dtype)(x)
-
-
-class Clip(nn.Module):
+class Clip(ImageInputs, nn.Module):
     """CLIP's vision tower over NHWC images, with a linear ``head`` when ``num_classes`` > 0.
 
     ``pooling="cls"``: the class token, ``norm``, then ``proj`` to ``projection_dim`` (``None``: no projection);
@@ -129,10 +120,6 @@ class Clip(nn.Module):
     def gelu_approximate(self) -> bool:
         return self.hidden_act in _TANH_GELUS
 
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        return (jnp.zeros((batch_size, *pair(self.image_size), self.num_channels), jnp.float32),)
-
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         if self.pooling not in ("cls", "mean"):
@@ -149,11 +136,11 @@ class Clip(nn.Module):
         )
         x = encoder(x, train=train)
         if self.pooling == "mean":
-            return _features_head(self, x[:, 1:].mean(axis=1))
+            return tower_head(self, x[:, 1:].mean(axis=1))
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x[:, 0])
         if self.projection_dim:
             x = nn.Dense(self.projection_dim, use_bias=False, dtype=self.dtype, name="proj")(x)
-        return _features_head(self, x)
+        return tower_head(self, x)
 
 
 def eos_positions(input_ids: jax.Array, eos_token_id: int) -> jax.Array:
@@ -177,7 +164,7 @@ def eos_positions(input_ids: jax.Array, eos_token_id: int) -> jax.Array:
     return jnp.argmax(input_ids == eos_token_id, axis=-1)
 
 
-class ClipText(nn.Module):
+class ClipText(TokenInputs, nn.Module):
     """CLIP's text tower over token ids: ``embed/word`` and ``embed/position`` tables, causal pre-norm blocks,
     ``norm``, the end-of-text token's state (:func:`eos_positions`), then ``proj`` to ``projection_dim`` (``None``:
     none) and a linear ``head`` when ``num_classes`` > 0. ``normalize`` divides the pooled features by their L2
@@ -213,17 +200,11 @@ class ClipText(nn.Module):
     def gelu_approximate(self) -> bool:
         return self.hidden_act in _TANH_GELUS
 
-    def example_inputs(self, batch_size: int = 1, length: int = 4) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``: token ids and an attention mask."""
-        return jnp.zeros((batch_size, length), jnp.int32), jnp.ones((batch_size, length), jnp.int32)
-
     @nn.compact
     def __call__(
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, train: bool = False
     ) -> jax.Array:
         length = input_ids.shape[1]
-        if length > self.max_position_embeddings:
-            raise ValueError(f"sequence length {length} exceeds max_position_embeddings={self.max_position_embeddings}")
         x = ClipTextEmbed(self.vocab_size, self.hidden_size, self.max_position_embeddings, self.dtype, name="embed")(
             input_ids
         )
@@ -242,7 +223,7 @@ class ClipText(nn.Module):
         x = x[jnp.arange(x.shape[0]), eos_positions(input_ids, self.eos_token_id)]
         if self.projection_dim:
             x = nn.Dense(self.projection_dim, use_bias=False, dtype=self.dtype, name="proj")(x)
-        return _features_head(self, x)
+        return tower_head(self, x)
 
 
 # name: (patch, hidden, depth, heads, MLP, text hidden, text heads, projection), as openai/clip-vit-* give them.

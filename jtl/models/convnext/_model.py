@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl.models._layers import DropPath, LayerScale, activation, classifier_head
+from jtl.models._layers import DropPath, ImageInputs, LayerScale, activation, features_head
 
 INNER_EPS = 1e-6  # the stem's, the downsampling layers' and the blocks' LayerNorms (the final one's is a field)
 
@@ -130,7 +130,7 @@ class Stage(nn.Module):
         return x
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(ImageInputs, nn.Module):
     """ConvNeXt (``grn=False``, with LayerScale) or ConvNeXt V2 (``grn=True``, ``layer_scale=None``) over NHWC
     images; ``num_classes=0`` returns the pooled, normalised features.
 
@@ -155,10 +155,7 @@ class ConvNeXt(nn.Module):
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
 
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        size = min(self.image_size, 64)  # parameters do not depend on the resolution
-        return (jnp.zeros((batch_size, size, size, self.num_channels), jnp.float32),)
+    example_max_size = 64  # example_inputs' size: parameters do not depend on the resolution
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -177,10 +174,7 @@ class ConvNeXt(nn.Module):
             first += depth
             self.sow("intermediates", "hidden_states", x)
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x.mean(axis=(1, 2)))
-        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return x
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+        return features_head(self, x)
 
 
 def convnext_config(name: str) -> dict:

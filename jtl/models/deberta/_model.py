@@ -21,10 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import Mlp, activation, classifier_head
-from jtl.models.bert import mean_pool
+from jtl.models._layers import Mlp, TokenInputs, activation, text_output
 
-OUTPUTS = ("pooler", "cls", "mean", "tokens")
 POSITION_ATTENTION = ("c2p", "p2c")
 
 # name: (hidden size, depth, heads, intermediate size)
@@ -281,7 +279,7 @@ class DebertaEmbed(nn.Module):
         return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
 
-class Deberta(nn.Module):
+class Deberta(TokenInputs, nn.Module):
     """A DeBERTa-v2/v3 encoder over token ids; see the module docstring for ``output``. The defaults are
     deberta-v3-base's.
 
@@ -325,10 +323,6 @@ class Deberta(nn.Module):
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
 
-    def example_inputs(self, batch_size: int = 1, length: int = 4) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``: token ids and an attention mask."""
-        return jnp.zeros((batch_size, length), jnp.int32), jnp.ones((batch_size, length), jnp.int32)
-
     @nn.compact
     def __call__(
         self,
@@ -338,8 +332,6 @@ class Deberta(nn.Module):
         *,
         train: bool = False,
     ) -> jax.Array:
-        if self.output not in OUTPUTS:
-            raise ValueError(f"Deberta output must be one of {OUTPUTS}, got {self.output!r}")
         unknown = set(self.pos_att_type) - set(POSITION_ATTENTION)
         if unknown:
             raise ValueError(f"pos_att_type: unknown {sorted(unknown)}; known: {POSITION_ATTENTION}")
@@ -360,17 +352,7 @@ class Deberta(nn.Module):
         x = self._encoder()(x, attention_mask, train=train)
         context = nn.Dropout(self.pooler_dropout_rate)(x[:, 0], deterministic=not train)
         pooled = activation(self.pooler_act)(nn.Dense(self.hidden_size, dtype=self.dtype, name="pooler")(context))
-        features = {
-            "pooler": pooled,
-            "cls": x[:, 0],
-            "mean": mean_pool(x, attention_mask),
-            "tokens": x,
-        }[self.output]
-        self.sow("intermediates", "features", features)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return features
-        features = nn.Dropout(self.classifier_dropout_rate)(features, deterministic=not train)
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(features)
+        return text_output(self, x, attention_mask, pooled, self.classifier_dropout_rate, train=train)
 
     def _encoder(self) -> DebertaEncoder:
         block = DebertaBlock(

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
 from jtl.models._layers import (
+    ImageInputs,
     PatchEmbed,
-    classifier_head,
-    pair,
+    features_head,
     patch_grid,
     token_feature_maps,
     transformer_encoder,
@@ -36,7 +36,7 @@ SIZES = {
 }
 
 
-class Dinov2(nn.Module):
+class Dinov2(ImageInputs, nn.Module):
     """A DINOv2 backbone over NHWC images, with a linear ``head`` when ``num_classes`` > 0.
 
     Hidden states are sown as ``intermediates/encoder/hidden_states`` (the embeddings, then each block's output).
@@ -69,10 +69,6 @@ class Dinov2(nn.Module):
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
 
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        return (jnp.zeros((batch_size, *pair(self.image_size), self.num_channels), jnp.float32),)
-
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         x = PatchEmbed(
@@ -95,10 +91,7 @@ class Dinov2(nn.Module):
         )
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(encoder(x, train=train))
         x = jnp.concatenate([x[:, 0], x[:, 1 + self.num_registers :].mean(axis=1)], axis=-1)
-        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return x
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+        return features_head(self, x)
 
 
 def dinov2_config(name: str) -> dict:

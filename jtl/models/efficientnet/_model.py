@@ -15,7 +15,6 @@ which pad symmetrically; stride-1 convolutions pad symmetrically.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -24,7 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.models._layers import activation, classifier_head
+from jtl.masking import block_layer_index
+from jtl.models._conv import ConvBN
+from jtl.models._layers import ImageInputs, activation, features_head
 
 # name: (width coefficient, depth coefficient, image size, dropout rate), as the hub's config.json files give them
 SIZES = {
@@ -67,32 +68,6 @@ def _pad(kernel: int, stride: int, symmetric: bool) -> tuple[tuple[int, int], tu
     return ((before, half), (before, half))
 
 
-class ConvBN(nn.Module):
-    """A convolution without bias (``conv``), BatchNorm (``bn``), and the activation if one is named."""
-
-    features: int
-    kernel_size: int = 1
-    stride: int = 1
-    padding: Any = ((0, 0), (0, 0))
-    groups: int = 1
-    act: str | None = None
-    bn_momentum: float = 0.99
-    bn_eps: float = 1e-3
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        k, s = self.kernel_size, self.stride
-        x = nn.Conv(
-            self.features, (k, k), strides=(s, s), padding=self.padding, feature_group_count=self.groups,
-            use_bias=False, dtype=self.dtype, name="conv",
-        )(x)  # fmt: skip
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_eps, dtype=self.dtype, name="bn"
-        )(x)
-        return x if self.act is None else activation(self.act)(x)
-
-
 class SqueezeExcite(nn.Module):
     """Global average pooling, 1x1 ``reduce``, the activation, 1x1 ``expand``, sigmoid: a per-channel gate."""
 
@@ -133,7 +108,9 @@ class MBConv(nn.Module):
             y = conv_bn(width, act=self.hidden_act, name="expand")(y, train=train)
         k = self.kernel_size
         padding = _pad(k, self.stride, self.symmetric_padding)
-        y = conv_bn(width, k, self.stride, padding, width, self.hidden_act, name="depthwise")(y, train=train)
+        y = conv_bn(width, k, self.stride, width, act=self.hidden_act, padding=padding, name="depthwise")(
+            y, train=train
+        )
         y = SqueezeExcite(self.se_channels, self.hidden_act, self.dtype, name="se")(y)
         y = conv_bn(self.out_channels, name="project")(y, train=train)
         if not self.residual:
@@ -156,7 +133,7 @@ class Encoder(nn.Module):
         return x
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(ImageInputs, nn.Module):
     """EfficientNet over NHWC images; ``num_classes=0`` returns the pooled features.
 
     The fields are Hugging Face's ``EfficientNetConfig``'s (base widths, repeats, kernel sizes per stage, scaled
@@ -193,10 +170,7 @@ class EfficientNet(nn.Module):
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
 
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        size = min(self.image_size, 64)  # parameters do not depend on the resolution
-        return (jnp.zeros((batch_size, size, size, self.num_channels), jnp.float32),)
+    example_max_size = 64  # example_inputs' size: parameters do not depend on the resolution
 
     def _filters(self, channels: int) -> int:
         return round_filters(channels, self.width_coefficient, self.depth_divisor)
@@ -213,16 +187,14 @@ class EfficientNet(nn.Module):
             ConvBN, act=self.hidden_act, bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype
         )
         # The stem pads one pixel at the bottom and right only, as TensorFlow's 'SAME' at stride 2.
-        x = conv_bn(self._filters(32), 3, 2, ((0, 1), (0, 1)), name="embed")(images.astype(self.dtype), train=train)
+        x = conv_bn(self._filters(32), 3, 2, padding=((0, 1), (0, 1)), name="embed")(
+            images.astype(self.dtype), train=train
+        )
         self.sow("intermediates", "hidden_states", x)
         x = Encoder(self.block_fields(), self.dtype, name="encoder")(x, train=train)
         x = conv_bn(self._filters(1280), name="top")(x, train=train)
         x = x.mean(axis=(1, 2)) if self.pooling_type == "mean" else x.max(axis=(1, 2))
-        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return x
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+        return features_head(self, x, self.dropout_rate, train=train)
 
     def block_fields(self) -> tuple[dict[str, Any], ...]:
         """Each block's :class:`MBConv` fields, through all stages."""
@@ -294,20 +266,10 @@ def feature_maps(model: EfficientNet, intermediates: dict, layers: Sequence[int]
     return {f"stage_{s}": blocks[ends[s]] for s in (range(len(ends)) if layers is None else layers)}
 
 
-_BLOCK = re.compile(r"(?:.*/)?encoder/block_(\d+)/.*")
-
-
 def layer_index(model: EfficientNet) -> tuple[Callable[[str], int], int]:
     """The stem is layer 0, block n is n + 1, the top convolution and the head are the top."""
-    top = sum(model.repeats()) + 1
-
-    def efficientnet_layer(name: str) -> int:
-        if name.startswith("embed/"):
-            return 0
-        match = _BLOCK.fullmatch(name)
-        return int(match.group(1)) + 1 if match else top
-
-    return efficientnet_layer, top
+    blocks = sum(model.repeats())
+    return block_layer_index(blocks), blocks + 1
 
 
 CONFIGS: dict[str, dict[str, Any]] = {

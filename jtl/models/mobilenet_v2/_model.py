@@ -12,7 +12,6 @@ the input's size: the extra pixel of an odd total goes to the bottom/right. With
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -21,7 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.models._layers import activation, classifier_head
+from jtl.masking import block_layer_index
+from jtl.models._conv import ConvBN
+from jtl.models._layers import ImageInputs, features_head
 
 # The 16 inverted residual blocks after the stem: output channels (before the depth multiplier) and strides.
 CHANNELS = (16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320)
@@ -56,43 +57,6 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return int(rounded + divisor if rounded < 0.9 * value else rounded)
 
 
-def _tf_same(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow's 'SAME' padding as Hugging Face computes it (from the kernel, then scaled by the dilation)."""
-    total = max(kernel - (stride if size % stride == 0 else size % stride), 0)
-    return (total // 2 * dilation, (total - total // 2) * dilation)
-
-
-class ConvLayer(nn.Module):
-    """A convolution without bias (``conv``), BatchNorm (``bn``), and the activation unless ``act`` is None."""
-
-    features: int
-    kernel_size: int = 1
-    stride: int = 1
-    groups: int = 1
-    dilation: int = 1
-    act: str | None = None
-    tf_padding: bool = True
-    bn_momentum: float = 0.997
-    bn_eps: float = 1e-3
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        k, s, d = self.kernel_size, self.stride, self.dilation
-        if self.tf_padding:
-            padding = [_tf_same(x.shape[axis], k, s, d) for axis in (1, 2)]
-        else:
-            padding = [((k - 1) // 2 * d,) * 2] * 2
-        x = nn.Conv(
-            self.features, (k, k), strides=(s, s), padding=padding, kernel_dilation=(d, d),
-            feature_group_count=self.groups, use_bias=False, dtype=self.dtype, name="conv",
-        )(x)  # fmt: skip
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_eps, dtype=self.dtype, name="bn"
-        )(x)
-        return x if self.act is None else activation(self.act)(x)
-
-
 class InvertedResidual(nn.Module):
     """1x1 ``expand`` (optional), 3x3 ``depthwise``, linear 1x1 ``project``; the input is added back where the
     shape allows."""
@@ -103,7 +67,7 @@ class InvertedResidual(nn.Module):
     dilation: int
     expand: bool
     residual: bool
-    layer: Callable[..., ConvLayer]
+    layer: Callable[..., ConvBN]
     hidden_act: str
 
     @nn.compact
@@ -118,7 +82,7 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(ImageInputs, nn.Module):
     """MobileNetV2 over NHWC images; ``num_classes=0`` returns the pooled features.
 
     The fields are Hugging Face's ``MobileNetV2Config``'s. ``bn_momentum`` follows Flax's convention (the running
@@ -149,10 +113,7 @@ class MobileNetV2(nn.Module):
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
 
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        size = min(self.image_size, 64)  # parameters do not depend on the resolution
-        return (jnp.zeros((batch_size, size, size, self.num_channels), jnp.float32),)
+    example_max_size = 64  # example_inputs' size: parameters do not depend on the resolution
 
     def _channels(self, channels: int) -> int:
         return make_divisible(round(channels * self.depth_multiplier), self.depth_divisible_by, self.min_depth)
@@ -182,9 +143,8 @@ class MobileNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-        layer = partial(
-            ConvLayer, tf_padding=self.tf_padding, bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype
-        )
+        padding = "tf_same" if self.tf_padding else "symmetric"
+        layer = partial(ConvBN, padding=padding, bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype)
         x = Stem(
             self._channels(32), self._channels(CHANNELS[0]), self.first_layer_is_expansion, layer, self.hidden_act,
             name="embed",
@@ -194,11 +154,7 @@ class MobileNetV2(nn.Module):
         top = 1280 if self.finegrained_output and self.depth_multiplier < 1.0 else self._channels(1280)
         x = layer(top, act=self.hidden_act, name="top")(x, train=train)
         x = x.mean(axis=(1, 2))
-        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return x
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+        return features_head(self, x, self.dropout_rate, train=train)
 
 
 class Stem(nn.Module):
@@ -208,7 +164,7 @@ class Stem(nn.Module):
     expanded: int
     out_channels: int
     first_layer_is_expansion: bool
-    layer: Callable[..., ConvLayer]
+    layer: Callable[..., ConvBN]
     hidden_act: str
 
     @nn.compact
@@ -224,7 +180,7 @@ class Encoder(nn.Module):
     """The 16 inverted residual blocks, ``block_{n}``."""
 
     blocks: tuple[dict[str, Any], ...]
-    layer: Callable[..., ConvLayer]
+    layer: Callable[..., ConvBN]
     hidden_act: str
 
     @nn.compact
@@ -264,20 +220,9 @@ def feature_maps(model: MobileNetV2, intermediates: dict, layers: Sequence[int] 
     return {f"stage_{s}": blocks[ends[s]] for s in (range(len(ends)) if layers is None else layers)}
 
 
-_BLOCK = re.compile(r"(?:.*/)?encoder/block_(\d+)/.*")
-
-
 def layer_index(model: MobileNetV2) -> tuple[Callable[[str], int], int]:
     """The stem is layer 0, block n is n + 1, the top convolution and the head are the top (17)."""
-    top = len(STRIDES) + 1
-
-    def mobilenet_layer(name: str) -> int:
-        if name.startswith("embed/"):
-            return 0
-        match = _BLOCK.fullmatch(name)
-        return int(match.group(1)) + 1 if match else top
-
-    return mobilenet_layer, top
+    return block_layer_index(len(STRIDES)), len(STRIDES) + 1
 
 
 CONFIGS: dict[str, dict[str, Any]] = {

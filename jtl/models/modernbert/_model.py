@@ -23,10 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtl.masking import block_layer_index
-from jtl.models._layers import activation, classifier_head
-from jtl.models.bert import mean_pool
+from jtl.models._layers import TokenInputs, activation, mean_pool, text_output
 
-OUTPUTS = ("pooler", "cls", "mean", "tokens")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
 # name: (hidden size, depth, heads, intermediate size)
@@ -145,7 +143,7 @@ class GeGlu(nn.Module):
         return nn.Dense(x.shape[-1], use_bias=self.use_bias, dtype=self.dtype, name="fc2")(y)
 
 
-class ModernBert(nn.Module):
+class ModernBert(TokenInputs, nn.Module):
     """A ModernBERT encoder over token ids; see the module docstring for ``output``. The defaults are
     ModernBERT-base's.
 
@@ -187,10 +185,6 @@ class ModernBert(nn.Module):
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
 
-    def example_inputs(self, batch_size: int = 1, length: int = 4) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``: token ids and an attention mask."""
-        return jnp.zeros((batch_size, length), jnp.int32), jnp.ones((batch_size, length), jnp.int32)
-
     def attention_types(self) -> tuple[str, ...]:
         """Each block's ``"full_attention"`` or ``"sliding_attention"``.
 
@@ -209,8 +203,6 @@ class ModernBert(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, train: bool = False):
-        if self.output not in OUTPUTS:
-            raise ValueError(f"ModernBert output must be one of {OUTPUTS}, got {self.output!r}")
         if self.pooling not in ("cls", "mean"):
             raise ValueError(f"ModernBert pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if attention_mask is None:
@@ -227,17 +219,7 @@ class ModernBert(nn.Module):
         pooled = x[:, 0] if self.pooling == "cls" else mean_pool(x, attention_mask)
         pooled = ModernBertPooler(self.classifier_act, self.classifier_bias, self.norm_eps, self.norm_bias, self.dtype,
                                   name="pooler")(pooled)  # fmt: skip
-        features = {
-            "pooler": pooled,
-            "cls": x[:, 0],
-            "mean": mean_pool(x, attention_mask),
-            "tokens": x,
-        }[self.output]
-        self.sow("intermediates", "features", features)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return features
-        features = nn.Dropout(self.classifier_dropout_rate)(features, deterministic=not train)
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(features)
+        return text_output(self, x, attention_mask, pooled, self.classifier_dropout_rate, train=train)
 
     def _block(self) -> ModernBertBlock:
         return ModernBertBlock(

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.models._layers import classifier_head
+from jtl.models._layers import ImageInputs, features_head
 
 # name: (block type, blocks per stage, output channels per stage)
 SIZES = {
@@ -140,7 +140,7 @@ class Stem(nn.Module):
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
-class ResNet(nn.Module):
+class ResNet(ImageInputs, nn.Module):
     """ResNet over NHWC images; ``num_classes=0`` returns the globally pooled features.
 
     >>> import jax, jax.numpy as jnp
@@ -164,10 +164,7 @@ class ResNet(nn.Module):
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
 
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        size = min(self.image_size, 64)  # parameters do not depend on the resolution
-        return (jnp.zeros((batch_size, size, size, self.num_channels), jnp.float32),)
+    example_max_size = 64  # example_inputs' size: parameters do not depend on the resolution
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -193,10 +190,7 @@ class ResNet(nn.Module):
             )(x, train=train)
             self.sow("intermediates", "hidden_states", x)
         x = x.mean(axis=(1, 2))
-        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return x
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+        return features_head(self, x)
 
 
 def resnet_config(name: str) -> dict:

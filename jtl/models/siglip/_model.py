@@ -28,25 +28,17 @@ import jax
 import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
-from jtl.models._dual import ClipTextEmbed
+from jtl.models._dual import ClipTextEmbed, tower_head
 from jtl.models._layers import (
+    ImageInputs,
     Mlp,
     PatchEmbed,
-    classifier_head,
+    TokenInputs,
     pair,
     patch_grid,
     token_feature_maps,
     transformer_encoder,
 )
-
-
-def _features_head(module: nn.Module, x: jax.Array) -> jax.Array:
-    if module.normalize:
-        x = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-    module.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
-    if not module.num_classes:
-        return x
-    return classifier_head(module.num_classes, module.head_zero_init, module.dtype)(x)
 
 
 def resize_positions(grid: jax.Array, spatial_shapes: jax.Array, length: int) -> jax.Array:
@@ -157,7 +149,7 @@ class AttentionPool(nn.Module):
         return y[:, 0]
 
 
-class Siglip(nn.Module):
+class Siglip(ImageInputs, nn.Module):
     """SigLIP's (``naflex``: SigLIP 2's) vision tower, with a linear ``head`` when ``num_classes`` > 0.
 
     ``pooling="map"``: the attention-pooling head ``pool``; ``"mean"``: the mean token (over the real patches for
@@ -191,10 +183,6 @@ class Siglip(nn.Module):
     drop_path_rate: float = 0.0
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
-
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        return (jnp.zeros((batch_size, *pair(self.image_size), self.num_channels), jnp.float32),)
 
     @nn.compact
     def __call__(
@@ -235,16 +223,16 @@ class Siglip(nn.Module):
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
         if self.pooling == "mean":
             if mask is None:
-                return _features_head(self, x.mean(axis=1))
+                return tower_head(self, x.mean(axis=1))
             weights = mask[..., None].astype(x.dtype)
-            return _features_head(self, (x * weights).sum(axis=1) / weights.sum(axis=1))
+            return tower_head(self, (x * weights).sum(axis=1) / weights.sum(axis=1))
         pool = AttentionPool(
             self.num_heads, self.mlp_dim, self.layer_norm_eps, self.gelu_approximate, self.dtype, name="pool"
         )
-        return _features_head(self, pool(x, mask))
+        return tower_head(self, pool(x, mask))
 
 
-class SiglipText(nn.Module):
+class SiglipText(TokenInputs, nn.Module):
     """SigLIP's text tower: ``embed/word`` and ``embed/position`` tables, bidirectional blocks (padding masked),
     ``norm``, the last position's state, ``proj`` (with bias; ``projection_dim=None``: none) and a linear ``head``
     when ``num_classes`` > 0. Hidden states are sown as ``intermediates/encoder/hidden_states``.
@@ -274,17 +262,10 @@ class SiglipText(nn.Module):
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
 
-    def example_inputs(self, batch_size: int = 1, length: int = 4) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``: token ids and an attention mask."""
-        return jnp.zeros((batch_size, length), jnp.int32), jnp.ones((batch_size, length), jnp.int32)
-
     @nn.compact
     def __call__(
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, train: bool = False
     ) -> jax.Array:
-        length = input_ids.shape[1]
-        if length > self.max_position_embeddings:
-            raise ValueError(f"sequence length {length} exceeds max_position_embeddings={self.max_position_embeddings}")
         x = ClipTextEmbed(self.vocab_size, self.hidden_size, self.max_position_embeddings, self.dtype, name="embed")(
             input_ids
         )
@@ -293,7 +274,7 @@ class SiglipText(nn.Module):
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)[:, -1]
         if self.projection_dim:
             x = nn.Dense(self.projection_dim, dtype=self.dtype, name="proj")(x)
-        return _features_head(self, x)
+        return tower_head(self, x)
 
 
 def layer_index(model: Siglip | SiglipText) -> tuple[Callable[[str], int], int]:

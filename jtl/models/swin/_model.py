@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl.models._layers import DropPath, Mlp, classifier_head, pair, patch_grid
+from jtl.models._layers import DropPath, ImageInputs, Mlp, features_head, pair, patch_grid
 
 # name: (embed_dim, depths, heads, window, image size), as Hugging Face's microsoft/swin-* configs give them.
 SIZES = {
@@ -93,6 +93,40 @@ def _unpartition(windows: jax.Array, window: int, height: int, width: int) -> ja
     return x.reshape(-1, height, width, c)
 
 
+def shifted_window_attention(
+    x: jax.Array, window: int, shift: int, attend: Callable[[jax.Array, np.ndarray | None], jax.Array]
+) -> jax.Array:
+    """(Shifted-)window attention over an (N, H, W, C) map, as Hugging Face's Swin and Swin V2 layers run it: the
+    map zero-padded to whole windows, cyclically shifted up-left by ``shift`` (the regions it brings together masked
+    by :func:`shifted_window_mask`), partitioned, ``attend(windows, mask)`` on the (windows, window², C) tokens,
+    then merged, shifted back and cropped to (H, W).
+
+    Args:
+      x: the (N, H, W, C) map.
+      window: the window's side.
+      shift: the cyclic shift (0: none, and no mask).
+      attend: the attention (with whatever dropout follows it), from windows and the mask (or None).
+
+    Returns:
+      The (N, H, W, C) attended map.
+
+    >>> y = shifted_window_attention(jnp.ones((1, 3, 3, 2)), 2, 1, lambda windows, mask: windows * 2)
+    >>> y.shape, float(y.max())
+    ((1, 3, 3, 2), 2.0)
+    """
+    _, height, width, channels = x.shape
+    pad_h, pad_w = (-height) % window, (-width) % window
+    y = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    if shift:
+        y = jnp.roll(y, (-shift, -shift), axis=(1, 2))
+    mask = shifted_window_mask(height + pad_h, width + pad_w, window, shift) if shift else None
+    windows = attend(_partition(y, window).reshape(-1, window * window, channels), mask)
+    y = _unpartition(windows.reshape(-1, window, window, channels), window, height + pad_h, width + pad_w)
+    if shift:
+        y = jnp.roll(y, (shift, shift), axis=(1, 2))
+    return y[:, :height, :width]
+
+
 class WindowAttention(nn.Module):
     """Multi-head attention within windows, with a learned relative position bias (``rel_pos_embedding``)."""
 
@@ -151,7 +185,7 @@ class SwinBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        _, height, width, channels = x.shape
+        _, height, width, _ = x.shape
         window, shift = self.window_size, self.window_size // 2 if self.shift else 0
         if not self.always_partition and min(height, width) <= window:
             window, shift = min(height, width), 0
@@ -162,21 +196,15 @@ class SwinBlock(nn.Module):
                     "window; use a larger image or always_partition=True"
                 )
         drop = nn.Dropout(self.dropout_rate)
-        y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm1")(x)
-        pad_h, pad_w = (-height) % window, (-width) % window
-        y = jnp.pad(y, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-        if shift:
-            y = jnp.roll(y, (-shift, -shift), axis=(1, 2))
-        mask = shifted_window_mask(height + pad_h, width + pad_w, window, shift) if shift else None
-        windows = _partition(y, window).reshape(-1, window * window, channels)
         attn = WindowAttention(
             self.num_heads, self.window_size, self.qkv_bias, self.attention_dropout_rate, self.dtype, name="attn"
         )
-        windows = drop(attn(windows, mask, train=train), deterministic=not train)
-        y = _unpartition(windows.reshape(-1, window, window, channels), window, height + pad_h, width + pad_w)
-        if shift:
-            y = jnp.roll(y, (shift, shift), axis=(1, 2))
-        x = x + DropPath(self.drop_path_rate)(y[:, :height, :width], train=train)
+
+        def attend(windows: jax.Array, mask: np.ndarray | None) -> jax.Array:
+            return drop(attn(windows, mask, train=train), deterministic=not train)
+
+        y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm1")(x)
+        x = x + DropPath(self.drop_path_rate)(shifted_window_attention(y, window, shift, attend), train=train)
         mlp = Mlp(self.mlp_dim, self.gelu_approximate, 0.0, dtype=self.dtype, name="mlp")
         y = mlp(nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm2")(x), train=train)
         return x + drop(y, deterministic=not train)
@@ -184,17 +212,19 @@ class SwinBlock(nn.Module):
 
 class PatchMerging(nn.Module):
     """2x2 neighbouring tokens concatenated (the map zero-padded to even sides), ``norm``, then ``reduction`` to
-    twice the width."""
+    twice the width; with ``reduce_first`` (Swin V2), ``reduction`` then ``norm``."""
 
     dtype: jnp.dtype = jnp.float32
+    reduce_first: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         _, height, width, channels = x.shape
         x = jnp.pad(x, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
         x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
-        x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
-        return nn.Dense(2 * channels, use_bias=False, dtype=self.dtype, name="reduction")(x)
+        norm = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")
+        reduction = nn.Dense(2 * channels, use_bias=False, dtype=self.dtype, name="reduction")
+        return norm(reduction(x)) if self.reduce_first else reduction(norm(x))
 
 
 class SwinEmbed(nn.Module):
@@ -226,7 +256,7 @@ class SwinEmbed(nn.Module):
         return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
 
-class Swin(nn.Module):
+class Swin(ImageInputs, nn.Module):
     """A Swin Transformer over NHWC images, with a linear ``head`` when ``num_classes`` > 0.
 
     Sown as ``intermediates``: ``hidden_states`` (the embeddings, then each stage's output after patch merging, as
@@ -259,10 +289,6 @@ class Swin(nn.Module):
     always_partition: bool = False
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
-
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        return (jnp.zeros((batch_size, *pair(self.image_size), self.num_channels), jnp.float32),)
 
     def _block(self, stage: int, index: int, drop_path_rate: float) -> nn.Module:
         width = self.embed_dim * 2**stage
@@ -304,10 +330,7 @@ class Swin(nn.Module):
             self.sow("intermediates", "hidden_states", x)
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
         x = x.mean(axis=(1, 2))
-        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return x
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+        return features_head(self, x)
 
 
 class _Stage(nn.Module):

@@ -21,13 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtl.models._layers import DropPath, Mlp, patch_grid
-from jtl.models.swin._model import (
-    Swin,
-    _partition,
-    _unpartition,
-    relative_position_index,
-    shifted_window_mask,
-)
+from jtl.models.swin._model import PatchMerging, Swin, relative_position_index, shifted_window_attention
 
 # name: (embed_dim, depths, heads, window, image size, pretrained windows), as microsoft/swinv2-* configs give them.
 SIZES = {
@@ -140,44 +134,23 @@ class Swinv2Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        _, height, width, channels = x.shape
         window, shift = self.window_size, self.shift_size
-        pad_h, pad_w = (-height) % window, (-width) % window
-        y = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-        if shift:
-            y = jnp.roll(y, (-shift, -shift), axis=(1, 2))
-        mask = shifted_window_mask(height + pad_h, width + pad_w, window, shift) if shift else None
         attn = CosineWindowAttention(
             self.num_heads, window, self.pretrained_window_size, self.qkv_bias, self.attention_dropout_rate,
             self.dtype, name="attn",
         )  # fmt: skip
-        windows = attn(_partition(y, window).reshape(-1, window * window, channels), mask, train=train)
-        # Hugging Face drops the attention's output with the attention dropout rate.
-        windows = nn.Dropout(self.attention_dropout_rate)(windows, deterministic=not train)
-        y = _unpartition(windows.reshape(-1, window, window, channels), window, height + pad_h, width + pad_w)
-        if shift:
-            y = jnp.roll(y, (shift, shift), axis=(1, 2))
-        y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm1")(y[:, :height, :width])
+
+        def attend(windows: jax.Array, mask: np.ndarray | None) -> jax.Array:
+            # Hugging Face drops the attention's output with the attention dropout rate.
+            return nn.Dropout(self.attention_dropout_rate)(attn(windows, mask, train=train), deterministic=not train)
+
+        y = shifted_window_attention(x, window, shift, attend)
+        y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm1")(y)
         x = x + DropPath(self.drop_path_rate)(y, train=train)
         y = Mlp(self.mlp_dim, self.gelu_approximate, 0.0, dtype=self.dtype, name="mlp")(x, train=train)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm2")(y)
         return x + DropPath(self.drop_path_rate)(y, train=train)
-
-
-class Swinv2PatchMerging(nn.Module):
-    """2x2 neighbouring tokens concatenated (the map zero-padded to even sides), ``reduction`` to twice the width,
-    then ``norm``."""
-
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        _, height, width, channels = x.shape
-        x = jnp.pad(x, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
-        x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
-        x = nn.Dense(2 * channels, use_bias=False, dtype=self.dtype, name="reduction")(x)
-        return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
 
 
 class Swinv2(Swin):
@@ -222,7 +195,7 @@ class Swinv2(Swin):
         )
 
     def _merge(self) -> nn.Module:
-        return Swinv2PatchMerging(self.dtype, parent=None)
+        return PatchMerging(self.dtype, reduce_first=True, parent=None)
 
 
 def swinv2_config(name: str) -> dict:

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.models._layers import classifier_head
+from jtl.models._layers import ImageInputs, features_head
 
 POOL = "M"
 # torchvision's configurations "D" (VGG16) and "E" (VGG19).
@@ -87,7 +87,7 @@ class Convs(nn.Module):
         return x
 
 
-class VGG(nn.Module):
+class VGG(ImageInputs, nn.Module):
     """VGG over NHWC images; ``num_classes=0`` returns the ``fc2`` features (4096-d for VGG16).
 
     >>> import jax, jax.numpy as jnp
@@ -107,10 +107,7 @@ class VGG(nn.Module):
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
 
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        size = min(self.image_size, 32)  # parameters do not depend on the resolution
-        return (jnp.zeros((batch_size, size, size, self.num_channels), jnp.float32),)
+    example_max_size = 32  # example_inputs' size: parameters do not depend on the resolution
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -119,10 +116,7 @@ class VGG(nn.Module):
         for name in ("fc1", "fc2"):
             x = nn.relu(nn.Dense(self.classifier_width, dtype=self.dtype, name=name)(x))
             x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        self.sow("intermediates", "features", x)  # the pooled features, which features_and_logits reads
-        if not self.num_classes:
-            return x
-        return classifier_head(self.num_classes, self.head_zero_init, self.dtype)(x)
+        return features_head(self, x)
 
 
 def vgg_config(name: str) -> dict:

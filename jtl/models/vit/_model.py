@@ -18,9 +18,9 @@ import jax.numpy as jnp
 
 from jtl.masking import block_layer_index
 from jtl.models._layers import (
+    ImageInputs,
     PatchEmbed,
     classifier_head,
-    pair,
     patch_grid,
     token_feature_maps,
     transformer_encoder,
@@ -39,7 +39,7 @@ PATCHES = (8, 14, 16, 32)
 POOLINGS = ("cls", "gap", "cls+dist")
 
 
-class ViT(nn.Module):
+class ViT(ImageInputs, nn.Module):
     """A ViT classifier over NHWC images; ``num_classes=0`` returns the pooled (pre-head) features.
 
     Hidden states are sown as ``intermediates/encoder/hidden_states`` (the embeddings, then each block's
@@ -71,10 +71,6 @@ class ViT(nn.Module):
     distillation_token: bool = False
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
-
-    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
-        """Inputs of the right shape for ``init``."""
-        return (jnp.zeros((batch_size, *pair(self.image_size), self.num_channels), jnp.float32),)
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
