@@ -78,13 +78,12 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[An
         model, variables, _ = load_pretrained(
             config.model.pretrained, num_classes=num_classes, verbose=jax.process_index() == 0, **overrides
         )
-        if config.model.reinit:
-            variables = models.init(model, seed=config.seed)
     else:
         try:
             model = models.create(config.model.name, num_classes=num_classes, **overrides)
         except ValueError as e:
             raise ConfigError(f"config.model.name={config.model.name!r} / config.model.overrides: {e}") from e
+    if config.model.reinit or not config.model.pretrained:
         variables = models.init(model, seed=config.seed)
     if config.lora.rank:
         spec = LoRASpec(
