@@ -326,6 +326,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.multitask.gradnorm_alpha = 1.5
     c.multitask.gradnorm_learning_rate = 0.025
 
+    # Object detection (config.objective = "detection"): a detector on the backbone's feature maps (config.model,
+    # num_classes=0 there), trained on detection data (config.data.max_boxes > 0) and evaluated by COCO AP.
+    c.detection = ml_collections.ConfigDict()
+    c.detection.detector = "faster_rcnn"  # or "detr"
+    c.detection.weights = ""  # a torchvision Faster R-CNN state dict or a Hugging Face DETR directory ("": scratch)
+    c.detection.fields = ml_collections.ConfigDict()  # the detector's fields, e.g. fpn_channels, num_queries
+    c.detection.layers = ()  # backbone stages the detector reads (empty: every stage; DETR: the last)
+
     # Negative transfer: measure before (transferability scores of the pretrained features on the training
     # data) and after (the same run from scratch; the final report flags transfer that loses to it).
     c.transferability = False

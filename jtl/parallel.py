@@ -35,7 +35,7 @@ def make_mesh(devices: list | None = None) -> Mesh:
 
 
 class Compiled(NamedTuple):
-    """A compiled train/eval pair and how to move state and batches to its devices."""
+    """A compiled train/eval pair (and prediction step) and how to move state and batches to its devices."""
 
     train: Callable[[Any, Any], tuple[Any, dict]]
     eval: Callable[[Any, Any], dict]
@@ -43,6 +43,8 @@ class Compiled(NamedTuple):
     get_state: Callable[[Any], Any]
     put_batch: Callable[[dict], Any]
     num_devices: int
+    # (state, batch) -> per-example outputs of the whole global batch, on every host; None without a predict step.
+    predict: Callable[[Any, Any], dict] | None = None
 
     def put_global_batch(self, batch: dict) -> Any:
         """Places a batch that every host holds whole (eval): each host contributes its rows."""
@@ -51,7 +53,9 @@ class Compiled(NamedTuple):
         return self.put_batch({k: v[index * rows : (index + 1) * rows] for k, v in batch.items()})
 
 
-def compile_jit(train_step: Callable, eval_step: Callable, mesh: Mesh) -> Compiled:
+def compile_jit(
+    train_step: Callable, eval_step: Callable, mesh: Mesh, predict_step: Callable | None = None
+) -> Compiled:
     """Data parallelism with ``jax.jit`` over ``mesh``: state replicated, batches split on the data axis.
 
     Batches are host-local; ``put_batch`` assembles the global batch from every host's part.
@@ -61,6 +65,8 @@ def compile_jit(train_step: Callable, eval_step: Callable, mesh: Mesh) -> Compil
         :func:`jtl.step.make_train_step`.
       eval_step: ``(state, batch) -> sums``, e.g. from :func:`jtl.step.make_eval_step`.
       mesh: the device mesh (:func:`make_mesh`).
+      predict_step: ``(state, batch) -> per-example outputs`` (e.g. :func:`jtl.step.make_predict_step`), for
+        evaluations that need every example's output (detection's mAP); compiled when first called.
 
     Returns:
       The compiled pair and the placement helpers.
@@ -68,6 +74,10 @@ def compile_jit(train_step: Callable, eval_step: Callable, mesh: Mesh) -> Compil
     >>> compiled = compile_jit(lambda s, b, axis_name=None: (s, {}), lambda s, b: {"n": b["x"].sum()}, make_mesh())
     >>> float(compiled.eval({}, compiled.put_batch({"x": np.ones(8)}))["n"]), compiled.num_devices
     (8.0, 4)
+    >>> negate = lambda state, batch: {"y": -batch["x"]}
+    >>> compiled = compile_jit(lambda s, b, axis_name=None: (s, {}), lambda s, b: {}, make_mesh(), negate)
+    >>> compiled.predict({}, compiled.put_batch({"x": np.arange(4.0)}))["y"].tolist()
+    [-0.0, -1.0, -2.0, -3.0]
     """
     replicated = NamedSharding(mesh, PartitionSpec())
     sharded = NamedSharding(mesh, PartitionSpec(AXIS))
@@ -75,6 +85,9 @@ def compile_jit(train_step: Callable, eval_step: Callable, mesh: Mesh) -> Compil
         train_step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0
     )
     evaluate = jax.jit(eval_step, in_shardings=(replicated, sharded), out_shardings=replicated)
+    predict = None
+    if predict_step is not None:
+        predict = jax.jit(predict_step, in_shardings=(replicated, sharded), out_shardings=replicated)
 
     def put_batch(batch: dict) -> dict:
         return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharded, np.asarray(x)), batch)
@@ -82,16 +95,17 @@ def compile_jit(train_step: Callable, eval_step: Callable, mesh: Mesh) -> Compil
     def put_state(state: Any) -> Any:
         return jax.tree_util.tree_map(lambda x: jax.device_put(x, replicated), state)
 
-    return Compiled(train, evaluate, put_state, lambda state: state, put_batch, mesh.size)
+    return Compiled(train, evaluate, put_state, lambda state: state, put_batch, mesh.size, predict)
 
 
-def compile_pmap(train_step: Callable, eval_step: Callable) -> Compiled:
+def compile_pmap(train_step: Callable, eval_step: Callable, predict_step: Callable | None = None) -> Compiled:
     """The classic path: ``pmap`` over local devices, gradients averaged with ``pmean`` over ``AXIS``.
 
     Args:
       train_step: ``(state, batch, *, axis_name) -> (state, metrics)``, e.g. from
         :func:`jtl.step.make_train_step`; it runs with ``axis_name=AXIS``.
       eval_step: the eval step.
+      predict_step: the prediction step, as for :func:`compile_jit`.
 
     Returns:
       The compiled pair and the placement helpers (state replicated along a leading device axis).
@@ -99,6 +113,9 @@ def compile_pmap(train_step: Callable, eval_step: Callable) -> Compiled:
     >>> compiled = compile_pmap(lambda s, b, axis_name=None: (s, {}), lambda s, b: {"n": b["x"].sum()})
     >>> float(compiled.eval(compiled.put_state({}), compiled.put_batch({"x": np.ones(8)}))["n"])
     8.0
+    >>> compiled = compile_pmap(lambda s, b, axis_name=None: (s, {}), lambda s, b: {}, lambda s, b: {"y": 2 * b["x"]})
+    >>> compiled.predict(compiled.put_state({}), compiled.put_batch({"x": np.arange(8.0)}))["y"].tolist()
+    [0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0]
     """
     devices = jax.local_devices()
     train = jax.pmap(functools.partial(train_step, axis_name=AXIS), axis_name=AXIS, donate_argnums=0)
@@ -121,6 +138,20 @@ def compile_pmap(train_step: Callable, eval_step: Callable) -> Compiled:
     def evaluate(state: Any, batch: Any) -> dict:
         return unreplicate(evaluate_per_device(state, batch))
 
+    predict = None
+    if predict_step is not None:
+
+        def gathered(state: Any, batch: dict) -> dict:
+            # Every device (of every host) gets all rows, as jit's replicated outputs give every host.
+            return jax.lax.all_gather(predict_step(state, batch), AXIS)
+
+        predict_per_device = jax.pmap(gathered, axis_name=AXIS)
+
+        def predict(state: Any, batch: Any) -> dict:
+            # (global devices, rows per device, ...) -> the global batch's rows in order
+            outputs = unreplicate(predict_per_device(state, batch))
+            return jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), outputs)
+
     return Compiled(
         train_unreplicated,
         evaluate,
@@ -131,4 +162,5 @@ def compile_pmap(train_step: Callable, eval_step: Callable) -> Compiled:
         unreplicate,
         put_batch,
         len(devices),
+        predict,
     )

@@ -340,6 +340,34 @@ def make_eval_step(model: nn.Module, objective: Any) -> Callable[[TrainState, di
     return step
 
 
+def make_predict_step(model: nn.Module, objective: Any) -> Callable[[TrainState, dict], dict[str, jax.Array]]:
+    """Builds ``(state, batch) -> outputs``: the objective's per-example outputs (:meth:`Objective.predict`), for
+    evaluations that cannot be sums (detection's mAP).
+
+    Args:
+      model: a jtl model.
+      objective: a :class:`jtl.objectives.Objective` with a ``predict`` method.
+
+    Returns:
+      The step (not yet compiled).
+
+    >>> from jtl import models
+    >>> model = models.create("vit-testing", num_classes=2, image_size=8, patch_size=4, num_channels=1)
+    >>> class Logits(Classification):
+    ...     def predict(self, forward, params, batch):
+    ...         return {"logits": forward(batch["image"])[0]}
+    >>> state = init_state(models.init(model), optax.sgd(0.1))
+    >>> make_predict_step(model, Logits(2))(state, {"image": jnp.zeros((3, 8, 8, 1))})["logits"].shape
+    (3, 2)
+    """
+
+    def step(state: TrainState, batch: dict) -> dict[str, jax.Array]:
+        forward = Forward(model, _variables(state.params, state.batch_stats))
+        return objective.predict(forward, state.objective_params, batch)
+
+    return step
+
+
 def reestimate_batch_stats(
     model: nn.Module, variables: dict, batches: Iterable[dict], rng: jax.Array | None = None
 ) -> Any:

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,11 +237,13 @@ def _stream(config: ml_collections.ConfigDict) -> objectives.Stream:
     )
 
 
-def _compile(config: ml_collections.ConfigDict, train_step: Any, eval_step: Any, devices: list) -> parallel.Compiled:
+def _compile(
+    config: ml_collections.ConfigDict, train_step: Any, eval_step: Any, predict_step: Any, devices: list
+) -> parallel.Compiled:
     if config.parallel == "jit":
-        return parallel.compile_jit(train_step, eval_step, parallel.make_mesh(devices))
+        return parallel.compile_jit(train_step, eval_step, parallel.make_mesh(devices), predict_step)
     if config.parallel == "pmap":
-        return parallel.compile_pmap(train_step, eval_step)
+        return parallel.compile_pmap(train_step, eval_step, predict_step)
     raise ConfigError(f"config.parallel={config.parallel!r}; known: jit, pmap")
 
 
@@ -253,17 +256,30 @@ def _host_variables(state: step.TrainState) -> dict:
     return jax.tree_util.tree_map(local, {"params": state.params, "batch_stats": state.batch_stats})
 
 
-def _evaluate(objective: Any, compiled: parallel.Compiled, state: Any, model: Any, batch_size: int) -> dict:
-    """The objective's evaluation, its sums taken by the compiled eval step over every example once."""
+class _Sums:
+    """The objective's view of the compiled eval steps (:data:`jtl.objectives.Sums`): sums over a source, and
+    per-example predictions."""
 
-    def sums(source: Any, transform: Any = None, keys: Any = None) -> dict[str, float]:
+    def __init__(self, compiled: parallel.Compiled, state: Any, batch_size: int) -> None:
+        self.compiled, self.state, self.batch_size = compiled, state, batch_size
+
+    def __call__(self, source: Any, transform: Any = None, keys: Any = None) -> dict[str, float]:
         totals: dict[str, float] = {}
-        for batch in jdata.eval_batches(source, batch_size, transform):
-            out = compiled.eval(state, compiled.put_global_batch(keys(batch) if keys else batch))
+        for batch in jdata.eval_batches(source, self.batch_size, transform):
+            out = self.compiled.eval(self.state, self.compiled.put_global_batch(keys(batch) if keys else batch))
             for key, value in out.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
         return totals
 
+    def predictions(self, source: Any, transform: Any = None) -> Iterator[tuple[dict, dict]]:
+        for batch in jdata.eval_batches(source, self.batch_size, transform):
+            outputs = self.compiled.predict(self.state, self.compiled.put_global_batch(batch))
+            yield batch, jax.tree_util.tree_map(np.asarray, outputs)
+
+
+def _evaluate(objective: Any, compiled: parallel.Compiled, state: Any, model: Any, batch_size: int) -> dict:
+    """The objective's evaluation, its sums taken by the compiled eval step over every example once."""
+    sums = _Sums(compiled, state, batch_size)
     return objective.evaluate(sums, model, lambda: _host_variables(compiled.get_state(state)))
 
 
@@ -360,7 +376,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         train_step = step.make_train_step(
             model, objective, tx, trainable, accum_steps=config.accum_steps, train_batch_stats=batch_stats
         )
-        return tx, _compile(config, train_step, step.make_eval_step(model, objective), devices)
+        eval_step, predict_step = step.make_eval_step(model, objective), step.make_predict_step(model, objective)
+        return tx, _compile(config, train_step, eval_step, predict_step, devices)
 
     # --- State, resumed from the latest checkpoint --------------------------------------------------------------
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)

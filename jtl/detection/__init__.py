@@ -1,4 +1,6 @@
 """Object detection by transfer: box operations, Faster R-CNN with FPN and DETR over a jtl backbone's feature
 maps, their weight layouts, and COCO evaluation."""
 
-__all__: list[str] = []
+from jtl.detection._freeze import backbone_frozen
+
+__all__ = ["backbone_frozen"]

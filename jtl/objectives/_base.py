@@ -19,7 +19,9 @@ import ml_collections
 from jtl.config import ConfigError
 
 # sums(source, transform=None, keys=None) -> {name: float}: the compiled eval step's sums over every example of
-# ``source`` exactly once; ``keys`` renames a batch's fields before it reaches the step.
+# ``source`` exactly once; ``keys`` renames a batch's fields before it reaches the step. The trainer's ``sums``
+# also has ``sums.predictions(source, transform=None)``: ``(batch, outputs)`` pairs of host arrays, the compiled
+# :meth:`Objective.predict` over every example once (padding rows have ``batch["mask"]`` False).
 Sums = Callable[..., dict[str, float]]
 # load(data_config) -> {"train", "test", ["ood"], "train_transform", "eval_transform"}.
 Load = Callable[[ml_collections.ConfigDict], dict[str, Any]]
@@ -85,6 +87,11 @@ class Objective(abc.ABC):
     @abc.abstractmethod
     def eval_sums(self, forward: Any, params: Any, batch: dict) -> dict[str, jax.Array]:
         """Sums over the batch's ``mask`` rows, which :meth:`evaluate` turns into metrics."""
+
+    def predict(self, forward: Any, params: Any, batch: dict) -> dict[str, jax.Array]:
+        """Per-example outputs (a leading batch axis on every array) for an evaluation that cannot be written as
+        sums, e.g. detections for COCO mAP; read on the host through ``sums.predictions``."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-example predictions")
 
     # --- host side: evaluation and reporting -----------------------------------------------------------------------
     @abc.abstractmethod
