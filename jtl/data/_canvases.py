@@ -100,6 +100,8 @@ def digit_canvases(
     >>> len(source), source[0]["boxes"].shape[1], source.classes[:2]
     (4, 4, ['0', '1'])
     """
+    if max_digits < 1:
+        raise ValueError(f"max_digits={max_digits}: a canvas needs room for at least one digit")
     if not 8 * scale[1] <= canvas_size:
         raise ValueError(f"scale={scale}: an enlarged digit (8 * {scale[1]} pixels) must fit canvas_size={canvas_size}")
     task = digits_task(classes, seed=seed, half=half)

@@ -147,16 +147,12 @@ class CocoSource:
                     f"COCO annotations {self.path}: annotation {annotation.get('id')}: bbox {bbox!r} is "
                     "not 4 numbers [x, y, width, height]"
                 )
-            if annotation["image_id"] not in per_image:
-                raise DataError(
-                    f"COCO annotations {self.path}: annotation {annotation.get('id')}: image_id "
-                    f"{annotation['image_id']} is not in 'images'"
-                )
-            if annotation["category_id"] not in label_of:
-                raise DataError(
-                    f"COCO annotations {self.path}: annotation {annotation.get('id')}: category_id "
-                    f"{annotation['category_id']} is not in 'categories'"
-                )
+            for key, known, where in (("image_id", per_image, "images"), ("category_id", label_of, "categories")):
+                if annotation.get(key) not in known:
+                    raise DataError(
+                        f"COCO annotations {self.path}: annotation {annotation.get('id')}: {key} "
+                        f"{annotation.get(key)} is not in {where!r}"
+                    )
             x, y, w, h = (float(v) for v in bbox)
             if w <= 0 or h <= 0:
                 continue
