@@ -246,6 +246,22 @@ def data_config() -> ml_collections.ConfigDict:
     d.shift = ""  # digits: shifts applied to every split, in order, e.g. "invert,rotate" (a shifted domain)
     d.half = -1  # digits: 0 or 1 keeps that half of each digit's images (domains that share no image)
     d.labels = "class"  # digits: "class", "parity" or "value" (a regression target; multi-task)
+    # Object detection (jtl.data.detection_splits): on while max_boxes > 0, with source "coco" (a COCO instances
+    # JSON per split and its image folder: train_annotations + train_dir, test_annotations + test_dir), "tfds"
+    # (name coco/2017, whose test split has no boxes: test_split "validation"; voc/2007; voc/2012) or "canvases"
+    # (digits pasted onto canvases, offline; classes and split_seed apply). Training also reads flip, and crop: a
+    # random 50-100% region of each side first, as DETR's random-size crop (set it False for plain resizing).
+    d.max_boxes = 0  # boxes per example (padded; more are cut)
+    d.image_size = 0  # the longer side after the resize, padded to a square; 0: the model's image size
+    d.scale_jitter = (1.0, 1.0)  # train: the resize times a random factor in this range (larger: a random crop)
+    d.train_annotations = ""
+    d.test_annotations = ""
+    d.canvases = ml_collections.ConfigDict()
+    d.canvases.train = 512  # canvases per split
+    d.canvases.test = 128
+    d.canvases.canvas_size = 64
+    d.canvases.max_digits = 4
+    d.canvases.half = -1  # 0 or 1: that half of each digit's images (as data.half), apart from a digits pretraining
 
     return d
 

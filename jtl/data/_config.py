@@ -12,6 +12,7 @@ import ml_collections
 from jtl.config import ConfigError
 from jtl.data._arrays import digits_task, shifted, shuffle_labels
 from jtl.data._audio import AudioFolderSource, AudioPreprocessing
+from jtl.data._detection import detection_splits
 from jtl.data._folder import ImageFolderSource
 from jtl.data._images import ImagePreprocessing
 from jtl.data._text import TextPreprocessing
@@ -62,7 +63,8 @@ def load_splits(
 
     Returns:
       ``{"train", "test", ["ood"], "train_transform", "eval_transform"}``; the transforms are None where the
-      source is already model-ready (digits).
+      source is already model-ready (digits). Detection data (``data.max_boxes > 0``):
+      :func:`jtl.data.detection_splits`.
 
     >>> from jtl.config import data_config
     >>> config = data_config()
@@ -71,6 +73,9 @@ def load_splits(
     >>> len(splits["train"]) > 0, splits["train_transform"]
     (True, None)
     """
+    if data.max_boxes > 0:
+        mean, std = _preprocessing_stats(data, pretrained)
+        return detection_splits(data, image_size, mean, std)
     digits_only = data.ood_shift or data.label_noise or data.shift or data.half >= 0 or data.labels != "class"
     if digits_only and data.source != "digits":
         raise ConfigError(
