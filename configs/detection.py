@@ -79,6 +79,9 @@ def get_config(arg=None):
     c.data.canvases.test = 100
     c.data.canvases.half = 1  # the other half of the digits than benchmarks/detection.py's pretraining uses
     c.data.mean, c.data.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    c.data.crop = False  # canvases: every digit stays whole; scale jitter augments
+    c.data.flip = False  # a mirrored digit is not the same digit
+    c.data.scale_jitter = (0.8, 1.2)
 
     for option in options:
         if option == "frozen":

@@ -469,7 +469,7 @@ def detection_splits(
       std: its per-channel standard deviation.
 
     Returns:
-      ``{"train", "test", "train_transform", "eval_transform"}``.
+      ``{"train", "test", "train_transform", "eval_transform", "image_size"}`` (the padded square's side).
 
     >>> from jtl.config import data_config
     >>> config = data_config()
@@ -518,4 +518,5 @@ def detection_splits(
         test = digit_canvases(c.test, seed=data.split_seed + 1, **kwargs)
     else:
         raise ConfigError(f"detection data.source={data.source!r} is not supported; known: coco, tfds, canvases")
-    return {"train": train, "test": test, "train_transform": preprocessing.train, "eval_transform": preprocessing.eval}
+    transforms = {"train_transform": preprocessing.train, "eval_transform": preprocessing.eval}
+    return {"train": train, "test": test, **transforms, "image_size": int(size)}
