@@ -216,24 +216,26 @@ def from_config(config: ml_collections.ConfigDict) -> Detection:
 
     >>> from jtl.config import base_config
     >>> config = base_config()
-    >>> config.objective, config.detection.detector = "detection", "detr"
+    >>> config.objective, config.detection.detector, config.data.max_boxes = "detection", "detr", 10
     >>> from_config(config).detector_kind
     'detr'
     """
     unsupported = ("mixup_alpha", "hyperrule", "transferability", "tasks", "target.source", "model.zero_shot.classes")
     check_unset(config, unsupported, "classification settings, not with config.objective='detection'")
     d = config.detection
-    try:
-        return Detection(
-            d.detector,
-            config.num_classes,
-            data=config.data,
-            fields=d.fields.to_dict(),
-            weights=d.weights,
-            layers=tuple(d.layers) or None,
-        )
-    except ValueError as e:
-        raise ConfigError(f"config.detection.detector: {e}") from e
+    if d.detector not in DETECTORS:
+        raise ConfigError(f"config.detection.detector={d.detector!r}; known: {', '.join(DETECTORS)}")
+    if config.data.max_boxes <= 0:
+        raise ConfigError(f"config.data.max_boxes={config.data.max_boxes}: detection data needs a box budget > 0")
+    fields = d.fields.to_dict()
+    return Detection(
+        d.detector,
+        config.num_classes,
+        data=config.data,
+        fields=fields,
+        weights=d.weights,
+        layers=tuple(d.layers) or None,
+    )
 
 
 __all__ = ["DETECTORS", "Detection", "backbone_maps", "from_config", "pixel_mask"]
