@@ -203,9 +203,8 @@ class DETR(nn.Module):
 
     >>> detr = DETR(num_classes=3, d_model=8, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
     ...             decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=4)
-    >>> features = jnp.ones((2, 3, 3, 5))
-    >>> variables = detr.init(jax.random.PRNGKey(0), features)
-    >>> outputs = detr.apply(variables, features, jnp.ones((2, 96, 96), bool))
+    >>> features, pixel_mask = jnp.ones((2, 3, 3, 5)), jnp.ones((2, 96, 96), bool)
+    >>> outputs, variables = jax.eval_shape(detr.init_with_output, jax.random.PRNGKey(0), features, pixel_mask)
     >>> outputs["logits"].shape, outputs["boxes"].shape
     ((2, 4, 4), (2, 4, 4))
     """
@@ -361,7 +360,7 @@ def detr_loss_from_batch(
     >>> outputs = {"logits": jnp.zeros((1, 2, 3)), "boxes": jnp.full((1, 2, 4), 0.5)}
     >>> batch = {"boxes": jnp.array([[[0.0, 0.0, 20.0, 10.0]]]), "labels": jnp.array([[1]]),
     ...          "box_mask": jnp.array([[True]]), "size": jnp.array([[20, 40]])}
-    >>> loss, metrics = detr_loss_from_batch(outputs, batch)
+    >>> loss, metrics = jax.jit(detr_loss_from_batch)(outputs, batch)
     >>> float(metrics["loss_bbox"])
     0.5
     """

@@ -229,7 +229,7 @@ def detr_loss(
 
     >>> logits = jnp.array([[[2.0, 0.0], [0.0, 2.0]]])
     >>> pred = jnp.array([[[0.5, 0.5, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1]]])
-    >>> loss, metrics = detr_loss(logits, pred, pred[:, :1], jnp.zeros((1, 1), int), jnp.ones((1, 1), bool))
+    >>> loss, metrics = jax.jit(detr_loss)(logits, pred, pred[:, :1], jnp.zeros((1, 1), int), jnp.ones((1, 1), bool))
     >>> round(float(loss), 4), float(metrics["loss_bbox"])
     (0.1269, 0.0)
     """

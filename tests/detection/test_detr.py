@@ -23,7 +23,7 @@ from jtl.detection import (  # noqa: E402
     generalized_box_iou,
     hungarian_match,
 )
-from jtl.weights import load_pretrained  # noqa: E402
+from jtl.weights import WeightLoadError, load_pretrained  # noqa: E402
 from tests.parity import TOL, max_abs, nhwc, randomise  # noqa: E402
 
 NUM_LABELS, QUERIES, HEIGHT, WIDTH = 3, 6, 44, 60
@@ -221,6 +221,10 @@ def test_timm_spelling_of_the_backbone_loads_the_same_weights(reference, tmp_pat
     model, variables, report = load_pretrained(tmp_path, num_classes=0, verbose=False)
     assert model.depths == (1, 1) and model.hidden_sizes == (16, 32) and not report.missing
     jax.tree.map(np.testing.assert_array_equal, variables, expected)
+    config["dilation"] = True  # DETR-DC5's dilated last stage: refused, not loaded as a plain ResNet
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightLoadError, match="dilation=True"):
+        load_pretrained(tmp_path, num_classes=0, verbose=False)
 
 
 def _scipy_match(cost, mask):
