@@ -109,3 +109,48 @@ TORCHVISION_RESNET = Layout(
     detect=is_torchvision_resnet,
     resizers=resizers,
 )
+
+# --- DETR's ResNet backbone (Hugging Face facebook/detr-resnet-*, model_type "detr") -------------------------
+# The backbone of a DetrForObjectDetection directory, under DetrConvEncoder's `model.` (transformers 5.24 saves
+# the legacy `backbone.conv_encoder.` and loads `backbone.` too). Two spellings: Hugging Face ResNet names
+# (use_timm_backbone=False) and timm's resnet names (use_timm_backbone=True, as facebook/detr-resnet-50), which
+# are torchvision's (`conv1`, `bn1`, `layer1.0.conv1`, `downsample.0/1`). DETR's own head is not this layout's:
+# its keys are reported as unexpected (jtl.detection.detr_from_hf loads them).
+_DETR_BACKBONE = r"model\.backbone\.(?:conv_encoder\.)?model\."
+DETR_RESNET_RULES = [
+    rule._replace(source=_DETR_BACKBONE + rule.source, export=None)
+    for rule in (*HF_RESNET_RULES, *TORCHVISION_RESNET_RULES)
+    if rule.target is None or not rule.target.startswith("params/head/")
+]
+
+
+def detr_resnet_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+    if config.get("dilation"):
+        raise WeightLoadError("config.json: dilation=True (DETR-DC5, a dilated last stage) is not supported")
+    prefix = re.compile(_DETR_BACKBONE)
+    backbone = {prefix.sub("", k, count=1): v for k, v in state.items() if prefix.match(k)}
+    sub_config = config.get("backbone_config") or {}
+    if is_torchvision_resnet(backbone):
+        name = config.get("backbone") or sub_config.get("backbone") or "resnet50"
+        if not name.startswith("resnet"):
+            raise WeightLoadError(f"config.json: backbone={name!r} is not a timm ResNet")
+        fields = torchvision_resnet_fields({}, backbone)
+        last = (sub_config.get("out_indices") or [len(fields["depths"])])[-1]
+        if last != len(fields["depths"]):
+            raise WeightLoadError(f"config.json: DETR over stage out_indices={last}; only the last stage is supported")
+        return fields
+    if sub_config.get("model_type") != "resnet" or not backbone:
+        raise WeightLoadError(
+            "not a DETR over a ResNet: expected config.json backbone_config.model_type='resnet' or timm ResNet "
+            f"weights under 'model.backbone.conv_encoder.model.' (backbone_config: {sub_config.get('model_type')!r})"
+        )
+    fields = hf_resnet_fields(sub_config, {})
+    last = (sub_config.get("out_features") or [f"stage{len(fields['depths'])}"])[-1]
+    if last != f"stage{len(fields['depths'])}":
+        raise WeightLoadError(
+            f"config.json: DETR over backbone out_features {last!r}; only the last stage is supported"
+        )
+    return fields
+
+
+DETR_RESNET = Layout("detr-resnet", DETR_RESNET_RULES, detr_resnet_fields, model_types=("detr",), resizers=resizers)
