@@ -47,25 +47,6 @@ def backbone_maps(model: Any, variables: dict, images: jax.Array, layers: tuple[
     return [fm.features for name, fm in maps.items() if name != "stem"]
 
 
-def pixel_mask(sizes: jax.Array, image_size: int) -> jax.Array:
-    """Which pixels of padded images are real: rows below and columns right of each image's size are padding.
-
-    Args:
-      sizes: (N, 2) real (height, width) of each image.
-      image_size: the padded square's side.
-
-    Returns:
-      (N, S, S) bool.
-
-    >>> pixel_mask(jnp.array([[2, 3]]), 4).astype(int).tolist()
-    [[[1, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]]
-    """
-    positions = jnp.arange(image_size)
-    rows = positions[None, :, None] < sizes[:, 0, None, None]
-    columns = positions[None, None, :] < sizes[:, 1, None, None]
-    return rows & columns
-
-
 class Detection(Objective):
     """Trains a detector on a backbone's feature maps; evaluates COCO AP on the test split.
 
@@ -73,7 +54,8 @@ class Detection(Objective):
       detector: ``"faster_rcnn"`` or ``"detr"``.
       num_classes: foreground classes.
       data: the dataset config (detection data: ``data.max_boxes > 0``).
-      fields: the detector's fields (:class:`jtl.detection.FasterRCNN` / :class:`jtl.detection.DETR`).
+      fields: the detector's fields (:class:`jtl.detection.FasterRCNN` / :class:`jtl.detection.DETR`) when it
+        starts from scratch; a checkpoint in ``weights`` brings its own.
       weights: a torchvision Faster R-CNN state dict or a Hugging Face DETR directory: the detector's starting
         weights (its class head re-initialised when ``num_classes`` differs); "" starts from scratch.
       layers: the backbone stages the detector reads (None: every stage for Faster R-CNN, the last for DETR).
@@ -134,8 +116,7 @@ class Detection(Objective):
         zeros = [jnp.zeros(m.shape, m.dtype) for m in maps]
         if self.detector_kind == "faster_rcnn":
             return detection.init_faster_rcnn(self.detector, rng, zeros, self.image_size)
-        mask = jnp.ones(zeros[-1].shape[:3], bool)
-        return dict(self.detector.init({"params": rng}, zeros[-1], mask))
+        return dict(self.detector.init(rng, zeros[-1]))
 
     def _load_detector(self) -> tuple[Any, dict]:
         if self.detector_kind == "faster_rcnn":
@@ -143,7 +124,7 @@ class Detection(Objective):
                 self.weights, num_classes=self.num_classes, **self.fields
             )
         else:
-            detector, variables, _ = detection.detr_from_hf(self.weights, num_classes=self.num_classes, **self.fields)
+            detector, variables, _ = detection.detr_from_hf(self.weights, num_classes=self.num_classes)
         return detector, dict(variables)
 
     # --- pure -------------------------------------------------------------------------------------------------------
@@ -160,9 +141,9 @@ class Detection(Objective):
         if self.detector_kind == "faster_rcnn":
             loss, metrics = detection.faster_rcnn_loss(self.detector, variables, maps, self.image_size, batch, rng)
         else:
-            mask = pixel_mask(batch["size"], self.image_size)
+            mask = detection.detr_pixel_mask(batch["size"], self.image_size, self.image_size)
             outputs = self.detector.apply(variables, maps[-1], mask, train=True, rngs={"dropout": rng})
-            loss, metrics = detection.detr_loss_from_batch(self.detector, outputs, batch)
+            loss, metrics = detection.detr_loss_from_batch(outputs, batch)
         return loss, (forward.batch_stats, metrics)
 
     def predict(self, forward: Any, params: Any, batch: dict) -> dict[str, jax.Array]:
@@ -171,7 +152,8 @@ class Detection(Objective):
         maps, variables = self._inputs(forward, params, batch)
         if self.detector_kind == "faster_rcnn":
             return detection.faster_rcnn_detect(self.detector, variables, maps, self.image_size, batch["size"])
-        outputs = self.detector.apply(variables, maps[-1], pixel_mask(batch["size"], self.image_size))
+        mask = detection.detr_pixel_mask(batch["size"], self.image_size, self.image_size)
+        outputs = self.detector.apply(variables, maps[-1], mask)
         return detection.detr_detect(outputs, batch["size"])
 
     def eval_sums(self, forward: Any, params: Any, batch: dict) -> dict[str, jax.Array]:
@@ -238,4 +220,4 @@ def from_config(config: ml_collections.ConfigDict) -> Detection:
     )
 
 
-__all__ = ["DETECTORS", "Detection", "backbone_maps", "from_config", "pixel_mask"]
+__all__ = ["DETECTORS", "Detection", "backbone_maps", "from_config"]
