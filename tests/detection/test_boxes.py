@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtl.detection import _boxes as B
+from jtl.detection import _sampling as S
 
 
 def _random_boxes(rng, n, extent=50.0):
@@ -115,3 +116,45 @@ def test_anchors_as_torchvision():
     # The rounding: 32 / sqrt(2) / 2 = 11.31 -> 11, 32 * sqrt(2) / 2 = 22.63 -> 23.
     assert B.cell_anchors((32,), (2.0,)).tolist() == [[-11.0, -23.0, 11.0, 23.0]]
     assert math.isclose(B.DEFAULT_CLIP, math.log(62.5))
+
+
+def _np_match(gt, box_mask, crowd, boxes, high, low, low_quality):
+    real = box_mask | crowd
+    iou = np.where(real[:, None], _np_iou(gt, boxes), -1.0)
+    out = []
+    for j in range(len(boxes)):
+        best, arg = iou[:, j].max(), int(iou[:, j].argmax())
+        m = -1 if best < low else (-2 if best < high else arg)
+        if low_quality and any(box_mask[g] and iou[g, j] == iou[g].max() for g in range(len(gt))):
+            m = arg
+        if crowd[arg] and best > 0:
+            m = -2
+        out.append(m)
+    return out
+
+
+def test_matcher_and_sampler():
+    rng = np.random.default_rng(2)
+    gt = _random_boxes(rng, 6, 40.0)
+    box_mask = np.array([True, True, False, True, False, False])
+    crowd = np.array([False, False, True, False, False, False])
+    boxes = np.concatenate([_random_boxes(rng, 60, 40.0), gt[:4] + 0.5])
+    run = jax.jit(S.match, static_argnums=(4, 5, 6))
+    for high, low, low_quality in ((0.7, 0.3, True), (0.5, 0.5, False)):
+        got = run(*map(jnp.asarray, (gt, box_mask, crowd, boxes)), high, low, low_quality)
+        assert got.tolist() == _np_match(gt, box_mask, crowd, boxes, high, low, low_quality)
+    assert -2 in got.tolist() and 0 in got.tolist()
+    # No ground truth at all: every box is a negative.
+    empty = run(jnp.asarray(gt), jnp.zeros(6, bool), jnp.zeros(6, bool), jnp.asarray(boxes), 0.7, 0.3, True)
+    assert (np.asarray(empty) == -1).all()
+
+    labels = jnp.asarray(rng.choice([-1, 0, 1, 3], size=200, p=[0.2, 0.6, 0.1, 0.1]))
+    draw = jax.jit(S.sample, static_argnums=(2, 3))
+    for key, (batch, fraction) in enumerate(((32, 0.25), (256, 0.5))):
+        pos, neg = draw(jax.random.PRNGKey(key), labels, batch, fraction)
+        n_pos, n_neg = int((labels >= 1).sum()), int((labels == 0).sum())
+        assert int(pos.sum()) == min(n_pos, int(batch * fraction))
+        assert int(neg.sum()) == min(n_neg, batch - int(pos.sum()))
+        assert bool((labels[pos] >= 1).all()) and bool((labels[neg] == 0).all())
+    other, _ = draw(jax.random.PRNGKey(5), labels, 32, 0.25)
+    assert (np.asarray(other) != np.asarray(draw(jax.random.PRNGKey(0), labels, 32, 0.25)[0])).any()
