@@ -488,7 +488,7 @@ def faster_rcnn_detect(
     num = detector.detections_per_img
     scores = jax.nn.softmax(class_logits).reshape(b, r, -1)[:, :, 1:]
     boxes = decode_boxes(box_deltas.reshape(b, r, -1, 4), proposals[:, :, None], detector.bbox_reg_weights)
-    boxes = jax.vmap(clip_boxes)(boxes, sizes[:, None, None])[:, :, 1:]
+    boxes = jax.vmap(clip_boxes)(boxes, sizes)[:, :, 1:]
     keep = valid[:, :, None] & (scores > detector.box_score_thresh) & remove_small_boxes(boxes, 1e-2)
     per_class = min(r, num)
 
