@@ -154,3 +154,40 @@ def detr_resnet_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict
 
 
 DETR_RESNET = Layout("detr-resnet", DETR_RESNET_RULES, detr_resnet_fields, model_types=("detr",), resizers=resizers)
+
+# --- torchvision Faster R-CNN (fasterrcnn_resnet50_fpn[_v2] state dicts): the ResNet under backbone.body ------
+# The detector's own keys (backbone.fpn.*, rpn.*, roi_heads.*) are left unmatched and reported as unexpected;
+# jtl.detection.faster_rcnn_from_torchvision loads them.
+_FRCNN_BODY = "backbone.body."
+
+
+def _body(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {k[len(_FRCNN_BODY) :]: v for k, v in state.items() if k.startswith(_FRCNN_BODY)}
+
+
+def torchvision_fasterrcnn_resnet_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+    body = _body(state)
+    fields = torchvision_resnet_fields(config, body)
+    # v1's FrozenBatchNorm2d (no num_batches_tracked) runs with eps 0: torchvision's fasterrcnn_resnet50_fpn calls
+    # overwrite_eps(model, 0.0) on its COCO weights; v2's BatchNorm2d keeps 1e-5.
+    if "bn1.num_batches_tracked" not in body:
+        fields["bn_eps"] = 0.0
+    return fields
+
+
+def is_torchvision_fasterrcnn_resnet(keys: Collection[str]) -> bool:
+    """torchvision's detection names: ``backbone.body.conv1``, ..., ``backbone.fpn.*``, ``rpn.*``, ``roi_heads.*``."""
+    return _FRCNN_BODY + "layer1.0.conv1.weight" in keys
+
+
+TORCHVISION_FASTERRCNN_RESNET = Layout(
+    "torchvision-fasterrcnn-resnet",
+    [
+        rule._replace(source=re.escape(_FRCNN_BODY) + rule.source, export=rule.export and _FRCNN_BODY + rule.export)
+        for rule in TORCHVISION_RESNET_RULES
+        if not rule.source.startswith("fc")
+    ],
+    torchvision_fasterrcnn_resnet_fields,
+    detect=is_torchvision_fasterrcnn_resnet,
+    resizers=resizers,
+)
