@@ -2,8 +2,11 @@
 :class:`FasterRCNN` (the FPN, RPN and box heads; the ResNet under ``backbone.body.*`` loads through
 ``jtl.weights.load_pretrained``, layout ``torchvision-fasterrcnn-resnet``).
 
-The names and shapes follow torchvision's modules (read from its source: ``models/detection/faster_rcnn.py``,
-``rpn.py``, ``backbone_utils.py``, ``ops/feature_pyramid_network.py``, ``ops/misc.py``):
+The names and shapes follow torchvision's modules. torchvision cannot be imported here and its repository was
+too large to fetch, so they come from its code as quoted in public copies (``FastRCNNConvFCHead``: four
+``Conv2dNormActivation`` blocks, ``Flatten`` at index 4, ``Linear`` at 5; ``fasterrcnn_resnet50_fpn`` loads the COCO
+v1 weights then calls ``overwrite_eps(model, 0.0)``) and from what is known of its modules; the tests build state
+dicts with these names and shapes, not real checkpoints:
 
 - ``backbone.fpn.inner_blocks.{i}`` / ``layer_blocks.{i}``: 1x1 / 3x3 convs. Checkpoints before torchvision
   0.13 (the COCO v1 weights) name them ``inner_blocks.{i}.weight``; ``Conv2dNormActivation`` made them

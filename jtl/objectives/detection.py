@@ -114,9 +114,7 @@ class Detection(Objective):
 
     def _init_detector(self, rng: jax.Array, maps: list) -> dict:
         zeros = [jnp.zeros(m.shape, m.dtype) for m in maps]
-        if self.detector_kind == "faster_rcnn":
-            return detection.init_faster_rcnn(self.detector, rng, zeros, self.image_size)
-        return dict(self.detector.init(rng, zeros[-1]))
+        return dict(self.detector.init(rng, zeros if self.detector_kind == "faster_rcnn" else zeros[-1]))
 
     def _load_detector(self) -> tuple[Any, dict]:
         if self.detector_kind == "faster_rcnn":
