@@ -39,7 +39,9 @@ def trainable(config: ml_collections.ConfigDict, model: Any) -> Any:
     if config.trainable:
         return list(config.trainable)
     if config.frozen:
-        return lambda tree: jm.trainable_mask(tree, frozen=list(config.frozen))
+        # Nested inside another freeze (the report's), the frozen leaves are already masked out and the rules
+        # match nothing there: stages() checks them once on the whole tree instead.
+        return lambda tree: jm.trainable_mask(tree, frozen=list(config.frozen), allow_unused=True)
     if config.lora.rank:
         return list(LORA_TRAINABLE)
     return step.everything
@@ -77,6 +79,11 @@ def stages(config: ml_collections.ConfigDict, model: Any, params: Any) -> Stages
     (0, 1, True)
     """
     if not config.unfreeze_starts:
+        if config.frozen and params is not None:
+            try:
+                jm.trainable_mask(params, frozen=list(config.frozen))
+            except jm.MaskingError as e:
+                raise ConfigError(f"config.frozen: {e}") from e
         return Stages(jm.gradual_unfreezing([".*"], starts=[0]), [trainable(config, model)])
     others = config.trainable or config.frozen or config.train_last_n >= 0 or config.lora.rank
     if others:

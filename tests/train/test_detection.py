@@ -104,3 +104,5 @@ def test_config_errors_name_the_field(tmp_path):
         train_and_evaluate(tiny("faster_rcnn", **{"detection.detector": "yolo"}), tmp_path / "a")
     with pytest.raises(ConfigError, match=r"config\.detection\.fields: .*no_such_field"):
         train_and_evaluate(tiny("faster_rcnn", **{"detection.fields": {"no_such_field": 1}}), tmp_path / "b")
+    with pytest.raises(ConfigError, match=r"config\.frozen: these patterns match no leaf: \['stage_9/\.\*'\]"):
+        train_and_evaluate(tiny("faster_rcnn", frozen=("stage_9/.*",)), tmp_path / "c")
