@@ -9,7 +9,14 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 COLAB = Path(__file__).resolve().parents[1] / "colab"
-NOTEBOOKS = ("quickstart", "masking_in_your_project", "text_classification", "lora_and_strategies", "domain_adaptation")
+NOTEBOOKS = (
+    "quickstart",
+    "masking_in_your_project",
+    "text_classification",
+    "lora_and_strategies",
+    "domain_adaptation",
+    "detection",
+)
 
 
 def test_every_notebook_is_there_and_linked_from_the_readme():
