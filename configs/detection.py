@@ -95,10 +95,10 @@ def get_config(arg=None):
     c.learning_rate = 1e-3 if detector == "detr" else 3e-3
     c.weight_decay = 1e-4
     c.warmup_steps = 50
-    c.total_steps = 1000
+    c.total_steps = 400
     c.batch_size = 16
     c.eval_batch_size = 32
-    c.log_every = 100
+    c.log_every = 50
     c.eval_every = 0
-    c.checkpoint_every = 500
+    c.checkpoint_every = 200
     return c
