@@ -14,13 +14,17 @@ On a COCO-format folder (instances JSON + image directory; ``num_classes`` = its
         --config.data.train_annotations=train.json --config.data.train_dir=images/ \\
         --config.data.test_annotations=val.json --config.data.test_dir=images/ --config.num_classes=3
 
-From COCO-trained detectors: ``--config.model.pretrained=fasterrcnn_resnet50_fpn.pth
---config.detection.weights=fasterrcnn_resnet50_fpn.pth`` (torchvision's state dict: the backbone goes to the
-model, the FPN and heads to the detector) or both set to a ``facebook/detr-resnet-50`` directory.
+From COCO-trained detectors (with your data's flags as above):
+
+    python -m jtl.train --config configs/detection.py:faster_rcnn,weights=fasterrcnn_resnet50_fpn.pth,layers=3
+    python -m jtl.train --config configs/detection.py:detr,weights=facebook/detr-resnet-50
 
 Arguments: a detector (``faster_rcnn``, ``faster_rcnn_v2``, ``detr``), then options after commas: ``frozen`` (the
 backbone frozen, only the detector trains), ``layers=N`` (torchvision's ``trainable_backbone_layers``: the last N
-backbone stages train). Without ``--config.model.pretrained`` the backbone starts from scratch.
+backbone stages train), ``weights=PATH`` (a torchvision ``fasterrcnn_resnet50_fpn[_v2]`` state dict or a Hugging
+Face DETR directory: the backbone goes to the model, the rest to the detector, its class head re-initialised for
+``num_classes``; the checkpoint's architecture and torchvision's detector settings, 800-pixel images). Without
+``weights`` or ``--config.model.pretrained`` the backbone starts from scratch.
 ``python -m benchmarks.detection`` pretrains the backbone on digit classification and compares scratch, frozen and
 fine-tuned starts (BENCHMARKS.md).
 """
@@ -84,12 +88,16 @@ def get_config(arg=None):
     c.data.scale_jitter = (0.8, 1.2)
 
     for option in options:
-        if option == "frozen":
+        if option.startswith("weights="):
+            c.model.pretrained = c.detection.weights = option.removeprefix("weights=")
+            c.model.overrides, c.detection.fields = {}, {}
+            c.data.image_size = 800
+        elif option == "frozen":
             c.frozen = backbone_frozen(0, len(BACKBONE["depths"]))
         elif option.startswith("layers="):
             c.frozen = backbone_frozen(int(option.removeprefix("layers=")), len(BACKBONE["depths"]))
         else:
-            raise ValueError(f"configs/detection.py: unknown option {option!r}; known: frozen, layers=N")
+            raise ValueError(f"configs/detection.py: unknown option {option!r}; known: frozen, layers=N, weights=PATH")
 
     c.optimizer = "adamw"
     c.learning_rate = 1e-3 if detector == "detr" else 3e-3

@@ -78,9 +78,10 @@ def digit_canvases(
 ) -> CanvasSource:
     """Offline detection data: scikit-learn's 8x8 digits, enlarged (bilinear) and pasted onto dark canvases.
 
-    Each canvas holds 1 to ``max_digits`` digits (none on an ``empty_fraction`` of canvases) at random positions
-    and sizes; overlapping digits are composited by the brighter pixel, and a digit is re-placed (up to 10 tries)
-    rather than overlap another's box by more than IoU 0.5. A digit's box is the tight box of its ink.
+    Each canvas holds 1 to ``max_digits`` digits (none on an ``empty_fraction`` of canvases) at random positions and
+    sizes; overlapping digits are composited by the brighter pixel, and a digit is re-placed (up to 10 tries) rather
+    than overlap another's box by more than IoU 0.5 (after 10 tries it stays where the last one put it). A digit's
+    box is the tight box of its ink.
 
     Args:
       count: the number of canvases.

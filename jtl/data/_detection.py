@@ -314,26 +314,27 @@ def _crop_boxes(
 class DetectionPreprocessing(NamedTuple):
     """Train/eval preprocessing of raw detection examples into the fixed-shape detection batch contract.
 
-    Both resize keeping the aspect ratio so that the longer side is ``image_size`` (PIL's bilinear, which filters
-    when it shrinks), normalise with ``mean``/``std``, and pad bottom/right with zeros to ``image_size`` squared.
-    Training may first crop a random region of the image (``crop``: each side 50-100%, as DETR's random-size crop),
-    multiplies the resize by a random factor in ``scale_jitter`` and takes a random ``image_size`` crop of what
-    comes out larger, and flips horizontally (``flip``, half the time). A crop clips the boxes to it and drops
-    those with less than ``min_visible`` of their area inside. At most ``max_boxes`` boxes are kept, real ones
-    before crowd ones (in training a random choice among equals, in evaluation the first).
+        Both resize keeping the aspect ratio so that the longer side is ``image_size`` (PIL's bilinear, which filters
+        when it shrinks), normalise with ``mean``/``std``, and pad bottom/right with zeros to ``image_size`` squared.
+        Training may first crop a random region of the image (``crop``: each side 50-100%, as DETR's random-size crop),
+        multiplies the resize by a random factor in ``scale_jitter`` and takes a random ``image_size`` crop of what
+        comes out larger, and flips horizontally (``flip``, half the time). A crop clips the boxes to it and drops
+        those with less than ``min_visible`` of their area inside. At most ``max_boxes`` boxes are kept, real ones
+        before crowd ones (in training a random choice among equals, in evaluation the first).
 
-    The output: ``image`` (S, S, 3) float32, ``boxes`` (M, 4) float32 xyxy in resized pixels, ``labels`` (M,)
-    int32, ``box_mask`` (M,) real and not crowd, ``crowd`` (M,) real and crowd, ``size`` (2,) int32 the real
-    (height, width), ``scale`` () float32 resized / original, ``image_id`` () int64.
+        The output: ``image`` (S, S, 3) float32, ``boxes`` (M, 4) float32 xyxy in resized pixels, ``labels`` (M,)
+        int32, ``box_mask`` (M,) real and not crowd, ``crowd`` (M,) real and crowd, ``size`` (2,) int32 the real
+        (height, width), ``scale`` (2,) float32 the (y, x) ratios resized / original (each side's own: the rounding
+    of the sides makes them differ), ``image_id`` () int64.
 
-    >>> pre = DetectionPreprocessing(16, (0.5,) * 3, (0.5,) * 3, max_boxes=3)
-    >>> raw = {"image": np.zeros((8, 4, 3), np.uint8), "boxes": np.array([[1.0, 2, 3, 4]]), "labels": np.array([1]),
-    ...        "crowd": np.array([False]), "image_id": 5}
-    >>> out = pre.eval(raw)
-    >>> out["image"].shape, out["boxes"][0].tolist(), out["box_mask"].tolist(), out["size"].tolist()
-    ((16, 16, 3), [2.0, 4.0, 6.0, 8.0], [True, False, False], [16, 8])
-    >>> float(out["scale"]), int(out["image_id"])
-    (2.0, 5)
+        >>> pre = DetectionPreprocessing(16, (0.5,) * 3, (0.5,) * 3, max_boxes=3)
+        >>> raw = {"image": np.zeros((8, 4, 3), np.uint8), "boxes": np.array([[1.0, 2, 3, 4]]), "labels": np.array([1]),
+        ...        "crowd": np.array([False]), "image_id": 5}
+        >>> out = pre.eval(raw)
+        >>> out["image"].shape, out["boxes"][0].tolist(), out["box_mask"].tolist(), out["size"].tolist()
+        ((16, 16, 3), [2.0, 4.0, 6.0, 8.0], [True, False, False], [16, 8])
+        >>> out["scale"].tolist(), int(out["image_id"])
+        ([2.0, 2.0], 5)
     """
 
     image_size: int
@@ -345,15 +346,16 @@ class DetectionPreprocessing(NamedTuple):
     crop: bool = False
     min_visible: float = 0.25
 
-    def _resize(self, image: np.ndarray, boxes: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    def _resize(self, image: np.ndarray, boxes: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The resized image and boxes, and the (y, x) ratios they were resized by."""
         from PIL import Image
 
         height, width = image.shape[:2]
         new_height, new_width = max(1, round(height * factor)), max(1, round(width * factor))
         resized = Image.fromarray(np.ascontiguousarray(image)).resize((new_width, new_height), Image.BILINEAR)
         # Boxes scale with each side's own ratio: the rounding of the sides moves the image's pixels, so the boxes.
-        ratio = np.array([new_width / width, new_height / height] * 2, np.float32)
-        return np.asarray(resized), boxes * ratio
+        ratios = np.array([new_height / height, new_width / width], np.float32)
+        return np.asarray(resized), boxes * np.tile(ratios[::-1], 2), ratios
 
     def _finish(
         self,
@@ -361,7 +363,7 @@ class DetectionPreprocessing(NamedTuple):
         raw: dict[str, Any],
         boxes: np.ndarray,
         keep: np.ndarray,
-        scale: float,
+        scale: np.ndarray,
         rng: np.random.Generator | None,
     ) -> dict[str, np.ndarray]:
         height, width = image.shape[:2]
@@ -388,7 +390,7 @@ class DetectionPreprocessing(NamedTuple):
             "box_mask": (np.arange(self.max_boxes) < real) & ~out_crowd,
             "crowd": out_crowd,
             "size": np.array([height, width], np.int32),
-            "scale": np.float32(scale),
+            "scale": scale,
             "image_id": np.int64(raw["image_id"]),
         }
 
@@ -419,7 +421,7 @@ class DetectionPreprocessing(NamedTuple):
             boxes, visible = _crop_boxes(boxes, left, top, w, h, self.min_visible)
             keep &= visible
         factor = self.image_size / max(image.shape[:2]) * rng.uniform(*self.scale_jitter)
-        image, boxes = self._resize(image, boxes, factor)
+        image, boxes, scale = self._resize(image, boxes, factor)
         height, width = image.shape[:2]
         h, w = min(height, self.image_size), min(width, self.image_size)
         if (h, w) != (height, width):
@@ -430,7 +432,7 @@ class DetectionPreprocessing(NamedTuple):
         if self.flip and rng.random() < 0.5:
             image = image[:, ::-1]
             boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=-1)
-        return self._finish(image, example, boxes, keep, factor, rng)
+        return self._finish(image, example, boxes, keep, scale, rng)
 
     def eval(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
         """The evaluation transform: resize, normalise, pad.
@@ -450,8 +452,8 @@ class DetectionPreprocessing(NamedTuple):
         image = np.asarray(example["image"])
         factor = self.image_size / max(image.shape[:2])
         boxes = np.asarray(example["boxes"], np.float32).reshape(-1, 4)
-        image, boxes = self._resize(image, boxes, factor)
-        return self._finish(image, example, boxes, np.ones(len(boxes), bool), factor, None)
+        image, boxes, scale = self._resize(image, boxes, factor)
+        return self._finish(image, example, boxes, np.ones(len(boxes), bool), scale, None)
 
 
 def detection_splits(

@@ -32,16 +32,17 @@ def to_coco_results(
       classes: (B, D) contiguous class indices.
       valid: (B, D) which detections are real (padding, and a padded batch's extra images, are not).
       image_ids: (B,) the images' ids in the ground truth.
-      scales: (B,) resized / original (the batch's ``scale``).
+      scales: (B, 2) the (y, x) ratios resized / original (the batch's ``scale``).
       category_ids: the category id of each contiguous class (a source's ``category_ids``).
 
     Returns:
       ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``, one per valid detection.
 
-    >>> to_coco_results([[[2.0, 4, 6, 10]]], [[0.9]], [[1]], [[True]], [7], [2.0], [5, 9])
+    >>> to_coco_results([[[2.0, 4, 6, 10]]], [[0.9]], [[1]], [[True]], [7], [[2.0, 2.0]], [5, 9])
     [{'image_id': 7, 'category_id': 9, 'bbox': [1.0, 2.0, 2.0, 3.0], 'score': 0.9}]
     """
-    boxes = np.asarray(boxes, np.float64) / np.asarray(scales, np.float64)[:, None, None]
+    scales = np.asarray(scales, np.float64)
+    boxes = np.asarray(boxes, np.float64) / np.tile(scales[:, ::-1], 2)[:, None, :]
     scores, classes, valid = np.asarray(scores, np.float64), np.asarray(classes), np.asarray(valid, bool)
     image_ids, category_ids = np.asarray(image_ids), np.asarray(category_ids)
     results = []

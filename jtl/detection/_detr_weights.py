@@ -15,8 +15,19 @@ import numpy as np
 
 from jtl.detection._detr import DETR
 from jtl.masking import named_leaves
-from jtl.weights import Pretrained, Rule, WeightLoadError, conv, convert, layer_norm, linear, merge_into, read_file
-from jtl.weights._load import HF_WEIGHT_FILES
+from jtl.weights import (
+    HF_WEIGHT_FILES,
+    Pretrained,
+    Rule,
+    WeightLoadError,
+    conv,
+    convert,
+    download_from_hub,
+    layer_norm,
+    linear,
+    merge_into,
+    read_file,
+)
 
 # Names as transformers 5.24 writes them (its legacy names: `out_proj`, `fc1`), and as it names them in memory
 # (`o_proj`, `mlp.fc1`).
@@ -92,7 +103,8 @@ def detr_from_hf(
     """Loads DETR's head (all but the backbone) from a Hugging Face ``DetrForObjectDetection`` directory.
 
     Args:
-      directory: ``config.json`` (``model_type: "detr"``) and its weights file.
+      directory: ``config.json`` (``model_type: "detr"``) and its weights file, or a hub id
+        (``facebook/detr-resnet-50``), downloaded as :func:`jtl.weights.load_pretrained` does.
       num_classes: foreground classes; a number other than the checkpoint's re-initialises the class head only.
         ``None`` keeps the checkpoint's (91 for ``facebook/detr-resnet-50``: COCO's category ids 0..90).
       seed: the seed of freshly initialised variables.
@@ -114,6 +126,8 @@ def detr_from_hf(
     jtl.weights._readers.WeightLoadError: ...: no config.json; a Hugging Face DETR directory needs one
     """
     path = Path(directory)
+    if not path.exists() and str(directory).count("/") == 1:
+        path = download_from_hub(str(directory))
     config_path = path / "config.json"
     if not config_path.exists():
         raise WeightLoadError(f"{path}: no config.json; a Hugging Face DETR directory needs one")

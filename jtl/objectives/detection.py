@@ -2,8 +2,8 @@
 the detector (Faster R-CNN with FPN, or DETR) is the objective's own params, and evaluation is COCO mAP through
 pycocotools.
 
-The backbone runs with its BatchNorm layers in inference mode (frozen statistics, as detection does: torchvision's
-``FrozenBatchNorm2d``, DETR's ``DetrFrozenBatchNorm2d``); which of its weights train is the usual
+The backbone runs with its BatchNorm layers in inference mode (frozen statistics, as torchvision's v1 detectors'
+``FrozenBatchNorm2d`` and DETR's ``DetrFrozenBatchNorm2d``); which of its weights train is the usual
 ``config.frozen``/``config.trainable`` rules (:func:`jtl.detection.backbone_frozen` turns torchvision's
 ``trainable_backbone_layers`` into them). A detector's own BatchNorm statistics (Faster R-CNN v2) are constants
 of the objective, as its starting weights or initialisation gave them: frozen, like the backbone's.
@@ -22,6 +22,7 @@ import numpy as np
 
 from jtl import detection, models
 from jtl.config import ConfigError
+from jtl.masking import named_leaves
 from jtl.objectives._base import Load, Objective, Stream, Sums, check_unset
 
 DETECTORS = ("faster_rcnn", "detr")
@@ -54,11 +55,26 @@ class Detection(Objective):
       detector: ``"faster_rcnn"`` or ``"detr"``.
       num_classes: foreground classes.
       data: the dataset config (detection data: ``data.max_boxes > 0``).
-      fields: the detector's fields (:class:`jtl.detection.FasterRCNN` / :class:`jtl.detection.DETR`) when it
-        starts from scratch; a checkpoint in ``weights`` brings its own.
+      fields: the detector's fields (:class:`jtl.detection.FasterRCNN` / :class:`jtl.detection.DETR`). With
+        ``weights``, Faster R-CNN's set its settings over the checkpoint's (proposal counts, thresholds, anchor
+        sizes), and DETR takes everything from its checkpoint (fields are an error).
       weights: a torchvision Faster R-CNN state dict or a Hugging Face DETR directory: the detector's starting
         weights (its class head re-initialised when ``num_classes`` differs); "" starts from scratch.
       layers: the backbone stages the detector reads (None: every stage for Faster R-CNN, the last for DETR).
+
+    The backbone runs in inference mode inside the loss too: frozen BatchNorm statistics, and no dropout or drop
+    path in a transformer backbone.
+
+    >>> from jtl.config import data_config
+    >>> from jtl.data import load_splits
+    >>> data = data_config()
+    >>> data.source, data.max_boxes, data.canvases.train, data.canvases.test = "canvases", 4, 4, 2
+    >>> objective = Detection("faster_rcnn", 10, data=data, fields={"fpn_channels": 8, "representation_size": 8})
+    >>> model = models.create("resnet-testing", num_classes=0)
+    >>> objective.load(lambda d: load_splits(d, "image", 32))
+    >>> params, _ = objective.init(jax.random.PRNGKey(0), model, models.init(model))
+    >>> objective.image_size, sorted(params)
+    (32, ['box_head', 'box_predictor', 'fpn', 'rpn'])
     """
 
     metric = "eval/AP"
@@ -84,6 +100,12 @@ class Detection(Objective):
     def load(self, load: Load) -> None:
         self.primary = load(self.data)
         self.image_size = int(self.primary["image_size"])
+        classes = self.primary["train"].classes
+        if len(classes) != self.num_classes:
+            raise ConfigError(
+                f"config.num_classes={self.num_classes}, but the training data has {len(classes)} classes "
+                f"({', '.join(map(str, classes[:10]))}{', ...' if len(classes) > 10 else ''})"
+            )
 
     def train_stream(self, stream: Stream) -> Iterator[dict]:
         return stream(self.primary["train"], self.primary["train_transform"], 0)
@@ -97,8 +119,16 @@ class Detection(Objective):
             self.layers = (len(model.depths) - 1,) if hasattr(model, "depths") else None
         images = jnp.zeros((1, self.image_size, self.image_size, model.num_channels), jnp.float32)
         maps = jax.eval_shape(lambda v, x: backbone_maps(model, v, x, self.layers), variables, images)
+        uneven = [m.shape[1:3] for m in maps if self.image_size % m.shape[1] or self.image_size % m.shape[2]]
+        if self.detector_kind == "faster_rcnn" and uneven:
+            # Anchor strides and RoIAlign's level scales are image size / map size: both must be exact.
+            raise ConfigError(
+                f"data.image_size={self.image_size} is not a multiple of every backbone stride (feature maps "
+                f"{[m.shape[1:3] for m in maps]}): use a multiple of {self.image_size // maps[-1].shape[1] or 1}"
+            )
         if self.weights:
             self.detector, detector_variables = self._load_detector()
+            self._check_fits(detector_variables, rng, maps)
         else:
             self.detector = self._create_detector()
             detector_variables = self._init_detector(rng, maps)
@@ -122,8 +152,28 @@ class Detection(Objective):
                 self.weights, num_classes=self.num_classes, **self.fields
             )
         else:
+            if self.fields:
+                raise ConfigError(
+                    f"config.detection.fields={sorted(self.fields)}: DETR takes its fields from "
+                    f"config.detection.weights={self.weights!r}; leave them empty"
+                )
             detector, variables, _ = detection.detr_from_hf(self.weights, num_classes=self.num_classes)
         return detector, dict(variables)
+
+    def _check_fits(self, loaded: dict, rng: jax.Array, maps: list) -> None:
+        """A loaded detector must take the backbone's maps: its shapes are those it would initialise with."""
+        expected = dict(named_leaves(jax.eval_shape(lambda r: self._init_detector(r, maps), rng)))
+        found = dict(named_leaves(loaded))
+        wrong = [
+            f"{name} {found.get(name, jnp.zeros(0)).shape} (expected {leaf.shape})"
+            for name, leaf in expected.items()
+            if name not in found or found[name].shape != leaf.shape
+        ]
+        if wrong:
+            raise ConfigError(
+                f"config.detection.weights={self.weights!r} does not fit the backbone's feature maps "
+                f"{[m.shape[1:] for m in maps]} (config.model, config.detection.layers): {'; '.join(wrong[:5])}"
+            )
 
     # --- pure -------------------------------------------------------------------------------------------------------
     def _inputs(self, forward: Any, params: Any, batch: dict) -> tuple[list, dict]:
@@ -155,8 +205,8 @@ class Detection(Objective):
         return detection.detr_detect(outputs, batch["size"])
 
     def eval_sums(self, forward: Any, params: Any, batch: dict) -> dict[str, jax.Array]:
-        """The test images and their ground-truth boxes (the evaluation itself is COCO AP over
-        :meth:`predict`'s detections)."""
+        """The test images and their ground-truth boxes (within ``max_boxes``), reported beside COCO AP over
+        :meth:`predict`'s detections."""
         del forward, params
         mask = batch["mask"]
         return {"images": jnp.sum(mask), "boxes": jnp.sum(batch["box_mask"] & mask[:, None])}
@@ -175,6 +225,7 @@ class Detection(Objective):
                 category_ids=split["test"].category_ids,
             )
         metrics = detection.coco_evaluate(split["test"].ground_truth(), self.results, split["test"].classes)
+        metrics.update(sums(split["test"], split["eval_transform"]))
         return {f"eval/{key}": value for key, value in metrics.items()}
 
     def summarize(self, history: list[dict], final: dict, workdir: Path, is_chief: bool) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import itertools
 import re
 from typing import Any, NamedTuple
 
+import jax
 import ml_collections
 import optax
 
@@ -39,12 +40,17 @@ def trainable(config: ml_collections.ConfigDict, model: Any) -> Any:
     if config.trainable:
         return list(config.trainable)
     if config.frozen:
-        # Nested inside another freeze (the report's), the frozen leaves are already masked out and the rules
-        # match nothing there: stages() checks them once on the whole tree instead.
-        return lambda tree: jm.trainable_mask(tree, frozen=list(config.frozen), allow_unused=True)
+        return lambda tree: jm.trainable_mask(tree, frozen=list(config.frozen), allow_unused=_masked_view(tree))
     if config.lora.rank:
         return list(LORA_TRAINABLE)
     return step.everything
+
+
+def _masked_view(tree: Any) -> bool:
+    """Whether ``tree`` is a freeze's view of a parameter tree (its frozen leaves ``optax.MaskedNode``), as an
+    optimizer nested in another freeze (the report's) sees it: frozen rules match nothing there, legitimately."""
+    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+    return any(isinstance(leaf, optax.MaskedNode) for leaf in leaves)
 
 
 class Stages(NamedTuple):

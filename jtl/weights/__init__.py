@@ -12,6 +12,7 @@ from jtl.weights._layout import (
     resize_grid,
 )
 from jtl.weights._load import (
+    HF_WEIGHT_FILES,
     Pretrained,
     download_from_hub,
     get_layout,
@@ -33,6 +34,7 @@ from jtl.weights._readers import (
 )
 
 __all__ = [
+    "HF_WEIGHT_FILES",
     "Layout",
     "LoadReport",
     "Pretrained",

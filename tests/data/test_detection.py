@@ -52,7 +52,7 @@ def _check_boxes_on_their_pixels(out, raw, pre):
         rows, cols = np.nonzero(pixels[..., k] > 0.5)
         rows_found = np.flatnonzero(kept & (out["labels"] == k))
         if not len(rows_found):
-            x0, y0, x1, y1 = raw["boxes"][k] * out["scale"]
+            x0, y0, x1, y1 = raw["boxes"][k] * np.tile(out["scale"][::-1], 2)
             assert len(rows) <= pre.min_visible * (x1 - x0) * (y1 - y0) + 2 * (x1 - x0 + y1 - y0)
             continue
         region = [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]

@@ -112,7 +112,7 @@ def test_to_coco_results_maps_back_to_original_pixels_and_category_ids():
     category_ids = [2, 5]
     rng = np.random.default_rng(2)
     images = [image["id"] for image in ground_truth["images"]]
-    scales = rng.uniform(0.5, 2.0, len(images))
+    scales = rng.uniform(0.5, 2.0, (len(images), 2))  # (y, x): the two sides resize by different ratios
     detections = 8  # padded: each image's boxes first, the rest invalid
     boxes = np.zeros((len(images), detections, 4), np.float32)
     scores = rng.random((len(images), detections)).astype(np.float32)
@@ -122,7 +122,7 @@ def test_to_coco_results_maps_back_to_original_pixels_and_category_ids():
         mine = [a for a in ground_truth["annotations"] if a["image_id"] == image_id]
         for d, a in enumerate(mine):
             x, y, w, h = a["bbox"]
-            boxes[b, d] = np.array([x, y, x + w, y + h]) * scales[b]
+            boxes[b, d] = np.array([x, y, x + w, y + h]) * np.tile(scales[b, ::-1], 2)
             classes[b, d] = category_ids.index(a["category_id"])
             valid[b, d] = True
     results = to_coco_results(boxes, scores, classes, valid, np.array(images, np.int64), scales, category_ids)

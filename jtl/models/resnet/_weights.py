@@ -1,5 +1,6 @@
-"""The ResNet family's weight layouts: Hugging Face ``microsoft/resnet-*``, and torchvision ``resnet*`` state
-dicts (exportable)."""
+"""The ResNet family's weight layouts: Hugging Face ``microsoft/resnet-*``, torchvision ``resnet*`` state dicts
+(exportable), and the ResNets inside detectors: torchvision's ``fasterrcnn_resnet50_fpn[_v2]`` state dicts
+(``backbone.body.*``) and Hugging Face ``facebook/detr-resnet-*`` directories."""
 
 from __future__ import annotations
 
