@@ -69,7 +69,8 @@ class Detection(Objective):
     >>> from jtl.data import load_splits
     >>> data = data_config()
     >>> data.source, data.max_boxes, data.canvases.train, data.canvases.test = "canvases", 4, 4, 2
-    >>> objective = Detection("faster_rcnn", 10, data=data, fields={"fpn_channels": 8, "representation_size": 8})
+    >>> fields = {"fpn_channels": 8, "representation_size": 8, "anchor_sizes": (8, 16, 32)}
+    >>> objective = Detection("faster_rcnn", 10, data=data, fields=fields)
     >>> model = models.create("resnet-testing", num_classes=0)
     >>> objective.load(lambda d: load_splits(d, "image", 32))
     >>> params, _ = objective.init(jax.random.PRNGKey(0), model, models.init(model))

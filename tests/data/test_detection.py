@@ -80,7 +80,7 @@ def test_eval_transform_resizes_the_longer_side_and_pads():
     pre = DetectionPreprocessing(36, MEAN, STD, max_boxes=3)
     out = pre.eval(raw)
     np.testing.assert_array_equal(out["size"], [24, 36])
-    assert out["scale"] == np.float32(36 / 45)
+    np.testing.assert_array_equal(out["scale"], np.float32([24 / 30, 36 / 45]))
     np.testing.assert_allclose(out["boxes"][:2], raw["boxes"] * 0.8, atol=1e-5)
     np.testing.assert_array_equal(out["box_mask"], [True, True, False])
     _check_boxes_on_their_pixels(out, raw, pre)
@@ -273,7 +273,7 @@ def test_load_splits_detection_config_and_batches(tmp_path):
         "box_mask": ((2, 5), "bool"),
         "crowd": ((2, 5), "bool"),
         "size": ((2, 2), "int32"),
-        "scale": ((2,), "float32"),
+        "scale": ((2, 2), "float32"),
         "image_id": ((2,), "int64"),
     }
     config.source = "coco"
