@@ -1,8 +1,11 @@
 """Test-suite set-up: 4 fake CPU devices, skips that fail the run where every test must run, and torch seeded
 for each test."""
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -11,8 +14,12 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Many tests compile the same tiny programs (the same model, step and optimizer in several runs); XLA's
-# compile time on CPU dominates them, so the session shares JAX's persistent cache (keyed by program).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/jtl-test-xla-cache")
+# compile time on CPU dominates them, so the session shares JAX's persistent cache (keyed by program). A fresh
+# directory each run, made by the first process (xdist's workers and the CLI tests' subprocesses inherit it): tests
+# reuse each other's compilations, and a run's time does not depend on what earlier runs left behind.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jtl-test-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 _skipped: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
@@ -40,7 +41,9 @@ def to_nnx(model: nn.Module, variables: dict[str, Any] | None = None, rngs: nnx.
 
     collections = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
     module = bridge.ToNNX(model, rngs=rngs or nnx.Rngs(0))
-    bridge.lazy_init(module, *(jnp.zeros(x.shape, x.dtype) for x in model.example_inputs()))
+    # One compiled program, as in jtl.models.init: run eagerly, every initialiser op would compile on its own
+    # (most of a minute for a small CNN on CPU).
+    _jitted_lazy_init()(module, *(jnp.zeros(x.shape, x.dtype) for x in model.example_inputs()))
     for collection, values in (variables or {}).items():
         if collection not in collections:
             raise ValueError(f"to_nnx: variables collection {collection!r}; known: {sorted(collections)}")
@@ -51,3 +54,15 @@ def to_nnx(model: nn.Module, variables: dict[str, Any] | None = None, rngs: nnx.
             raise ValueError(f"to_nnx: {collection} do not fit the model: missing {missing}, unexpected {extra}")
         nnx.update(module, jm.map_with_names(lambda name, _, values=given: jnp.asarray(values[name]), state))
     return module
+
+
+@functools.cache
+def _jitted_lazy_init():
+    """``bridge.lazy_init`` under ``nnx.jit`` (made once, so that its compilations are reused per model)."""
+    from flax import nnx
+    from flax.nnx import bridge
+
+    def lazy_init(module, *inputs) -> None:
+        bridge.lazy_init(module, *inputs)
+
+    return nnx.jit(lazy_init)

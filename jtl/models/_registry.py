@@ -3,6 +3,7 @@ weight layouts); creation, layer indices and input kinds are looked up here and 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -286,9 +287,14 @@ def feature_maps(
     family = family_of(model)
     if family.feature_maps is None:
         raise ValueError(f"the {family.name} family offers no feature maps")
-    _, state = model.apply(variables, images, mutable=["intermediates"])
-    maps = family.feature_maps(model, state["intermediates"], layers)
+    maps = family.feature_maps(model, _intermediates(model, variables, images), layers)
     return {name: FeatureMap(x, images.shape[1] // x.shape[1]) for name, x in maps.items()}
+
+
+# One compiled program per model (inlined where the caller jits): run eagerly, every op compiles on its own.
+@functools.partial(jax.jit, static_argnums=0)
+def _intermediates(model: nn.Module, variables: dict, images: jax.Array) -> dict:
+    return model.apply(variables, images, mutable=["intermediates"])[1]["intermediates"]
 
 
 def model_inputs(batch: dict) -> tuple:

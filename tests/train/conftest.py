@@ -8,6 +8,11 @@ from jtl.config import base_config
 @pytest.fixture
 def tiny_config():
     """A few-second digits run with a tiny ViT, no dropout (so runs are comparable across device layouts)."""
+    return make_tiny_config()
+
+
+def make_tiny_config():
+    """What ``tiny_config`` gives, for module-scoped fixtures."""
     c = base_config()
     c.num_classes = 3
     c.model.name = "vit-testing"

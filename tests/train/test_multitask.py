@@ -15,7 +15,7 @@ from jtl import data, models, step
 from jtl.config import ConfigError, task_config
 from jtl.objectives import MultiTask, Task, Weighting, multitask
 from jtl.train import train_and_evaluate
-from tests.train.conftest import with_changes
+from tests.train.conftest import make_tiny_config, with_changes
 
 TASKS = [Task("digit", "classification", 3), Task("value", "regression", 1)]
 
@@ -136,6 +136,18 @@ def test_dwa_weights_follow_the_last_two_periods(setup):
 
 @pytest.fixture
 def mt_config(tiny_config):
+    return _mt_config(tiny_config)
+
+
+@pytest.fixture(scope="module")
+def pcgrad_run(tmp_path_factory):
+    """The PCGrad run from ``mt_config`` that two tests check, trained once a module (per worker): (result, workdir)."""
+    workdir = tmp_path_factory.mktemp("pcgrad")
+    config = with_changes(_mt_config(make_tiny_config()), **{"multitask.weighting": "pcgrad"})
+    return train_and_evaluate(config, workdir), workdir
+
+
+def _mt_config(tiny_config):
     c = tiny_config.copy_and_resolve_references()
     c.unlock()
     c.tasks = {"digit": task_config("classification", 3), "value": task_config("regression")}
@@ -154,8 +166,8 @@ def _losses(workdir):
     return [r["train/loss"] for r in records if "train/loss" in r]
 
 
-def test_trainer_runs_the_tasks_from_the_config_with_per_task_metrics(mt_config, tmp_path):
-    result = train_and_evaluate(with_changes(mt_config, **{"multitask.weighting": "pcgrad"}), tmp_path / "jit")
+def test_trainer_runs_the_tasks_from_the_config_with_per_task_metrics(mt_config, tmp_path, pcgrad_run):
+    result, jit_dir = pcgrad_run
     heads = result["objective_params"]["heads"]
     assert {k: v["kernel"].shape for k, v in heads.items()} == {"digit": (16, 3), "value": (16, 1)}
     assert "head" not in result["params"]
@@ -164,19 +176,23 @@ def test_trainer_runs_the_tasks_from_the_config_with_per_task_metrics(mt_config,
         round(result["eval/digit/accuracy"] * len(digit_test)), abs=1e-6
     )
     assert result["eval/value/mse"] > 0.0
-    records = [json.loads(line) for line in (tmp_path / "jit" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (jit_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(f"train/{t}/loss" in records[0] for t in ("digit", "value"))
     # The Jacobian step is sharded like any other: pmap over 4 devices gives the jit losses.
     train_and_evaluate(with_changes(mt_config, parallel="pmap", **{"multitask.weighting": "pcgrad"}), tmp_path / "pmap")
-    np.testing.assert_allclose(_losses(tmp_path / "pmap"), _losses(tmp_path / "jit"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_losses(tmp_path / "pmap"), _losses(jit_dir), rtol=1e-5, atol=1e-6)
 
 
-def test_gradient_accumulation_matches_the_full_batch_for_every_weighting(mt_config, tmp_path):
+def test_gradient_accumulation_matches_the_full_batch_for_every_weighting(mt_config, tmp_path, pcgrad_run):
     for weighting in ("pcgrad", "uncertainty"):
         config = with_changes(mt_config, **{"multitask.weighting": weighting})
-        train_and_evaluate(config, tmp_path / f"{weighting}-full")
+        if weighting == "pcgrad":
+            full_dir = pcgrad_run[1]
+        else:
+            full_dir = tmp_path / f"{weighting}-full"
+            train_and_evaluate(config, full_dir)
         train_and_evaluate(with_changes(config, accum_steps=4), tmp_path / f"{weighting}-accum")
-        full, accum = _losses(tmp_path / f"{weighting}-full"), _losses(tmp_path / f"{weighting}-accum")
+        full, accum = _losses(full_dir), _losses(tmp_path / f"{weighting}-accum")
         np.testing.assert_allclose(accum, full, rtol=2e-5, atol=1e-6)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 import jtl.masking as jm
 from jtl.train import train_and_evaluate
-from tests.train.conftest import with_changes
+from tests.train.conftest import make_tiny_config, with_changes
 
 
 def _losses(workdir):
@@ -19,21 +19,34 @@ def _run(config, workdir, **changes):
     return train_and_evaluate(with_changes(config, **changes), workdir)
 
 
-def test_one_device_jit_four_devices_and_pmap_give_the_same_losses(tiny_config, tmp_path):
+# Runs that several tests check, trained once a module (per worker): (result, workdir).
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("default")
+    return _run(make_tiny_config(), workdir), workdir
+
+
+@pytest.fixture(scope="module")
+def eval_every_4_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("eval4")
+    return _run(make_tiny_config(), workdir, eval_every=4), workdir
+
+
+def test_one_device_jit_four_devices_and_pmap_give_the_same_losses(tiny_config, tmp_path, default_run):
     assert jax.device_count() == 4
     one = _run(tiny_config, tmp_path / "one", num_devices=1)
-    four = _run(tiny_config, tmp_path / "four")
+    four, four_dir = default_run
     pmapped = _run(tiny_config, tmp_path / "pmap", parallel="pmap")
     reference = _losses(tmp_path / "one")
     assert len(reference) == 8
-    np.testing.assert_allclose(_losses(tmp_path / "four"), reference, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_losses(four_dir), reference, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(_losses(tmp_path / "pmap"), reference, rtol=1e-5, atol=1e-6)
     for other in (four, pmapped):
         assert other["eval/accuracy"] == pytest.approx(one["eval/accuracy"], abs=1e-6)
 
 
-def test_final_metrics_and_eval_cover_every_example(tiny_config, tmp_path):
-    result = _run(tiny_config, tmp_path, eval_every=4)
+def test_final_metrics_and_eval_cover_every_example(eval_every_4_run):
+    result, tmp_path = eval_every_4_run
     written = json.loads((tmp_path / "final_metrics.json").read_text())
     assert written["eval/accuracy"] == result["eval/accuracy"]
     # 3 classes of ~180 digits minus 16 shots each: every test example is counted once (padding masked).
@@ -41,10 +54,10 @@ def test_final_metrics_and_eval_cover_every_example(tiny_config, tmp_path):
     assert [r["step"] for r in records if "eval/accuracy" in r] == [4, 8]
 
 
-def test_gradient_accumulation_matches_the_full_batch(tiny_config, tmp_path):
-    _run(tiny_config, tmp_path / "full")
+def test_gradient_accumulation_matches_the_full_batch(tiny_config, tmp_path, default_run):
+    _, full = default_run
     _run(tiny_config, tmp_path / "accum", accum_steps=4)
-    np.testing.assert_allclose(_losses(tmp_path / "accum"), _losses(tmp_path / "full"), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(_losses(tmp_path / "accum"), _losses(full), rtol=2e-5, atol=1e-6)
 
 
 def test_frozen_backbone_stays_bit_identical_with_fixed_batch_stats(tiny_config, tmp_path):
@@ -71,8 +84,8 @@ def test_frozen_backbone_stays_bit_identical_with_fixed_batch_stats(tiny_config,
         assert np.array_equal(before, after), name
 
 
-def test_resume_after_restart_equals_an_uninterrupted_run(tiny_config, tmp_path):
-    uninterrupted = _run(tiny_config, tmp_path / "a")
+def test_resume_after_restart_equals_an_uninterrupted_run(tiny_config, tmp_path, default_run):
+    uninterrupted, _ = default_run
     # The same run stopped after its step-4 checkpoint (what it wrote later removed), then restarted.
     _run(tiny_config, tmp_path / "b", total_steps=8, checkpoint_every=4)
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "8")
@@ -84,12 +97,12 @@ def test_resume_after_restart_equals_an_uninterrupted_run(tiny_config, tmp_path)
         np.testing.assert_array_equal(a, b)
 
 
-def test_tensorboard_event_files_hold_the_logged_scalars(tiny_config, tmp_path):
+def test_tensorboard_event_files_hold_the_logged_scalars(eval_every_4_run):
     import struct
 
     from tensorboardX.proto.event_pb2 import Event
 
-    _run(tiny_config, tmp_path, eval_every=4)
+    _, tmp_path = eval_every_4_run
     (events_file,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
     data, scalars = events_file.read_bytes(), {}
     offset = 0

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
+from tests.parity import TOL, jit_apply, max_abs, randomise  # noqa: E402
 
 
 def test_ast_classifier_layer_by_layer(tmp_path):
@@ -35,7 +35,7 @@ def test_ast_classifier_layer_by_layer(tmp_path):
     model, variables, report = load_pretrained(tmp_path, verbose=False)
     assert not report.missing and not report.unexpected, report
     assert model.grid == (3, 5) and model.num_classes == 3 and model.layer_norm_eps == 1e-6
-    logits, state = model.apply(variables, features.numpy(), mutable=["intermediates"])
+    logits, state = jit_apply(model, variables, features.numpy(), mutable=["intermediates"])
     hidden = state["intermediates"]["encoder"]["hidden_states"]
     assert len(hidden) == len(expected.hidden_states) == 3
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):

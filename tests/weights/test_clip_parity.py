@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 from jtl import models  # noqa: E402
 from jtl.models import clip  # noqa: E402
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, assert_hidden_states_match, max_abs, nhwc, randomise  # noqa: E402
+from tests.parity import TOL, assert_hidden_states_match, jit_apply, max_abs, nhwc, randomise  # noqa: E402
 
 VISION = dict(
     hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=4
@@ -45,7 +45,9 @@ def test_clip_dual_model_towers_and_zero_shot_head(tmp_path):
     assert not report.missing and not report.unexpected, report
     assert model.vision.projection_dim == model.text.projection_dim == 12 and model.text.hidden_act == "gelu"
     assert model.vision.layer_norm_eps == 1e-6 and model.text.eos_token_id == 39
-    logits, state = model.apply(variables, nhwc(pixels), jnp.asarray(ids), jnp.asarray(mask), mutable=["intermediates"])
+    logits, state = jit_apply(
+        model, variables, nhwc(pixels), jnp.asarray(ids), jnp.asarray(mask), mutable=["intermediates"]
+    )
     assert_hidden_states_match(
         state["intermediates"]["vision"]["encoder"]["hidden_states"],
         expected.vision_model_output.hidden_states,
@@ -55,12 +57,12 @@ def test_clip_dual_model_towers_and_zero_shot_head(tmp_path):
         state["intermediates"]["text"]["encoder"]["hidden_states"], expected.text_model_output.hidden_states, "text"
     )
     assert max_abs(logits, expected.logits_per_image.numpy()) < TOL
-    image_embeds = model.apply(variables, nhwc(pixels), method="encode_image")
+    image_embeds = jit_apply(model, variables, nhwc(pixels), method="encode_image")
     assert max_abs(image_embeds, expected.image_embeds.numpy()) < TOL
 
     # The zero-shot classifier (one prompt a class) is the dual model's logits_per_image.
     vision, vision_variables = clip.zero_shot_classifier(model, variables, jnp.asarray(ids), jnp.asarray(mask))
-    assert max_abs(vision.apply(vision_variables, nhwc(pixels)), expected.logits_per_image.numpy()) < TOL
+    assert max_abs(jit_apply(vision, vision_variables, nhwc(pixels)), expected.logits_per_image.numpy()) < TOL
     # Two templates a class: embeddings normalised, averaged, renormalised, times the scale.
     two = jnp.asarray(np.stack([TEXT_IDS, TEXT_IDS[1:] + TEXT_IDS[:1]], axis=1))
     head = clip.zero_shot_head(model, variables, two, (two != 1).astype(jnp.int32))
@@ -72,11 +74,11 @@ def test_clip_dual_model_towers_and_zero_shot_head(tmp_path):
     # The vision tower alone is what load_pretrained gives; the text tower comes through its layout.
     tower, tower_variables, tower_report = load_pretrained(tmp_path, verbose=False)
     assert isinstance(tower, clip.Clip) and not tower_report.missing
-    embeds = tower.apply(tower_variables, nhwc(pixels))
+    embeds = jit_apply(tower, tower_variables, nhwc(pixels))
     assert max_abs(embeds / np.linalg.norm(embeds, axis=-1, keepdims=True), expected.image_embeds.numpy()) < TOL
     text_tower, text_variables, _ = load_pretrained(tmp_path, layout="hf-clip-text", num_classes=5, verbose=False)
     assert isinstance(text_tower, clip.ClipText) and text_tower.num_classes == 5
-    assert text_tower.apply(text_variables, jnp.asarray(ids), jnp.asarray(mask)).shape == (3, 5)
+    assert jit_apply(text_tower, text_variables, jnp.asarray(ids), jnp.asarray(mask)).shape == (3, 5)
 
     saved = load_file(tmp_path / "model.safetensors")
     params = variables["params"]
@@ -105,7 +107,7 @@ def test_clip_text_tower_legacy_eos_pools_at_the_largest_id(tmp_path):
     model, variables, report = load_pretrained(tmp_path, verbose=False)
     assert not report.missing and not report.unexpected, report
     assert isinstance(model, clip.ClipText) and model.projection_dim == 512 and model.eos_token_id == 2
-    embeds, state = model.apply(variables, jnp.asarray(ids), jnp.asarray(mask), mutable=["intermediates"])
+    embeds, state = jit_apply(model, variables, jnp.asarray(ids), jnp.asarray(mask), mutable=["intermediates"])
     assert_hidden_states_match(state["intermediates"]["encoder"]["hidden_states"], expected.hidden_states, "text")
     assert max_abs(embeds, expected.text_embeds.numpy()) < TOL
 
@@ -122,7 +124,7 @@ def test_clip_image_classifier_at_a_new_resolution_and_feature_maps(tmp_path):
     assert not report.missing and not report.unexpected, report
     assert report.resized == [("params/embed/pos_embedding", (1, 17, 32), (1, 31, 32))]
     assert model.pooling == "mean" and model.num_classes == 3 and model.hidden_act == "gelu_new"
-    logits, state = model.apply(variables, nhwc(pixels), mutable=["intermediates"])
+    logits, state = jit_apply(model, variables, nhwc(pixels), mutable=["intermediates"])
     assert_hidden_states_match(state["intermediates"]["encoder"]["hidden_states"], expected.hidden_states, "vision")
     assert max_abs(logits, expected.logits.numpy()) < TOL
 
@@ -138,4 +140,4 @@ def test_clip_image_classifier_at_a_new_resolution_and_feature_maps(tmp_path):
     grey, grey_variables, _ = load_pretrained(tmp_path, num_channels=1, verbose=False)
     with torch.no_grad():
         expected_grey = reference(pixel_values=pixels[:, :1, :16, :16].repeat(1, 3, 1, 1)).logits.numpy()
-    assert max_abs(grey.apply(grey_variables, nhwc(pixels[:, :1, :16, :16])), expected_grey) < TOL
+    assert max_abs(jit_apply(grey, grey_variables, nhwc(pixels[:, :1, :16, :16])), expected_grey) < TOL

@@ -10,7 +10,7 @@ from safetensors.torch import save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs  # noqa: E402
+from tests.parity import TOL, jit_apply, max_abs  # noqa: E402
 
 
 def _nhwc(x):
@@ -47,7 +47,7 @@ def test_hf_resnet_layer_by_layer(layer_type, hidden_sizes, depths, tmp_path):
 
     model, variables, report = load_pretrained(tmp_path, verbose=False)
     assert not report.missing and not report.unexpected and "batch_stats" in variables
-    logits, state = model.apply(variables, _nhwc(pixels), mutable=["intermediates"])
+    logits, state = jit_apply(model, variables, _nhwc(pixels), mutable=["intermediates"])
     hidden = state["intermediates"]["hidden_states"]
     assert len(hidden) == len(expected.hidden_states)
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
@@ -152,7 +152,7 @@ def test_torchvision_resnet(block, layers, width, fmt, tmp_path):
     model, variables, report = load_pretrained(path, verbose=False)
     assert not report.missing and not report.unexpected
     assert model.depths == tuple(layers) and model.layer_type == ("basic" if width == 64 else "bottleneck")
-    assert max_abs(model.apply(variables, _nhwc(pixels)), expected) < TOL
+    assert max_abs(jit_apply(model, variables, _nhwc(pixels)), expected) < TOL
 
 
 VGG16_TINY = [8, 8, "M", 16, 16, "M", 32, 32, 32, "M", 64, 64, 64, "M", 64, 64, 64, "M"]
@@ -198,6 +198,6 @@ def test_torchvision_vgg16_layout(tmp_path):
     model, variables, report = load_pretrained(path, verbose=False)
     assert not report.missing and not report.unexpected
     assert tuple(model.layers) == tuple(VGG16_TINY) and model.pool_size == 7
-    assert max_abs(model.apply(variables, _nhwc(pixels)), expected) < TOL
+    assert max_abs(jit_apply(model, variables, _nhwc(pixels)), expected) < TOL
     features, _ = load_pretrained(path, num_classes=0, verbose=False)[:2]
-    assert features.apply(variables, _nhwc(pixels)).shape == (2, 32)
+    assert jit_apply(features, variables, _nhwc(pixels)).shape == (2, 32)

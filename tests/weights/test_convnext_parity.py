@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from jtl import models  # noqa: E402
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
+from tests.parity import TOL, jit_apply, max_abs, randomise  # noqa: E402
 
 
 def _nhwc(x):
@@ -44,7 +44,7 @@ def test_convnext_layer_by_layer(version, changes, tmp_path):
     model, variables, report = load_pretrained(tmp_path, verbose=False)
     assert not report.missing and not report.unexpected, report
     assert model.grn == v2 and model.num_classes == 3
-    logits, state = model.apply(variables, jnp.asarray(_nhwc(pixels)), mutable=["intermediates"])
+    logits, state = jit_apply(model, variables, jnp.asarray(_nhwc(pixels)), mutable=["intermediates"])
     hidden = state["intermediates"]["hidden_states"]
     assert len(hidden) == len(expected.hidden_states) == len(changes["depths"]) + 1
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):

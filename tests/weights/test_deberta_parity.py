@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from jtl.models.deberta import log_bucket_positions  # noqa: E402
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
+from tests.parity import TOL, jit_apply, max_abs, randomise  # noqa: E402
 
 
 def _inputs(types: bool = False):
@@ -40,7 +40,7 @@ def _compare(tmp_path, config, seed, types=False):
     model, variables, report = load_pretrained(tmp_path, verbose=False)
     assert not report.missing and not report.unexpected, report
     extra = (jnp.asarray(token_types),) if types else ()
-    logits, state = model.apply(variables, jnp.asarray(ids), jnp.asarray(mask), *extra, mutable=["intermediates"])
+    logits, state = jit_apply(model, variables, jnp.asarray(ids), jnp.asarray(mask), *extra, mutable=["intermediates"])
     hidden = state["intermediates"]["encoder"]["hidden_states"]
     assert len(hidden) == len(expected.hidden_states) == config.num_hidden_layers + 1
     # Every position, padding included: both zero the padded embeddings and mask queries as well as keys.

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
+from tests.parity import TOL, jit_apply, max_abs, randomise  # noqa: E402
 
 
 def _nhwc(pixels):
@@ -33,7 +33,7 @@ def test_dinov2_swiglu_classifier_layer_by_layer(tmp_path):
     model, variables, report = load_pretrained(tmp_path, verbose=False)
     assert not report.missing and not report.unexpected, report
     assert model.swiglu and model.mlp_dim == 88 and model.num_classes == 3
-    logits, state = model.apply(variables, _nhwc(pixels), mutable=["intermediates"])
+    logits, state = jit_apply(model, variables, _nhwc(pixels), mutable=["intermediates"])
     hidden = state["intermediates"]["encoder"]["hidden_states"]
     assert len(hidden) == len(expected.hidden_states) == 3
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
@@ -67,7 +67,7 @@ def test_dinov2_with_registers_at_a_new_resolution(tmp_path):
     assert not report.missing and not report.unexpected, report
     assert report.resized == [("params/embed/pos_embedding", (1, 17, 32), (1, 31, 32))]
     assert model.num_registers == 3 and model.gelu_approximate and model.layer_norm_eps == 1e-5
-    assert max_abs(model.apply(variables, _nhwc(pixels)), expected) < TOL
+    assert max_abs(jit_apply(model, variables, _nhwc(pixels)), expected) < TOL
 
     # The backbone alone (the hub's facebook/dinov2-* checkpoints have no classifier): the pooled features are
     # the class token beside the mean of the patch tokens, registers left out.
@@ -75,4 +75,4 @@ def test_dinov2_with_registers_at_a_new_resolution(tmp_path):
     with torch.no_grad():
         tokens = reference.dinov2_with_registers(pixel_values=pixels).last_hidden_state.numpy()
     pooled = np.concatenate([tokens[:, 0], tokens[:, 4:].mean(axis=1)], axis=-1)
-    assert max_abs(backbone.apply(backbone_variables, _nhwc(pixels)), pooled) < TOL
+    assert max_abs(jit_apply(backbone, backbone_variables, _nhwc(pixels)), pooled) < TOL

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file  # noqa: E402
 
 from jtl import models  # noqa: E402
 from jtl.weights import load_pretrained, load_tokenizer  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
+from tests.parity import TOL, jit_apply, max_abs, randomise  # noqa: E402
 
 
 def test_sequence_classification_layer_by_layer(tmp_path):
@@ -47,7 +47,7 @@ def test_sequence_classification_layer_by_layer(tmp_path):
         saved["distilbert.transformer.layer.1.attention.k_lin.weight"].T,
     )
     np.testing.assert_array_equal(params["pooler"]["bias"], saved["pre_classifier.bias"])
-    logits, state = model.apply(variables, jnp.asarray(ids), jnp.asarray(mask), mutable=["intermediates"])
+    logits, state = jit_apply(model, variables, jnp.asarray(ids), jnp.asarray(mask), mutable=["intermediates"])
     hidden = state["intermediates"]["encoder"]["hidden_states"]
     real = mask.astype(bool)  # padded positions attend to garbage in both; compare real tokens
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):

@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from jtl import models  # noqa: E402
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs, nhwc, randomise, randomise_running_statistics  # noqa: E402
+from tests.parity import TOL, jit_apply, max_abs, nhwc, randomise, randomise_running_statistics  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -38,7 +38,7 @@ def test_efficientnet_layer_by_layer(changes, tmp_path):
     model, variables, report = load_pretrained(tmp_path, verbose=False)
     assert not report.missing and not report.unexpected, report
     assert model.depthwise_padding == tuple(changes.get("depthwise_padding", ())) and model.num_classes == 3
-    logits, state = model.apply(variables, jnp.asarray(nhwc(pixels)), mutable=["intermediates"])
+    logits, state = jit_apply(model, variables, jnp.asarray(nhwc(pixels)), mutable=["intermediates"])
     hidden = [*state["intermediates"]["hidden_states"], *state["intermediates"]["encoder"]["hidden_states"]]
     assert len(hidden) == len(expected.hidden_states) == 11
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
@@ -61,7 +61,7 @@ def test_feature_maps_are_the_stage_ends():
     model = models.create("efficientnet-testing", num_classes=0, depth_coefficient=1.0, num_block_repeats=(1, 2, 1, 1))
     images = jnp.zeros((1, 64, 64, 3))
     # The family's selection from a compiled forward pass (models.feature_maps runs the model op by op).
-    _, state = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(models.init(model), images)
+    _, state = jax.jit(lambda v, x: jit_apply(model, v, x, mutable=["intermediates"]))(models.init(model), images)
     maps = models.family_of(model).feature_maps(model, state["intermediates"], None)
     blocks = state["intermediates"]["encoder"]["hidden_states"]
     assert [(name, 64 // x.shape[1]) for name, x in maps.items()] == [

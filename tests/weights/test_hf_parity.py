@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
+from tests.parity import TOL, jit_apply, max_abs, randomise  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _save(model, tmp_path_factory, name):
 
 
 def _hidden_states(model, variables, *inputs):
-    out, state = model.apply(variables, *inputs, mutable=["intermediates"])
+    out, state = jit_apply(model, variables, *inputs, mutable=["intermediates"])
     return out, state["intermediates"]["encoder"]["hidden_states"]
 
 
@@ -64,7 +64,7 @@ def test_vit_model_pooler_becomes_pre_logits(tiny_vit_config, tmp_path_factory):
         expected = reference(pixel_values=pixels).pooler_output.numpy()
     model, variables, _ = load_pretrained(path, verbose=False)
     assert model.pre_logits_size == 32 and model.num_classes == 0
-    pooled = model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1)))
+    pooled = jit_apply(model, variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1)))
     assert max_abs(pooled, expected) < TOL
 
 
@@ -78,7 +78,7 @@ def test_vit_without_qkv_bias_on_rectangular_images_and_at_a_new_resolution(tiny
     assert "bias" not in variables["params"]["encoder"]["block_0"]["attn"]["query"]
     with torch.no_grad():
         expected = reference(pixel_values=pixels).logits.numpy()
-    assert max_abs(model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
+    assert max_abs(jit_apply(model, variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
 
     # A square checkpoint run on 48x40 images: Hugging Face interpolates its position embeddings on every
     # call; jtl resamples them once, at load, the same way.
@@ -90,14 +90,14 @@ def test_vit_without_qkv_bias_on_rectangular_images_and_at_a_new_resolution(tiny
         expected = reference(pixel_values=pixels, interpolate_pos_encoding=True).logits.numpy()
     model, variables, report = load_pretrained(path, image_size=(48, 40), verbose=False)
     assert report.resized == [("params/embed/pos_embedding", (1, 17, 32), (1, 31, 32))]
-    assert max_abs(model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
+    assert max_abs(jit_apply(model, variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
     # 16x64 images: a 2x8 grid holds as many patches as the checkpoint's 4x4, yet is another grid.
     pixels = torch.randn(2, 3, 16, 64)
     with torch.no_grad():
         expected = reference(pixel_values=pixels, interpolate_pos_encoding=True).logits.numpy()
     model, variables, report = load_pretrained(path, image_size=(16, 64), verbose=False)
     assert report.resized == [("params/embed/pos_embedding", (1, 17, 32), (1, 17, 32))]
-    assert max_abs(model.apply(variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
+    assert max_abs(jit_apply(model, variables, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))), expected) < TOL
 
 
 @pytest.mark.parametrize(
@@ -181,7 +181,7 @@ def test_bert_outputs_tokens_cls_and_mean(tiny_bert):
     expected_mean = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
     for output, expected in (("tokens", tokens), ("cls", tokens[:, 0]), ("mean", expected_mean)):
         model, variables, _ = load_pretrained(path, num_classes=0, output=output, verbose=False)
-        ours = np.asarray(model.apply(variables, jnp.asarray(ids), jnp.asarray(mask)))
+        ours = np.asarray(jit_apply(model, variables, jnp.asarray(ids), jnp.asarray(mask)))
         if output == "tokens":
             ours, expected = ours[mask.astype(bool)], expected[mask.astype(bool)]
         assert max_abs(ours, expected) < TOL, output

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
+from tests.parity import TOL, jit_apply, max_abs, randomise  # noqa: E402
 
 HIDDEN = 32
 
@@ -55,7 +55,7 @@ def _compare(tmp_path, seed, **changes):
     model, variables, report = load_pretrained(tmp_path, verbose=False)
     assert not report.missing and not report.unexpected, report
     assert model.attention_types() == ("full_attention", "sliding_attention", "full_attention")
-    logits, state = model.apply(variables, jnp.asarray(ids), jnp.asarray(mask), mutable=["intermediates"])
+    logits, state = jit_apply(model, variables, jnp.asarray(ids), jnp.asarray(mask), mutable=["intermediates"])
     hidden = state["intermediates"]["encoder"]["hidden_states"]
     assert len(hidden) == len(expected_hidden) == 4
     # Every position, padding included: both mask the padding keys only.

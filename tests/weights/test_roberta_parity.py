@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
+from tests.parity import TOL, jit_apply, max_abs, randomise  # noqa: E402
 
 PAD = 1
 
@@ -55,7 +55,7 @@ def test_sequence_classification_layer_by_layer(tmp_path, model_class, config_cl
     model, variables, report = load_pretrained(tmp_path, verbose=False)
     assert not report.missing and not report.unexpected, report
     assert model.position_padding_idx == PAD and model.layer_norm_eps == 1e-5 and model.num_classes == 3
-    logits, state = model.apply(variables, jnp.asarray(ids), jnp.asarray(mask), mutable=["intermediates"])
+    logits, state = jit_apply(model, variables, jnp.asarray(ids), jnp.asarray(mask), mutable=["intermediates"])
     hidden = state["intermediates"]["encoder"]["hidden_states"]
     real = mask.astype(bool)  # padded positions attend to garbage in both; compare real tokens
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from jtl import models  # noqa: E402
 from jtl.models import siglip  # noqa: E402
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, assert_hidden_states_match, max_abs, nhwc, randomise  # noqa: E402
+from tests.parity import TOL, assert_hidden_states_match, jit_apply, max_abs, nhwc, randomise  # noqa: E402
 
 VISION = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, patch_size=4)
 TEXT = dict(
@@ -44,7 +44,7 @@ def test_siglip_dual_model_towers_and_zero_shot_head(tmp_path):
     assert not report.missing and not report.unexpected, report
     assert model.text.projection_dim == 32 and not model.text.gelu_approximate and model.vision.layer_norm_eps == 1e-5
     args = (nhwc(pixels), jnp.asarray(ids), jnp.asarray(mask))
-    logits, state = model.apply(variables, *args, mutable=["intermediates"])
+    logits, state = jit_apply(model, variables, *args, mutable=["intermediates"])
     vision_states = state["intermediates"]["vision"]["encoder"]["hidden_states"]
     assert_hidden_states_match(vision_states, expected.vision_model_output.hidden_states, "vision")
     text_states = state["intermediates"]["text"]["encoder"]["hidden_states"]
@@ -52,7 +52,7 @@ def test_siglip_dual_model_towers_and_zero_shot_head(tmp_path):
     assert max_abs(logits, expected.logits_per_image.numpy()) < TOL
 
     vision, vision_variables = siglip.zero_shot_classifier(model, variables, jnp.asarray(ids), jnp.asarray(mask))
-    assert max_abs(vision.apply(vision_variables, nhwc(pixels)), expected.logits_per_image.numpy()) < TOL
+    assert max_abs(jit_apply(vision, vision_variables, nhwc(pixels)), expected.logits_per_image.numpy()) < TOL
 
     saved = load_file(tmp_path / "model.safetensors")
     params = variables["params"]
@@ -75,7 +75,7 @@ def test_siglip_image_classifier_at_a_new_resolution_and_feature_maps(tmp_path):
     assert not report.missing and not report.unexpected, report
     assert report.resized == [("params/embed/pos_embedding", (1, 16, 32), (1, 30, 32))]
     assert model.pooling == "mean" and model.num_classes == 3
-    logits, state = model.apply(variables, nhwc(pixels), mutable=["intermediates"])
+    logits, state = jit_apply(model, variables, nhwc(pixels), mutable=["intermediates"])
     assert_hidden_states_match(state["intermediates"]["encoder"]["hidden_states"], expected.hidden_states, "vision")
     assert max_abs(logits, expected.logits.numpy()) < TOL
     maps = models.feature_maps(model, variables, nhwc(pixels), layers=[0])
@@ -108,12 +108,14 @@ def test_siglip2_naflex_and_fixed_resolution(tmp_path):
             output_hidden_states=True,
         )
     inputs = tuple(jnp.asarray(x.numpy()) for x in (patches, pixel_mask, shapes))
-    embeds, state = model.vision.apply({"params": variables["params"]["vision"]}, *inputs, mutable=["intermediates"])
+    embeds, state = jit_apply(
+        model.vision, {"params": variables["params"]["vision"]}, *inputs, mutable=["intermediates"]
+    )
     assert_hidden_states_match(
         state["intermediates"]["encoder"]["hidden_states"], expected.vision_model_output.hidden_states, "vision"
     )
     image = embeds / np.linalg.norm(embeds, axis=-1, keepdims=True)
-    text = model.apply(variables, jnp.asarray(ids), method="encode_text")
+    text = jit_apply(model, variables, jnp.asarray(ids), method="encode_text")
     logits = np.exp(variables["params"]["logit_scale"]) * image @ text.T + variables["params"]["logit_bias"]
     assert max_abs(logits, expected.logits_per_image.numpy()) < TOL
 
@@ -126,7 +128,7 @@ def test_siglip2_naflex_and_fixed_resolution(tmp_path):
             pixel_attention_mask=torch.ones(2, 15, dtype=torch.long),
             spatial_shapes=torch.tensor([[3, 5]] * 2),
         )
-    image = model.apply(variables, nhwc(pixels), method="encode_image")
+    image = jit_apply(model, variables, nhwc(pixels), method="encode_image")
     expected = expected.pooler_output.numpy() if hasattr(expected, "pooler_output") else expected.numpy()
     assert max_abs(image, expected / np.linalg.norm(expected, axis=-1, keepdims=True)) < TOL
 
@@ -139,10 +141,10 @@ def test_siglip2_naflex_and_fixed_resolution(tmp_path):
     model, variables, report = load_pretrained(tmp_path / "classifier", verbose=False)
     assert not report.missing and not report.unexpected, report
     assert model.pooling == "mean" and model.num_classes == 3
-    assert max_abs(model.apply(variables, *inputs), expected.numpy()) < TOL
+    assert max_abs(jit_apply(model, variables, *inputs), expected.numpy()) < TOL
 
     # One input channel: the linear patch embedding summed over its input channels, patch by patch.
     grey, grey_variables, _ = load_pretrained(tmp_path / "classifier", num_channels=1, verbose=False)
     images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 20, 1)), jnp.float32)
-    rgb = model.apply(variables, jnp.repeat(images, 3, axis=-1))
-    assert max_abs(grey.apply(grey_variables, images), rgb) < TOL
+    rgb = jit_apply(model, variables, jnp.repeat(images, 3, axis=-1))
+    assert max_abs(jit_apply(grey, grey_variables, images), rgb) < TOL

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from jtl.weights import load_pretrained  # noqa: E402
-from tests.parity import TOL, max_abs, randomise  # noqa: E402
+from tests.parity import TOL, jit_apply, max_abs, randomise  # noqa: E402
 
 _FIELDS = dict(
     hidden_size=32,
@@ -32,7 +32,7 @@ def _compare(reference, tmp_path, waveform, mask):
         expected = reference(input_values=waveform, attention_mask=mask, output_hidden_states=True)
     model, variables, report = load_pretrained(tmp_path, verbose=False)
     assert not report.missing and not report.unexpected, report
-    logits, state = model.apply(variables, waveform.numpy(), mask.numpy(), mutable=["intermediates"])
+    logits, state = jit_apply(model, variables, waveform.numpy(), mask.numpy(), mutable=["intermediates"])
     hidden = state["intermediates"]["encoder"]["hidden_states"]
     assert len(hidden) == len(expected.hidden_states) == 3
     for i, (ours, theirs) in enumerate(zip(hidden, expected.hidden_states, strict=True)):
