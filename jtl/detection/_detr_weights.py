@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtl.detection._detr import DETR
-from jtl.masking import named_leaves
 from jtl.weights import (
     HF_WEIGHT_FILES,
     Pretrained,
@@ -23,6 +22,7 @@ from jtl.weights import (
     conv,
     convert,
     download_from_hub,
+    fresh_init,
     layer_norm,
     linear,
     merge_into,
@@ -147,21 +147,10 @@ def detr_from_hf(
     features = jax.ShapeDtypeStruct((1, 1, 1, channels), jnp.float32)
     shapes = jax.eval_shape(model.init, jax.eval_shape(jax.random.PRNGKey, seed), features)
 
-    def fresh_init(names: list[str]) -> dict[str, jax.Array]:
-        wanted = set(names)
-
-        @jax.jit
-        def init(rng: jax.Array) -> dict[str, jax.Array]:
-            return {
-                n: x for n, x in named_leaves(model.init(rng, jnp.zeros(features.shape, features.dtype))) if n in wanted
-            }
-
-        return init(jax.random.PRNGKey(seed))
-
     converted, unmatched = convert(state, DETR_HEAD_RULES, str(weights))
     variables, report = merge_into(
         shapes,
-        fresh_init,
+        fresh_init(model, [features], seed),
         converted,
         unmatched,
         source=str(weights),

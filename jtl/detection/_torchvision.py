@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtl.detection._faster_rcnn import FasterRCNN
-from jtl.masking import named_leaves
 from jtl.weights import (
     Pretrained,
     Rule,
@@ -38,6 +37,7 @@ from jtl.weights import (
     batch_norm,
     conv,
     convert,
+    fresh_init,
     linear,
     merge_into,
     read_torch,
@@ -170,20 +170,11 @@ def faster_rcnn_from_torchvision(
     maps = [jnp.zeros((1, 2 ** (len(inner) - i), 2 ** (len(inner) - i), x.shape[1])) for i, x in enumerate(inner)]
     shapes = jax.eval_shape(detector.init, jax.random.PRNGKey(seed), maps)
 
-    def fresh_init(names: list[str]) -> dict[str, jax.Array]:
-        wanted = set(names)
-
-        @jax.jit
-        def init(rng: jax.Array) -> dict[str, jax.Array]:
-            return {n: x for n, x in named_leaves(detector.init(rng, maps)) if n in wanted}
-
-        return init(jax.random.PRNGKey(seed))
-
     converted, unmatched = convert(state, _rules(detector.pool_size), where)
     replace = num_classes is not None and num_classes != checkpoint_classes
     variables, report = merge_into(
         shapes,
-        fresh_init,
+        fresh_init(detector, [maps], seed),
         converted,
         unmatched,
         source=where,

@@ -1,7 +1,17 @@
 """Pretrained weights into jtl models: readers, the rule engine, source resolution over the layouts that the model
 families register, head surgery, resolution change, reports, export, and jtl's own format."""
 
-from jtl.weights._convert import LoadReport, Rule, batch_norm, conv, convert, layer_norm, linear, merge_into
+from jtl.weights._convert import (
+    LoadReport,
+    Rule,
+    batch_norm,
+    conv,
+    convert,
+    fresh_init,
+    layer_norm,
+    linear,
+    merge_into,
+)
 from jtl.weights._export import export, save_big_vision_npz
 from jtl.weights._layout import (
     Layout,
@@ -48,6 +58,7 @@ __all__ = [
     "export",
     "first_match",
     "flatten_nested",
+    "fresh_init",
     "get_layout",
     "hf_flax_to_torch_layout",
     "hf_gelu_approximate",

@@ -249,6 +249,38 @@ class LoadReport(NamedTuple):
 Resizer = Callable[[np.ndarray, tuple], np.ndarray]
 
 
+def fresh_init(model: Any, inputs: Sequence[Any], seed: int = 0) -> Callable[[list[str]], dict[str, jax.Array]]:
+    """``names -> {name: freshly initialised variable}`` for :func:`merge_into`: only the named variables are
+    computed (XLA drops the other initialisers), in one compiled program.
+
+    Args:
+      model: a flax module.
+      inputs: ``model.init``'s positional inputs after the key (arrays or ``jax.ShapeDtypeStruct`` pytrees; zeros
+        of their shapes are used).
+      seed: the initialisation seed.
+
+    Returns:
+      The function :func:`merge_into` calls with the names the checkpoint does not fill.
+
+    >>> import flax.linen as nn
+    >>> init = fresh_init(nn.Dense(3), [jax.ShapeDtypeStruct((1, 2), np.float32)])
+    >>> {name: x.shape for name, x in init(["params/kernel"]).items()}
+    {'params/kernel': (2, 3)}
+    """
+
+    def initialise(names: list[str]) -> dict[str, jax.Array]:
+        wanted = set(names)
+
+        @jax.jit
+        def init(rng: jax.Array) -> dict[str, jax.Array]:
+            concrete = jax.tree_util.tree_map(lambda x: jax.numpy.zeros(x.shape, x.dtype), list(inputs))
+            return {n: x for n, x in named_leaves(model.init(rng, *concrete)) if n in wanted}
+
+        return init(jax.random.PRNGKey(seed))
+
+    return initialise
+
+
 def merge_into(
     init_shapes: Any,
     fresh_init: Callable[[list[str]], dict[str, Any]],

@@ -13,8 +13,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from jtl.masking import named_leaves
-from jtl.weights._convert import LoadReport, Rule, convert, merge_into
+from jtl.weights._convert import LoadReport, Rule, convert, fresh_init, merge_into
 from jtl.weights._layout import Layout
 from jtl.weights._native import MODEL_FILE, read_native
 from jtl.weights._readers import WeightLoadError, read_file, safetensors_shapes
@@ -119,21 +118,10 @@ def load_pretrained(
         state = pending.result()
     replace_head = num_classes is not None
 
-    def fresh_init(names: list[str]) -> dict[str, jax.Array]:
-        wanted = set(names)
-
-        # Only the requested variables are computed: XLA drops the other initialisers.
-        @jax.jit
-        def init(rng: jax.Array) -> dict[str, jax.Array]:
-            concrete = [jax.numpy.zeros(x.shape, x.dtype) for x in inputs]
-            return {n: x for n, x in named_leaves(model.init(rng, *concrete)) if n in wanted}
-
-        return init(jax.random.PRNGKey(seed))
-
     converted, unmatched = convert(state, layout.rules_for(state), where)
     variables, report = merge_into(
         shapes,
-        fresh_init,
+        fresh_init(model, inputs, seed),
         converted,
         unmatched,
         source=where,
