@@ -1,4 +1,5 @@
-"""Box operations with static shapes, as torchvision's ``ops.boxes``, ``BoxCoder`` and ``AnchorGenerator``.
+"""Box operations with static shapes, as torchvision's ``ops.boxes``, ``BoxCoder`` and ``AnchorGenerator``, and DETR's
+box formats and generalized IoU.
 
 Boxes are ``(x0, y0, x1, y1)`` in pixels, widths ``x1 - x0`` (no ``+ 1``). Where torchvision returns lists of
 dynamic length (NMS), these return a fixed number of indices and a mask of the real ones.
@@ -44,11 +45,74 @@ def box_iou(a: jax.Array, b: jax.Array) -> jax.Array:
     >>> box_iou(jnp.array([[0.0, 0.0, 2.0, 2.0]]), jnp.array([[1.0, 0.0, 3.0, 2.0]])).tolist()
     [[0.3333333432674408]]
     """
+    inter, union = _intersection_and_union(a, b)
+    return inter / union
+
+
+def _intersection_and_union(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The (N, M) intersection and union areas of every pair of xyxy boxes."""
     top_left = jnp.maximum(a[:, None, :2], b[None, :, :2])
     bottom_right = jnp.minimum(a[:, None, 2:], b[None, :, 2:])
     wh = jnp.clip(bottom_right - top_left, 0)
     inter = wh[..., 0] * wh[..., 1]
-    return inter / (box_area(a)[:, None] + box_area(b)[None, :] - inter)
+    return inter, box_area(a)[:, None] + box_area(b)[None, :] - inter
+
+
+def box_cxcywh_to_xyxy(boxes: jax.Array) -> jax.Array:
+    """Centre, width, height -> corners.
+
+    Args:
+      boxes: (..., 4) ``cx, cy, w, h``.
+
+    Returns:
+      (..., 4) ``x0, y0, x1, y1``.
+
+    >>> box_cxcywh_to_xyxy(jnp.array([0.5, 0.5, 0.2, 0.4])).tolist()
+    [0.4, 0.3, 0.6, 0.7]
+    """
+    cx, cy, w, h = jnp.moveaxis(boxes, -1, 0)
+    return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
+
+
+def box_xyxy_to_cxcywh(boxes: jax.Array) -> jax.Array:
+    """Corners -> centre, width, height.
+
+    Args:
+      boxes: (..., 4) ``x0, y0, x1, y1``.
+
+    Returns:
+      (..., 4) ``cx, cy, w, h``.
+
+    >>> box_xyxy_to_cxcywh(jnp.array([0.0, 2.0, 4.0, 4.0])).tolist()
+    [2.0, 3.0, 4.0, 2.0]
+    """
+    x0, y0, x1, y1 = jnp.moveaxis(boxes, -1, 0)
+    return jnp.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=-1)
+
+
+def generalized_box_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
+    """Pairwise generalized IoU (Rezatofighi et al. 2019) of corner boxes.
+
+    Args:
+      boxes1: (N, 4) ``x0, y0, x1, y1`` with ``x1 >= x0``, ``y1 >= y0``.
+      boxes2: (M, 4) likewise.
+
+    Returns:
+      (N, M): IoU minus the share of the enclosing box that the union leaves empty, in [-1, 1] (NaN for two
+      empty boxes, as the reference gives).
+
+    >>> a = jnp.array([[0.0, 0.0, 2.0, 2.0]])
+    >>> generalized_box_iou(a, jnp.array([[0.0, 0.0, 2.0, 2.0], [3.0, 0.0, 4.0, 1.0]])).tolist()
+    [[1.0, -0.375]]
+    """
+    inter, union = _intersection_and_union(boxes1, boxes2)
+    iou = inter / union
+    enclosing = jnp.clip(
+        jnp.maximum(boxes1[:, None, 2:], boxes2[None, :, 2:]) - jnp.minimum(boxes1[:, None, :2], boxes2[None, :, :2]),
+        0,
+    )
+    area = enclosing[..., 0] * enclosing[..., 1]
+    return iou - (area - union) / area
 
 
 def encode_boxes(reference: jax.Array, proposals: jax.Array, weights: Sequence[float]) -> jax.Array:

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl.detection._set_loss import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, detr_loss
+from jtl.detection._boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from jtl.detection._set_loss import detr_loss
 
 _ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False), "silu": nn.silu}
 

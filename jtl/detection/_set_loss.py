@@ -1,4 +1,4 @@
-"""DETR's set prediction loss: box format changes, generalized IoU, the Hungarian matcher and the loss itself, as
+"""DETR's set prediction loss: the Hungarian matcher and the loss itself (on the box ops of ``_boxes``), as
 Hugging Face's ``loss/loss_for_object_detection.py`` (after facebookresearch/detr ``models/matcher.py``,
 ``models/detr.py`` and ``util/box_ops.py``) computes them, with static shapes: targets padded to M boxes with a
 mask."""
@@ -13,68 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-
-def box_cxcywh_to_xyxy(boxes: jax.Array) -> jax.Array:
-    """Centre, width, height -> corners.
-
-    Args:
-      boxes: (..., 4) ``cx, cy, w, h``.
-
-    Returns:
-      (..., 4) ``x0, y0, x1, y1``.
-
-    >>> box_cxcywh_to_xyxy(jnp.array([0.5, 0.5, 0.2, 0.4])).tolist()
-    [0.4, 0.3, 0.6, 0.7]
-    """
-    cx, cy, w, h = jnp.moveaxis(boxes, -1, 0)
-    return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
-
-
-def box_xyxy_to_cxcywh(boxes: jax.Array) -> jax.Array:
-    """Corners -> centre, width, height.
-
-    Args:
-      boxes: (..., 4) ``x0, y0, x1, y1``.
-
-    Returns:
-      (..., 4) ``cx, cy, w, h``.
-
-    >>> box_xyxy_to_cxcywh(jnp.array([0.0, 2.0, 4.0, 4.0])).tolist()
-    [2.0, 3.0, 4.0, 2.0]
-    """
-    x0, y0, x1, y1 = jnp.moveaxis(boxes, -1, 0)
-    return jnp.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=-1)
-
-
-def generalized_box_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
-    """Pairwise generalized IoU (Rezatofighi et al. 2019) of corner boxes.
-
-    Args:
-      boxes1: (N, 4) ``x0, y0, x1, y1`` with ``x1 >= x0``, ``y1 >= y0``.
-      boxes2: (M, 4) likewise.
-
-    Returns:
-      (N, M): IoU minus the share of the enclosing box that the union leaves empty, in [-1, 1] (NaN for two
-      empty boxes, as the reference gives).
-
-    >>> a = jnp.array([[0.0, 0.0, 2.0, 2.0]])
-    >>> generalized_box_iou(a, jnp.array([[0.0, 0.0, 2.0, 2.0], [3.0, 0.0, 4.0, 1.0]])).tolist()
-    [[1.0, -0.375]]
-    """
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    top_left = jnp.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = jnp.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    overlap = jnp.clip(bottom_right - top_left, 0)
-    inter = overlap[..., 0] * overlap[..., 1]
-    union = area1[:, None] + area2[None, :] - inter
-    iou = inter / union
-    enclosing = jnp.clip(
-        jnp.maximum(boxes1[:, None, 2:], boxes2[None, :, 2:]) - jnp.minimum(boxes1[:, None, :2], boxes2[None, :, :2]),
-        0,
-    )
-    area = enclosing[..., 0] * enclosing[..., 1]
-    return iou - (area - union) / area
+from jtl.detection._boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
 
 def _assign(cost: np.ndarray, target_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
