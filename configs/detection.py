@@ -26,7 +26,8 @@ Face DETR directory: the backbone goes to the model, the rest to the detector, i
 ``num_classes``; the checkpoint's architecture and torchvision's detector settings, 800-pixel images). Without
 ``weights`` or ``--config.model.pretrained`` the backbone starts from scratch.
 ``python -m benchmarks.detection`` pretrains the backbone on digit classification and compares scratch, frozen and
-fine-tuned starts (BENCHMARKS.md).
+fine-tuned starts over three seeds (BENCHMARKS.md): Faster R-CNN reaches COCO AP about 0.30 from scratch, 0.41
+with the pretrained backbone frozen and 0.42 fine-tuned; DETR stays near 0 in these 400 steps.
 """
 
 from jtl.config import base_config
