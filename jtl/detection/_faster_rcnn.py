@@ -300,7 +300,8 @@ def _smooth_l1(x: jax.Array, beta: float) -> jax.Array:
     return jnp.where(n < beta, 0.5 * n**2 / beta, n - 0.5 * beta)
 
 
-_UNIT_BOX = jnp.array([0.0, 0.0, 1.0, 1.0])
+# NumPy, not jnp: a jax array at import would start the XLA backend before jax.distributed.initialize.
+_UNIT_BOX = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
 
 
 def _rpn_terms(

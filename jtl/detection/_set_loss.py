@@ -63,7 +63,8 @@ def hungarian_match(cost: jax.Array, target_mask: jax.Array) -> tuple[jax.Array,
 
 # A valid stand-in for padded target boxes: zero-area boxes give NaN GIoU (0 / 0), whose gradient poisons the
 # real ones even when masked.
-_DUMMY_BOX = jnp.array([0.5, 0.5, 1.0, 1.0])
+# NumPy, not jnp: a jax array at import would start the XLA backend before jax.distributed.initialize.
+_DUMMY_BOX = np.array([0.5, 0.5, 1.0, 1.0], np.float32)
 
 
 def _match_image(

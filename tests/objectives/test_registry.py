@@ -8,9 +8,9 @@ from jtl.config import ConfigError, base_config, task_config
 
 def test_an_unknown_objective_lists_the_known_ones():
     config = base_config()
-    config.objective = "detection"
+    config.objective = "segmentation"
     with pytest.raises(
-        ConfigError, match=r"config.objective='detection'; known: adaptation, classification, multitask"
+        ConfigError, match=r"config.objective='segmentation'; known: adaptation, classification, detection, multitask"
     ):
         objectives.from_config(config)
 
