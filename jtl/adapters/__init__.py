@@ -1,26 +1,56 @@
-"""Parameter-efficient fine-tuning: LoRA adapters beside any jtl model's Dense kernels (added, trained, merged,
-saved and loaded on their own) and BitFit's trainable rules."""
+"""Parameter-efficient fine-tuning: adapter methods beside any jtl model's layers (added, trained, merged and
+unmerged, switched, saved and loaded on their own) and BitFit's trainable rules.
 
+Every method follows one protocol (:class:`Method`); :func:`with_adapters` wraps a model so that it applies them.
+"""
+
+from jtl.adapters._io import load_adapters, save_adapters
 from jtl.adapters._lora import (
     BITFIT_TRAINABLE,
     LORA_TRAINABLE,
     LoRASpec,
     add_adapters,
-    base_model,
-    load_adapters,
-    merge_adapters,
-    save_adapters,
     with_lora,
+)
+from jtl.adapters._method import (
+    METHODS,
+    Method,
+    adapter_dropout,
+    attach_adapters,
+    base_model,
+    fold,
+    matching_layers,
+    merge_adapters,
+    method_from_dict,
+    method_to_dict,
+    register,
+    split_adapters,
+    trainable_patterns,
+    unmerge_adapters,
+    with_adapters,
 )
 
 __all__ = [
     "BITFIT_TRAINABLE",
     "LORA_TRAINABLE",
+    "METHODS",
     "LoRASpec",
+    "Method",
+    "adapter_dropout",
     "add_adapters",
+    "attach_adapters",
     "base_model",
+    "fold",
     "load_adapters",
+    "matching_layers",
     "merge_adapters",
+    "method_from_dict",
+    "method_to_dict",
+    "register",
     "save_adapters",
+    "split_adapters",
+    "trainable_patterns",
+    "unmerge_adapters",
+    "with_adapters",
     "with_lora",
 ]

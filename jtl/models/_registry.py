@@ -21,7 +21,7 @@ class Family(NamedTuple):
 
     Attributes:
       name: the family's name (``"vit"``).
-      model: its Flax module class; subclasses (``jtl.adapters.with_lora``'s) belong to the family too.
+      model: its Flax module class; subclasses (``jtl.adapters.with_adapters``'s) belong to the family too.
       configs: ``{registry name: fields}`` for :func:`create` (named sizes and a tiny ``*-testing`` config).
       layer_index: ``model -> (layer_of, top)``, see :func:`layer_index`.
       input_kind: ``"image"`` (``model(images)``), ``"text"`` (``model(input_ids, attention_mask)``) or

@@ -147,7 +147,7 @@ def test_save_and_load_adapters_round_trip(tmp_path):
     with np.load(tmp_path / "adapters" / "adapters.npz") as saved:
         assert sorted(saved.files) == sorted(n for n, _ in jm.named_leaves(params) if "lora_" in n or "head/" in n)
     loaded_model, loaded = load_adapters(tmp_path / "adapters")
-    assert loaded_model.lora == SPEC
+    assert loaded_model.adapters == (SPEC,)
     (x,) = model.example_inputs()
     np.testing.assert_array_equal(loaded_model.apply(loaded, x), lora.apply({"params": params}, x))
 

@@ -120,7 +120,7 @@ def test_loads_from_its_own_layout(toy, tmp_path):
 
 
 def test_subclasses_belong_to_the_family(toy):
-    # jtl.adapters.with_lora wraps a model in a subclass of its class; registry look-ups go along the MRO.
+    # jtl.adapters.with_adapters wraps a model in a subclass of its class; registry look-ups go along the MRO.
     wrapped = type("LoRAToyNet", (ToyNet,), {})(num_layers=3)
     assert models.family_of(wrapped) is toy and models.input_kind(wrapped) == "image"
     assert models.layer_index(wrapped)[1] == 4

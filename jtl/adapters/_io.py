@@ -1,0 +1,132 @@
+"""Saving and loading adapters on their own: what fine-tuning changed (the adapters and the head) with a pointer
+to the base weights, in ``adapters.npz`` + ``adapters.json``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jtl.masking as jm
+from jtl.adapters._lora import add_adapters
+from jtl.adapters._method import method_from_dict, method_to_dict, trainable_patterns, with_adapters
+
+PyTree = Any
+
+_ADAPTER_FILE = "adapters.npz"
+_META_FILE = "adapters.json"
+
+
+def save_adapters(
+    directory: str | Path,
+    model: nn.Module,
+    params: PyTree,
+    *,
+    base: str,
+    trainable: Sequence[str] | None = None,
+) -> Path:
+    """Saves only what fine-tuning changed (the adapters and the head, by default) with a pointer to the base.
+
+    Args:
+      directory: created if missing; holds ``adapters.npz`` and ``adapters.json``.
+      model: the model from :func:`jtl.adapters.with_adapters` (its methods are recorded).
+      params: its parameters.
+      base: what :func:`jtl.weights.load_pretrained` loads the base from (hub id, directory or file).
+      trainable: the patterns of the saved leaves (default: the methods' leaves); the head always goes with them.
+
+    Returns:
+      The directory.
+
+    >>> import tempfile
+    >>> from jtl import models
+    >>> from jtl.weights import save_pretrained
+    >>> root = tempfile.mkdtemp()
+    >>> vit = models.create("vit-testing", num_classes=3)
+    >>> _ = save_pretrained(f"{root}/base", vit, models.init(vit))
+    >>> from jtl.adapters import LoRASpec
+    >>> spec = LoRASpec(rank=2)
+    >>> params = add_adapters(models.init(vit)["params"], spec, jax.random.PRNGKey(0))
+    >>> _ = save_adapters(f"{root}/adapters", with_adapters(vit, spec), params, base=f"{root}/base")
+    >>> model, variables = load_adapters(f"{root}/adapters", verbose=False)
+    >>> type(model).__name__, model.adapters[0].rank
+    ('AdaptedViT', 2)
+    """
+    if not getattr(model, "adapters", ()):
+        raise TypeError(f"save_adapters needs a model from with_adapters, got {type(model).__name__}")
+    trainable = trainable_patterns(*model.adapters, head="") if trainable is None else tuple(trainable)
+    patterns = trainable if "head/.*" in trainable else (*trainable, "head/.*")
+    mask = jm.select(params, patterns, allow_unused=True)
+    saved = {
+        name: np.asarray(leaf)
+        for (name, leaf), keep in zip(jm.named_leaves(params), jax.tree_util.tree_leaves(mask), strict=True)
+        if keep
+    }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "base": str(base),
+        "methods": [method_to_dict(method) for method in model.adapters],
+        "num_classes": int(model.num_classes),
+        "saved": sorted(saved),
+    }
+    # Written under temporary names and renamed, so an interrupted save never leaves a half-written pair.
+    tmp_npz, tmp_json = directory / f".{_ADAPTER_FILE}.tmp", directory / f".{_META_FILE}.tmp"
+    with tmp_npz.open("wb") as f:
+        np.savez(f, **saved)
+    tmp_json.write_text(json.dumps(meta, indent=1))
+    tmp_npz.replace(directory / _ADAPTER_FILE)
+    tmp_json.replace(directory / _META_FILE)
+    return directory
+
+
+def load_adapters(directory: str | Path, base: str | None = None, **overrides: Any) -> tuple[nn.Module, dict]:
+    """Loads the base model named in ``adapters.json`` (or ``base``) and puts the saved adapters and head in.
+
+    Args:
+      directory: what :func:`save_adapters` wrote.
+      base: load the base from here instead of the recorded pointer.
+      **overrides: model fields for :func:`jtl.weights.load_pretrained`.
+
+    Returns:
+      ``(model, variables)`` with the wrapped model (:func:`save_adapters` shows both in use).
+
+    A directory that :func:`save_adapters` did not write is refused:
+
+    >>> import tempfile
+    >>> load_adapters(tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    jtl.weights._readers.WeightLoadError: ...: no adapters.json; not a directory written by save_adapters
+    """
+    from jtl.weights import WeightLoadError, load_pretrained
+
+    directory = Path(directory)
+    meta_file = directory / _META_FILE
+    if not meta_file.is_file():
+        raise WeightLoadError(f"{directory}: no {_META_FILE}; not a directory written by save_adapters")
+    meta = json.loads(meta_file.read_text())
+    methods = [method_from_dict(data) for data in meta["methods"]]
+    model, variables, _ = load_pretrained(base or meta["base"], num_classes=meta["num_classes"], **overrides)
+    params = variables["params"]
+    for method in methods:
+        params = add_adapters(params, method, jax.random.PRNGKey(0))
+    names = dict(jm.named_leaves(params))
+    with np.load(directory / _ADAPTER_FILE, allow_pickle=False) as saved:
+        problems = [f"{k}: not in the model" for k in saved.files if k not in names]
+        problems += [
+            f"{k}: shape {saved[k].shape} in the file, {names[k].shape} in the model"
+            for k in saved.files
+            if k in names and saved[k].shape != names[k].shape
+        ]
+        if problems:
+            raise WeightLoadError(
+                f"{directory / _ADAPTER_FILE} does not fit {meta['base']}:\n  " + "\n  ".join(problems)
+            )
+        params = jm.map_with_names(lambda name, leaf: jnp.asarray(saved[name]) if name in saved.files else leaf, params)
+    return with_adapters(model, *methods), {**variables, "params": params}

@@ -1,0 +1,354 @@
+"""The protocol every parameter-efficient method follows, and the wrapper that applies methods to a jtl model.
+
+A method is an immutable spec (a ``NamedTuple``: hashable, a model field, written to JSON by ``_asdict``) that
+
+- ``add(params, rng)``: puts its new leaves into the parameter tree, beside the layer they adapt (so masking,
+  optimizers, checkpoints and reports see them like any other parameter); the model's output is unchanged;
+- ``intercept(next_fun, args, kwargs, context, train)``: a ``flax.linen.intercept_methods`` interceptor that
+  applies the leaves it finds while the wrapped model runs (layers without them run as they are);
+- ``merge(params)`` / ``unmerge(merged, adapters)``: folds them into the base weights (and back), where the method
+  allows it;
+- names its leaves (``leaves``), the trainable patterns (``trainable``) and its registry name (``kind``).
+
+:func:`with_adapters` wraps a model in a subclass of its own class whose ``adapters`` field holds the methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import jtl.masking as jm
+
+PyTree = Any
+
+
+class Method(Protocol):
+    """What :func:`with_adapters`, :func:`merge_adapters` and the save/load functions need of a method."""
+
+    kind: str
+    leaves: tuple[str, ...]
+
+    @property
+    def trainable(self) -> tuple[str, ...]: ...
+
+    def add(self, params: PyTree, rng: jax.Array) -> PyTree: ...
+
+    def intercept(self, next_fun: Any, args: tuple, kwargs: dict, context: Any, train: bool) -> Any: ...
+
+    def merge(self, params: PyTree) -> PyTree: ...
+
+    def unmerge(self, merged: PyTree, adapters: PyTree) -> PyTree: ...
+
+    def _asdict(self) -> dict[str, Any]: ...
+
+
+#: ``kind -> method class``, for reading saved adapters back; each method module registers itself.
+METHODS: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: makes a method readable by ``kind`` (:func:`method_from_dict`)."""
+    METHODS[cls.kind] = cls
+    return cls
+
+
+def method_to_dict(method: Method) -> dict[str, Any]:
+    """A method as JSON-ready data: ``{"kind": ..., **fields}`` (tuples as lists)."""
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in method._asdict().items()}
+    return {"kind": method.kind, **fields}
+
+
+def method_from_dict(data: dict[str, Any]) -> Method:
+    """The inverse of :func:`method_to_dict`."""
+    data = dict(data)
+    kind = data.pop("kind")
+    if kind not in METHODS:
+        raise ValueError(f"adapter kind {kind!r}: expected one of {sorted(METHODS)}")
+    cls = METHODS[kind]
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@functools.cache
+def _adapted_class(base: type) -> type:
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        train = bool(kwargs.get("train", False))
+        with contextlib.ExitStack() as stack:
+            for method in self.adapters:
+                stack.enter_context(nn.intercept_methods(functools.partial(method.intercept, train=train)))
+            return base.__call__(self, *args, **kwargs)
+
+    namespace = {"__annotations__": {"adapters": tuple}, "adapters": (), "__call__": __call__}
+    namespace["__module__"], namespace["__doc__"] = base.__module__, f"{base.__name__} with adapters."
+    return type(f"Adapted{base.__name__}", (base,), namespace)
+
+
+def _fields(model: nn.Module, cls: type) -> dict[str, Any]:
+    return {k: getattr(model, k) for k in cls.__dataclass_fields__ if k not in ("parent", "name", "adapters")}
+
+
+def with_adapters(model: nn.Module, *methods: Method) -> nn.Module:
+    """Wraps a jtl model so that it applies the adapters that ``methods`` find in its parameters.
+
+    The wrapped model is still an instance of the model's class (registry functions such as
+    ``jtl.models.layer_index`` work) with the same parameter names plus the adapters'. Wrapping a wrapped model
+    replaces its methods.
+
+    Args:
+      model: a jtl model (or any linen module).
+      *methods: the methods, e.g. a :class:`LoRASpec`; their runtime settings (scale, dropout) apply here.
+
+    Returns:
+      The wrapped model.
+
+    >>> from jtl import models
+    >>> from jtl.adapters import LoRASpec
+    >>> model = with_adapters(models.create("vit-testing", num_classes=3), LoRASpec(rank=2))
+    >>> type(model).__name__, isinstance(model, models.ViT), model.adapters[0].rank
+    ('AdaptedViT', True, 2)
+    """
+    base = base_model(model)
+    return _adapted_class(type(base))(**_fields(base, type(base)), adapters=tuple(methods))
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The model without its adapters wrapper (itself when not wrapped).
+
+    Args:
+      model: a model, possibly wrapped by :func:`with_adapters`.
+
+    Returns:
+      The wrapped model.
+
+    >>> from jtl import models
+    >>> from jtl.adapters import LoRASpec
+    >>> vit = models.create("vit-testing", num_classes=3)
+    >>> base_model(with_adapters(vit, LoRASpec())) == vit
+    True
+    """
+    if not hasattr(model, "adapters"):
+        return model
+    base = type(model).__mro__[1]
+    return base(**_fields(model, base))
+
+
+def trainable_patterns(*methods: Method, head: str = "head/.*") -> tuple[str, ...]:
+    """The masking patterns that train ``methods``' leaves and the (new) head.
+
+    Args:
+      *methods: the methods.
+      head: the head's pattern (``""``: none).
+
+    Returns:
+      The patterns, for ``jtl.masking`` and ``jtl.step.freeze``.
+
+    >>> from jtl.adapters import LoRASpec
+    >>> trainable_patterns(LoRASpec())
+    ('.*/lora_a', '.*/lora_b', 'head/.*')
+    """
+    patterns = [p for method in methods for p in method.trainable]
+    return tuple(dict.fromkeys([*patterns, *([head] if head else [])]))
+
+
+def split_adapters(params: PyTree, *methods: Method) -> tuple[PyTree, PyTree]:
+    """Separates the methods' leaves from the base: ``(base params, adapters)``, both nested dicts.
+
+    Args:
+      params: a parameter tree with adapters.
+      *methods: the methods whose leaves to take out.
+
+    Returns:
+      The base tree (what the unwrapped model runs) and a tree holding only the adapters' leaves.
+
+    >>> from jtl.adapters import LoRASpec
+    >>> params = {"q": {"kernel": 1, "lora_a": 2, "lora_b": 3}}
+    >>> split_adapters(params, LoRASpec())
+    ({'q': {'kernel': 1}}, {'q': {'lora_a': 2, 'lora_b': 3}})
+    """
+    names = {leaf for method in methods for leaf in method.leaves}
+
+    def visit(node: Any) -> tuple[Any, Any]:
+        base, adapters = {}, {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                b, a = visit(value)
+                if b:
+                    base[key] = b
+                if a:
+                    adapters[key] = a
+            elif key in names:
+                adapters[key] = value
+            else:
+                base[key] = value
+        return base, adapters
+
+    return visit(params)
+
+
+def attach_adapters(base: PyTree, adapters: PyTree) -> PyTree:
+    """Puts adapters (from :func:`split_adapters` or a saved set) onto a base tree: switching adapters on one base
+    is ``attach_adapters(base, other)``.
+
+    Args:
+      base: the base parameter tree (without adapters).
+      adapters: a tree of adapter leaves with the base's paths.
+
+    Returns:
+      The combined tree; the base's leaves are the same arrays.
+
+    Raises:
+      jtl.masking.MaskingError: an adapter's layer is not in the base.
+
+    >>> attach_adapters({"q": {"kernel": 1}}, {"q": {"lora_a": 2}})
+    {'q': {'kernel': 1, 'lora_a': 2}}
+    """
+
+    def visit(node: Any, extra: Any, path: tuple[str, ...]) -> Any:
+        out = dict(node)
+        for key, value in extra.items():
+            if isinstance(value, dict):
+                if not isinstance(node.get(key), dict):
+                    raise jm.MaskingError(f"adapter layer {'/'.join((*path, key))!r} is not in the base model")
+                out[key] = visit(node[key], value, (*path, key))
+            else:
+                out[key] = value
+        return out
+
+    return visit(base, adapters, ())
+
+
+def merge_adapters(params: PyTree, *methods: Method) -> PyTree:
+    """Folds the methods' adapters into the base weights and drops their leaves: the tree the base model runs at no
+    extra cost.
+
+    Args:
+      params: a parameter tree with adapters.
+      *methods: the methods they were trained with (their scales matter).
+
+    Returns:
+      The base model's parameter tree.
+
+    Raises:
+      ValueError: a method that cannot be merged (its layers add computation the base model lacks).
+
+    >>> import jax.numpy as jnp
+    >>> from jtl.adapters import LoRASpec
+    >>> params = {"q": {"kernel": jnp.zeros((2, 2)), "lora_a": jnp.ones((2, 1)), "lora_b": jnp.ones((1, 2))}}
+    >>> merge_adapters(params, LoRASpec(rank=1, alpha=2.0))["q"]["kernel"].tolist()
+    [[2.0, 2.0], [2.0, 2.0]]
+    """
+    for method in methods:
+        params = method.merge(params)
+    return params
+
+
+def unmerge_adapters(merged: PyTree, adapters: PyTree, *methods: Method) -> PyTree:
+    """Takes merged adapters back out of the base weights: the inverse of :func:`merge_adapters` (within float
+    rounding), given the adapters as :func:`split_adapters` returned them before the merge.
+
+    Args:
+      merged: what :func:`merge_adapters` returned.
+      adapters: the adapters' leaves (:func:`split_adapters` of the params before merging).
+      *methods: the methods, as given to :func:`merge_adapters`.
+
+    Returns:
+      The parameter tree with its adapters, as before the merge.
+
+    >>> import jax.numpy as jnp
+    >>> from jtl.adapters import LoRASpec
+    >>> spec = LoRASpec(rank=1, alpha=2.0)
+    >>> params = {"q": {"kernel": jnp.zeros((2, 2)), "lora_a": jnp.ones((2, 1)), "lora_b": jnp.ones((1, 2))}}
+    >>> _, adapters = split_adapters(params, spec)
+    >>> unmerge_adapters(merge_adapters(params, spec), adapters, spec)["q"]["kernel"].tolist()
+    [[0.0, 0.0], [0.0, 0.0]]
+    """
+    for method in reversed(methods):
+        merged = method.unmerge(merged, adapters)
+    return merged
+
+
+def adapted_layers(params: PyTree, leaf: str) -> list[str]:
+    """The paths of the layers holding ``leaf`` (e.g. ``"lora_a"``)."""
+    return [name.removesuffix(f"/{leaf}") for name, _ in jm.named_leaves(params) if name.rsplit("/", 1)[-1] == leaf]
+
+
+def matching_layers(params: PyTree, targets: Sequence[str], accept: Any, what: str) -> dict[str, list[int]]:
+    """``{layer path: indices of the targets matching it}`` over layers (dicts) that ``accept(node)``.
+
+    Raises:
+      jtl.masking.MaskingError: a target matches no accepted layer, naming a few that exist.
+    """
+    patterns = [re.compile(t) for t in targets]
+    found: dict[str, list[int]] = {}
+
+    def visit(node: Any, path: tuple[str, ...]) -> None:
+        if not isinstance(node, dict):
+            return
+        name = "/".join(path)
+        hits = [i for i, p in enumerate(patterns) if p.fullmatch(name)]
+        if hits and accept(node):
+            found[name] = hits
+        for key, value in node.items():
+            visit(value, (*path, key))
+
+    visit(params, ())
+    used = {i for hits in found.values() for i in hits}
+    unused = [t for i, t in enumerate(targets) if i not in used]
+    if unused:
+        kernels = [n.removesuffix("/kernel") for n, _ in jm.named_leaves(params) if n.endswith("/kernel")]
+        raise jm.MaskingError(f"targets {unused} match no {what}; kernels are named like {kernels[:4]}")
+    return found
+
+
+def adapter_dropout(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Array:
+    """Inverted dropout on an adapter's input while training (the module's ``dropout`` PRNG stream).
+
+    Args:
+      module: the layer being adapted (its ``make_rng``).
+      x: the adapter's input.
+      rate: the dropout rate.
+      train: dropout applies only while training.
+
+    Returns:
+      ``x`` with dropout applied.
+    """
+    if not train or rate <= 0:
+        return x
+    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def fold(params: PyTree, drop: Sequence[str], kernel: Any, *, marker: str | None = None) -> PyTree:
+    """Rewrites the layers holding ``marker`` (default: ``drop[0]``) with ``kernel(layer)`` as their kernel and
+    drops the leaves named in ``drop``: the walk behind every method's merge and unmerge.
+
+    Args:
+      params: a parameter tree.
+      drop: the leaf names to remove from every layer.
+      kernel: ``layer dict -> new kernel``.
+      marker: the leaf that marks a layer to rewrite.
+
+    Returns:
+      The new tree.
+
+    >>> fold({"q": {"kernel": 1, "s": 2}}, ("s",), lambda layer: layer["kernel"] * layer["s"])
+    {'q': {'kernel': 2}}
+    """
+    flag = marker or drop[0]
+
+    def visit(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        out = {k: visit(v) for k, v in node.items() if k not in drop}
+        if flag in node:
+            out["kernel"] = kernel(node)
+        return out
+
+    return visit(params)
