@@ -13,6 +13,7 @@ from jtl.weights._convert import (
     merge_into,
 )
 from jtl.weights._export import export, save_big_vision_npz
+from jtl.weights._keys import checkpoint_keys
 from jtl.weights._layout import (
     Layout,
     adapt_input_channels,
@@ -52,6 +53,7 @@ __all__ = [
     "WeightLoadError",
     "adapt_input_channels",
     "batch_norm",
+    "checkpoint_keys",
     "conv",
     "convert",
     "download_from_hub",
