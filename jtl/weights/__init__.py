@@ -43,6 +43,7 @@ from jtl.weights._readers import (
     read_torch,
     safetensors_shapes,
 )
+from jtl.weights._save_hf import save_hf_pretrained
 
 __all__ = [
     "HF_WEIGHT_FILES",
@@ -79,5 +80,6 @@ __all__ = [
     "resize_grid",
     "safetensors_shapes",
     "save_big_vision_npz",
+    "save_hf_pretrained",
     "save_pretrained",
 ]
