@@ -192,7 +192,8 @@ def to_checkpoint(
     out = _unprepare(layout, shapes, written) if layout.prepare is not None else written
     untouched = {origin[route.key] for route in found if route.name is None} | {origin[key] for key in unmatched}
     out.update(read_keys(sorted(untouched - set(out))))
-    return {key: np.ascontiguousarray(out[key]) for key in sorted(out)}
+    # C-contiguous copies where needed (safetensors writes a view's buffer as it lies), scalars kept 0-d.
+    return {key: np.require(out[key], requirements="C") for key in sorted(out)}
 
 
 def _invert(rule: Rule, value: np.ndarray, shape: tuple | None, fields: Mapping[str, Any]) -> np.ndarray:
