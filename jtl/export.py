@@ -1,0 +1,104 @@
+"""``python -m jtl.export --config configs/X.py[:arg] --workdir DIR --format hf|npz [--out DIR]``.
+
+Writes a finished ``python -m jtl.train`` run's final weights (its latest checkpoint, adapters merged) in another
+library's format: ``hf`` a Hugging Face checkpoint in the layout of ``config.model.pretrained``, ``npz`` a
+big_vision ``.npz`` (ViT). A format is one function in ``FORMATS``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+from jtl.adapters import base_model, merge_adapters
+from jtl.config import ConfigError, command_line_parser, parse_command_line
+from jtl.train import build_model, run_command
+from jtl.weights import save_big_vision_npz, save_hf_pretrained
+
+
+def final_model(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The model of a run and its latest checkpoint's variables, adapters folded into the base weights.
+
+    Args:
+      config: the run's config.
+      workdir: the run's workdir.
+
+    Returns:
+      ``(model, {"params": ..., "batch_stats": ...})`` as host arrays.
+
+    Raises:
+      ConfigError: when the workdir holds no checkpoint.
+
+    >>> from jtl.config import base_config
+    >>> final_model(base_config(), "/no/such/workdir")
+    Traceback (most recent call last):
+    ...
+    jtl.config.ConfigError: /no/such/workdir/checkpoints: no checkpoint to export
+    """
+    directory = Path(workdir).absolute() / "checkpoints"
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: no checkpoint to export")
+    with ocp.CheckpointManager(directory) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise ConfigError(f"{directory}: no checkpoint to export")
+        described = manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
+        # Restored without a target: the train state as saved, of which only the model's variables are needed.
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    model, _, _ = build_model(config, int(described["model"]["num_classes"]))
+    params = merge_adapters(state["params"], *model.adapters) if hasattr(model, "adapters") else state["params"]
+    return base_model(model), {"params": params, "batch_stats": state.get("batch_stats") or {}}
+
+
+def _hf(out: Path, model: Any, variables: dict, config: ml_collections.ConfigDict) -> Path:
+    if not config.model.pretrained:
+        raise ConfigError("--format hf: the run did not start from a Hugging Face checkpoint (config.model.pretrained)")
+    return save_hf_pretrained(out, model, variables, config.model.pretrained)
+
+
+def _npz(out: Path, model: Any, variables: dict, config: ml_collections.ConfigDict) -> Path:
+    del config
+    out.mkdir(parents=True, exist_ok=True)
+    save_big_vision_npz(out / "model.npz", variables["params"], model.num_heads)
+    return out / "model.npz"
+
+
+# name -> write(out directory, model, variables, config) -> what was written.
+FORMATS: dict[str, Callable[[Path, Any, dict, ml_collections.ConfigDict], Path]] = {"hf": _hf, "npz": _npz}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``python -m jtl.export``: parses the command line and writes the export.
+
+    Args:
+      argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+      What was written.
+
+    >>> main(["--config", "no/such/config.py", "--format", "hf"])
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    parser = command_line_parser("python -m jtl.export", __doc__.splitlines()[0], "the finished run")
+    parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="what to write")
+    parser.add_argument("--out", default=None, help="where (default: WORKDIR/export-FORMAT)")
+    args, config, workdir = parse_command_line(parser, argv)
+    out = Path(args.out or Path(workdir) / f"export-{args.format}")
+
+    def export() -> Path:
+        model, variables = final_model(config, workdir)
+        return FORMATS[args.format](out, model, variables, config)
+
+    return run_command(parser, args.debug, export)
+
+
+if __name__ == "__main__":
+    main()
