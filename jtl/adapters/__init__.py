@@ -29,6 +29,7 @@ from jtl.adapters._method import (
     unmerge_adapters,
     with_adapters,
 )
+from jtl.adapters._qlora import QLoRASpec
 
 __all__ = [
     "BITFIT_TRAINABLE",
@@ -36,6 +37,7 @@ __all__ = [
     "METHODS",
     "LoRASpec",
     "Method",
+    "QLoRASpec",
     "adapter_dropout",
     "add_adapters",
     "attach_adapters",
