@@ -30,6 +30,7 @@ from jtl.adapters._method import (
     unmerge_adapters,
     with_adapters,
 )
+from jtl.adapters._prompts import PromptSpec
 from jtl.adapters._qlora import QLoRASpec
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "BottleneckSpec",
     "LoRASpec",
     "Method",
+    "PromptSpec",
     "QLoRASpec",
     "adapter_dropout",
     "add_adapters",
