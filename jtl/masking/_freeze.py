@@ -68,17 +68,17 @@ def freeze(
     def init(params: PyTree) -> Any:
         return partition.init(floats(params))
 
-    def update(updates: PyTree, state: Any, params: PyTree | None = None) -> tuple[PyTree, Any]:
+    def update(updates: PyTree, state: Any, params: PyTree | None = None, **extra: Any) -> tuple[PyTree, Any]:
         if params is None:
-            return partition.update(updates, state)
-        updates, state = partition.update(updates, state, floats(params))
+            return partition.update(updates, state, **extra)
+        updates, state = partition.update(updates, state, floats(params), **extra)
 
         def fill(u: Any, p: Any) -> Any:
             return jnp.zeros_like(p) if u is None and p is not None else u
 
         return jax.tree_util.tree_map(fill, updates, params, is_leaf=lambda x: x is None), state
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _is_differentiable(leaf: Any) -> bool:
