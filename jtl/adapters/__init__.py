@@ -4,6 +4,7 @@ unmerged, switched, saved and loaded on their own) and BitFit's trainable rules.
 Every method follows one protocol (:class:`Method`); :func:`with_adapters` wraps a model so that it applies them.
 """
 
+from jtl.adapters._bottleneck import BottleneckSpec
 from jtl.adapters._io import load_adapters, save_adapters
 from jtl.adapters._lora import (
     BITFIT_TRAINABLE,
@@ -29,13 +30,18 @@ from jtl.adapters._method import (
     unmerge_adapters,
     with_adapters,
 )
+from jtl.adapters._prompts import PromptSpec
+from jtl.adapters._qlora import QLoRASpec
 
 __all__ = [
     "BITFIT_TRAINABLE",
     "LORA_TRAINABLE",
     "METHODS",
+    "BottleneckSpec",
     "LoRASpec",
     "Method",
+    "PromptSpec",
+    "QLoRASpec",
     "adapter_dropout",
     "add_adapters",
     "attach_adapters",

@@ -29,6 +29,8 @@ def freeze(
     Built on ``optax.partition`` with ``optax.set_to_zero()`` for the frozen group: the frozen leaves'
     slots in ``tx``'s state are ``optax.MaskedNode()`` (no moments), and their params stay
     bit-identical. Anything in ``tx`` (gradient clipping, weight decay) sees only the trainable leaves.
+    Non-float leaves (integer or quantized arrays) are frozen whatever the rules say: they take the ``None``
+    gradients :func:`value_and_grad` gives them and get zero updates.
 
     Args:
       tx: the optimizer for the trainable leaves.
@@ -46,13 +48,37 @@ def freeze(
     ...                        tx.init(params), params)
     >>> updates["backbone"]["kernel"].tolist(), updates["head"]["kernel"].tolist()
     ([0.0, 0.0], [-0.1..., -0.1...])
+    >>> params = {**params, "codes": jnp.arange(3, dtype=jnp.int8)}
+    >>> updates, _ = tx.update({**updates, "codes": None}, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["codes"].tolist()
+    [0, 1, 2]
     """
 
     def labels(tree: PyTree) -> PyTree:
         mask = trainable_mask(tree, trainable=trainable, frozen=frozen, allow_unused=allow_unused)
         return jax.tree_util.tree_map(lambda m: TRAINABLE if m else FROZEN, mask)
 
-    return optax.partition({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, labels)
+    partition = optax.partition({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, labels)
+
+    # Non-float leaves (quantized kernels, integer buffers) get no gradient from value_and_grad (None), and optax
+    # labels the updates: the params must lose them too, and they come back as zero updates for apply_updates.
+    def floats(tree: PyTree) -> PyTree:
+        return jax.tree_util.tree_map(lambda x: x if _is_differentiable(x) else None, tree)
+
+    def init(params: PyTree) -> Any:
+        return partition.init(floats(params))
+
+    def update(updates: PyTree, state: Any, params: PyTree | None = None, **extra: Any) -> tuple[PyTree, Any]:
+        if params is None:
+            return partition.update(updates, state, **extra)
+        updates, state = partition.update(updates, state, floats(params), **extra)
+
+        def fill(u: Any, p: Any) -> Any:
+            return jnp.zeros_like(p) if u is None and p is not None else u
+
+        return jax.tree_util.tree_map(fill, updates, params, is_leaf=lambda x: x is None), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _is_differentiable(leaf: Any) -> bool:
