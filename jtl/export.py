@@ -9,18 +9,21 @@ names another; ``--config.key=value`` changes either. A format is one function i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jtl.adapters import base_model, merge_adapters
 from jtl.config import CONFIG_FILE, ConfigError, apply_overrides, config_from_args, config_from_json
 from jtl.train import build_model, run_command
-from jtl.weights import save_big_vision_npz, save_hf_pretrained
+from jtl.weights import WeightLoadError, export, get_layout, save_hf_pretrained
+from jtl.weights._save_hf import _same
 
 
 def final_model(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Any, dict[str, Any]]:
@@ -65,9 +68,25 @@ def _hf(out: Path, model: Any, variables: dict, config: ml_collections.ConfigDic
 
 def _npz(out: Path, model: Any, variables: dict, config: ml_collections.ConfigDict) -> Path:
     del config
+    layout = get_layout("big_vision-vit")
+    state = export({"params": variables["params"]}, layout, {"num_heads": model.num_heads})
+    # big_vision's format records no activation or norm epsilon: its loader assumes big_vision's own, so a
+    # model with others (a Hugging Face ViT's exact GELU) would load back computing something else.
+    wrong = [
+        f"{name}: the model has {getattr(model, name)!r}, the .npz would load with {value!r}"
+        for name, value in layout.fields({}, state).items()
+        if not _same(getattr(model, name), value)
+    ]
+    if wrong:
+        raise WeightLoadError("--format npz: the export would not load back as this model: " + "; ".join(wrong))
     out.mkdir(parents=True, exist_ok=True)
-    save_big_vision_npz(out / "model.npz", variables["params"], model.num_heads)
-    return out / "model.npz"
+    path, staging = out / "model.npz", out / ".model.partial.npz"
+    try:
+        np.savez(staging, **state)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return path
 
 
 # name -> write(out directory, model, variables, config) -> what was written.
@@ -114,11 +133,11 @@ def main(argv: list[str] | None = None) -> Path:
         parser.exit(2, f"error: {e}\n")
     out = Path(args.out or Path(args.workdir) / f"export-{args.format}")
 
-    def export() -> Path:
+    def write() -> Path:
         model, variables = final_model(config, args.workdir)
         return FORMATS[args.format](out, model, variables, config)
 
-    return run_command(parser, args.debug, export)
+    return run_command(parser, args.debug, write)
 
 
 if __name__ == "__main__":

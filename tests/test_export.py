@@ -89,6 +89,16 @@ def test_npz_export_loads_back_with_the_big_vision_loader(tmp_path):
     assert max_abs(jit_apply(loaded, reloaded, images), jit_apply(model, variables, images)) == 0.0
 
 
+def test_npz_export_of_a_hugging_face_vit_says_what_it_cannot_hold(hf_vit, tmp_path, capsys):
+    _run(tmp_path / "run", hf_vit)
+    with pytest.raises(SystemExit, match="2"):
+        main(["--workdir", str(tmp_path / "run"), "--format", "npz"])
+    error = capsys.readouterr().err
+    assert "gelu_approximate: the model has False, the .npz would load with True" in error
+    assert "layer_norm_eps: the model has 1e-12, the .npz would load with 1e-06" in error
+    assert not (tmp_path / "run" / "export-npz").exists()  # nothing written
+
+
 def test_config_overrides_change_the_recorded_one(hf_vit, tmp_path, capsys):
     _run(tmp_path / "run", hf_vit)
     assert json.loads((tmp_path / "run" / CONFIG_FILE).read_text())["model"]["pretrained"] == str(hf_vit)
