@@ -274,18 +274,32 @@ def test_sharded_export_loads_in_transformers(sources, tmp_path):
     assert max_abs(jit_apply(model, variables, *ours_inputs), theirs) < TOL
 
 
-def test_headless_source_gets_the_rules_classifier(tmp_path):
+# Base models (no classifier) that jtl loads with a new head; the rest (ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT)
+# read their pooler from the classifier alone, so that load_pretrained refuses their base models.
+HEADLESS = {
+    "vit": lambda config: T.ViTModel(config, add_pooling_layer=False),
+    "bert": T.BertModel,
+    "roberta": T.RobertaModel,  # its pooler.dense goes to RobertaForSequenceClassification's classifier.dense
+    "albert": T.AlbertModel,
+}
+
+
+@pytest.mark.parametrize("family", sorted(HEADLESS))
+def test_headless_source_gets_the_rules_classifier(family, tmp_path):
+    cls, config, kind = FAMILIES[family]
     source = tmp_path / "source"
     torch.manual_seed(0)
-    randomise(T.ViTModel(FAMILIES["vit"][1], add_pooling_layer=False), 0).save_pretrained(source)
+    randomise(HEADLESS[family](config), 0, scale=0.1).save_pretrained(source)
     model, variables, _ = load_pretrained(source, num_classes=3, verbose=False)
     variables = _fine_tune(variables, 2)
     save_hf_pretrained(tmp_path / "out", model, variables, source)
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == ["ViTForImageClassification"]
-    reference = T.AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()
-    theirs_inputs, ours_inputs = _inputs("image", FAMILIES["vit"][1])
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == [cls.__name__]
+    auto = {"image": T.AutoModelForImageClassification, "text": T.AutoModelForSequenceClassification}[kind]
+    reference, info = auto.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert type(reference) is cls and not any(info.values())  # nothing missing, unexpected or mismatched
+    theirs_inputs, ours_inputs = _inputs(kind, config)
     with torch.no_grad():
-        theirs = reference(**theirs_inputs).logits.numpy()
+        theirs = reference.eval()(**theirs_inputs).logits.numpy()
     assert max_abs(jit_apply(model, variables, *ours_inputs), theirs) < TOL
 
 
