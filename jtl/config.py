@@ -7,6 +7,7 @@ import argparse
 import ast
 import difflib
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,25 @@ def config_from_args(spec: str, overrides: list[str]) -> ml_collections.ConfigDi
     >>> config_from_args("configs/quickstart.py:lora", ["--config.lora.rank=8"]).lora.rank
     8
     """
-    config = load_config(spec)
+    return apply_overrides(load_config(spec), overrides)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+    """Applies ``--config.key=value`` command-line items in order.
+
+    Args:
+      config: the (locked) config, changed in place.
+      overrides: the items, each ``--config.key=value``.
+
+    Returns:
+      The config.
+
+    Raises:
+      ConfigError: naming the item or key at fault.
+
+    >>> apply_overrides(base_config().lock(), ["--config.lora.rank=8"]).lora.rank
+    8
+    """
     for item in overrides:
         key, sep, value = item.removeprefix("--config.").partition("=")
         if not sep:
@@ -414,3 +433,70 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     c.compilation_cache = "~/.cache/jtl/xla"  # "" turns JAX's persistent compilation cache off
     return c
+
+
+# What ``python -m jtl.train`` records in the workdir, and ``python -m jtl.export`` reads back.
+CONFIG_FILE = "config.json"
+
+
+def _tuples(value: Any) -> Any:
+    """JSON's lists back as tuples: jtl's configs hold sequences as tuples (``apply_override`` keeps them so)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {key: _tuples(v) for key, v in value.items()}
+    return value
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    """A config from the JSON that :func:`save_config` writes; lists become tuples.
+
+    Args:
+      text: the JSON text.
+
+    Returns:
+      The locked config.
+
+    >>> config_from_json('{"lora": {"targets": ["query"]}, "seed": 0}').lora.targets
+    ('query',)
+    """
+    config = ml_collections.ConfigDict(_tuples(json.loads(text)))
+    config.lock()
+    return config
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, ml_collections.ConfigDict) and isinstance(b, ml_collections.ConfigDict):
+        keys = sorted(set(a.keys()) | set(b.keys()))
+        return [d for key in keys for d in _differences(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if type(a) is type(b) and a == b else [prefix.rstrip(".")]
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+    """Writes ``config`` to ``workdir/config.json`` (atomically: a temporary file renamed into place), the record of
+    a run that ``python -m jtl.export --workdir`` reads with :func:`config_from_json`.
+
+    Args:
+      config: the run's config.
+      workdir: the run's workdir (it exists).
+
+    Returns:
+      The file written.
+
+    Raises:
+      ConfigError: naming the keys whose values would not read back equal (a list, or a value JSON cannot hold).
+
+    >>> import tempfile
+    >>> path = save_config(base_config(), tempfile.mkdtemp())
+    >>> config_from_json(path.read_text()) == base_config().lock()
+    True
+    """
+    text = config.to_json_best_effort(indent=1, sort_keys=True)
+    wrong = _differences(config, config_from_json(text))
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)}: would not read back from {CONFIG_FILE} as set (use tuples, not lists)")
+    path = Path(workdir) / CONFIG_FILE
+    staging = path.with_name(f".{CONFIG_FILE}.{os.getpid()}")
+    staging.write_text(text + "\n")
+    os.replace(staging, path)
+    return path

@@ -1,24 +1,29 @@
-"""``python -m jtl.export --config configs/X.py[:arg] --workdir DIR --format hf|npz [--out DIR]``.
+"""``python -m jtl.export --workdir DIR --format hf|npz [--out DIR] [--config X.py[:arg]] [--config.key=value]``.
 
 Writes a finished ``python -m jtl.train`` run's final weights (its latest checkpoint, adapters merged) in another
 library's format: ``hf`` a Hugging Face checkpoint in the layout of ``config.model.pretrained``, ``npz`` a
-big_vision ``.npz`` (ViT). A format is one function in ``FORMATS``.
+big_vision ``.npz`` (ViT). The run's config is the one it recorded (``DIR/config.json``) unless ``--config``
+names another; ``--config.key=value`` changes either. A format is one function in ``FORMATS``.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jtl.adapters import base_model, merge_adapters
-from jtl.config import ConfigError, command_line_parser, parse_command_line
+from jtl.config import CONFIG_FILE, ConfigError, apply_overrides, config_from_args, config_from_json
 from jtl.train import build_model, run_command
-from jtl.weights import save_big_vision_npz, save_hf_pretrained
+from jtl.weights import WeightLoadError, export, get_layout, save_hf_pretrained
+from jtl.weights._save_hf import _same
 
 
 def final_model(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Any, dict[str, Any]]:
@@ -63,9 +68,25 @@ def _hf(out: Path, model: Any, variables: dict, config: ml_collections.ConfigDic
 
 def _npz(out: Path, model: Any, variables: dict, config: ml_collections.ConfigDict) -> Path:
     del config
+    layout = get_layout("big_vision-vit")
+    state = export({"params": variables["params"]}, layout, {"num_heads": model.num_heads})
+    # big_vision's format records no activation or norm epsilon: its loader assumes big_vision's own, so a
+    # model with others (a Hugging Face ViT's exact GELU) would load back computing something else.
+    wrong = [
+        f"{name}: the model has {getattr(model, name)!r}, the .npz would load with {value!r}"
+        for name, value in layout.fields({}, state).items()
+        if not _same(getattr(model, name), value)
+    ]
+    if wrong:
+        raise WeightLoadError("--format npz: the export would not load back as this model: " + "; ".join(wrong))
     out.mkdir(parents=True, exist_ok=True)
-    save_big_vision_npz(out / "model.npz", variables["params"], model.num_heads)
-    return out / "model.npz"
+    path, staging = out / "model.npz", out / ".model.partial.npz"
+    try:
+        np.savez(staging, **state)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return path
 
 
 # name -> write(out directory, model, variables, config) -> what was written.
@@ -81,23 +102,42 @@ def main(argv: list[str] | None = None) -> Path:
     Returns:
       What was written.
 
-    >>> main(["--config", "no/such/config.py", "--format", "hf"])
+    A workdir that recorded no config (and no ``--config``), or a config that does not load, exits with status 2
+    and a message naming it:
+
+    >>> main(["--workdir", "/no/such/workdir", "--format", "hf"])
     Traceback (most recent call last):
     ...
     SystemExit: 2
     """
     argv = sys.argv[1:] if argv is None else argv
-    parser = command_line_parser("python -m jtl.export", __doc__.splitlines()[0], "the finished run")
+    parser = argparse.ArgumentParser(prog="python -m jtl.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="the finished run")
     parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="what to write")
     parser.add_argument("--out", default=None, help="where (default: WORKDIR/export-FORMAT)")
-    args, config, workdir = parse_command_line(parser, argv)
-    out = Path(args.out or Path(workdir) / f"export-{args.format}")
+    parser.add_argument("--config", default=None, help=f"path/to/config.py[:arg] (default: WORKDIR/{CONFIG_FILE})")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or JTL_DEBUG=1)")
+    args, rest = parser.parse_known_args([a for a in argv if not a.startswith("--config.")])
+    if rest:
+        parser.error(f"unrecognised arguments: {rest}")
+    overrides = [a for a in argv if a.startswith("--config.")]
+    recorded = Path(args.workdir) / CONFIG_FILE
+    try:
+        if args.config:
+            config = config_from_args(args.config, overrides)
+        elif recorded.is_file():
+            config = apply_overrides(config_from_json(recorded.read_text()), overrides)
+        else:
+            raise ConfigError(f"{recorded}: no such file (a run records it when it starts); name the run's --config")
+    except ConfigError as e:
+        parser.exit(2, f"error: {e}\n")
+    out = Path(args.out or Path(args.workdir) / f"export-{args.format}")
 
-    def export() -> Path:
-        model, variables = final_model(config, workdir)
+    def write() -> Path:
+        model, variables = final_model(config, args.workdir)
         return FORMATS[args.format](out, model, variables, config)
 
-    return run_command(parser, args.debug, export)
+    return run_command(parser, args.debug, write)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from jtl.adapters import LoRASpec, add_adapters, save_adapters, with_lora
 from jtl.cadence import is_time
 from jtl.checkpoint import Checkpointer
 from jtl.cli import TrainingError, run_command
-from jtl.config import ConfigError, command_line_parser, parse_command_line
+from jtl.config import ConfigError, command_line_parser, parse_command_line, save_config
 from jtl.step import interpolate_weights, reestimate_batch_stats
 from jtl.weights import load_pretrained
 
@@ -323,8 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     Args:
       config: the experiment config (see ``configs/``).
-      workdir: where checkpoints, ``metrics.jsonl``, TensorBoard event files (``tensorboard/``) and
-        ``final_metrics.json`` go.
+      workdir: where the config (``config.json``), checkpoints, ``metrics.jsonl``, TensorBoard event files
+        (``tensorboard/``) and ``final_metrics.json`` go.
 
     Returns:
       The final metrics (also written to ``workdir/final_metrics.json``), and the final ``params``,
@@ -344,6 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_chief = jax.process_index() == 0
+    if is_chief:  # the run's record: python -m jtl.export --workdir rebuilds the model from it
+        save_config(config, workdir)
     devices = _devices(config)
 
     # --- Objective, model and weights, data (each host reads only its shard) -------------------------------------

@@ -181,12 +181,25 @@ def to_checkpoint(
     backward = [(_target_regex(rule.target), rule) for rule in rules if rule.target is not None]
     forward = [(re.compile(rule.source), rule) for rule in rules]
     loaded = {route.name for route in found}
+    new_modules = set()
     for name in sorted(set(host) - loaded):
         key = _key_for(name, backward, forward)
         if isinstance(key, str):
             problems.append(f"{name}: not in the source checkpoint, and {key}")
             continue
         written[key[0]] = _invert(key[1], np.asarray(host[name]), None, fields)
+        new_modules.add(key[0].split(".")[0] + ".")
+    # A classifier new to the checkpoint (a headless source): a variable the rules can also read from inside it
+    # moves there, as the Hugging Face class reads it only there (a headless RoBERTa's pooler.dense becomes
+    # RobertaForSequenceClassification's classifier.dense; that class has no base-model pooler).
+    for route in found if new_modules else ():
+        if route.key not in written:
+            continue
+        others = [(regex, rule) for regex, rule in backward if rule is not route.rule]
+        moved = _key_for(route.name, others, forward)
+        if not isinstance(moved, str) and moved[0].startswith(tuple(new_modules)) and moved[0] not in prepared:
+            written[moved[0]] = _invert(moved[1], np.asarray(host[route.name]), None, fields)
+            del written[route.key]
     if problems:
         raise WeightLoadError(f"export to {layout.name!r}: {len(problems)} problem(s): " + "; ".join(problems))
     out = _unprepare(layout, shapes, written) if layout.prepare is not None else written

@@ -6,6 +6,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -153,8 +154,8 @@ FAMILIES = {
 
 # Layouts tested elsewhere in this file, or with no transformers classifier to load an export into.
 NOT_CLASSIFIERS = {
-    "hf-clip-text": "a text tower: test_text_towers",
-    "hf-siglip-text": "a text tower: test_text_towers",
+    "hf-clip-text": "a text tower, no classifier: test_text_tower_loads_in_transformers",
+    "hf-siglip-text": "a text tower, no classifier: test_text_tower_loads_in_transformers",
     "detr-resnet": "DETR's backbone, inside a detector",
 }
 
@@ -274,19 +275,78 @@ def test_sharded_export_loads_in_transformers(sources, tmp_path):
     assert max_abs(jit_apply(model, variables, *ours_inputs), theirs) < TOL
 
 
-def test_headless_source_gets_the_rules_classifier(tmp_path):
+# Base models (no classifier) that jtl loads with a new head; the rest (ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT)
+# read their pooler from the classifier alone, so that load_pretrained refuses their base models.
+HEADLESS = {
+    "vit": lambda config: T.ViTModel(config, add_pooling_layer=False),
+    "bert": T.BertModel,
+    "roberta": T.RobertaModel,  # its pooler.dense goes to RobertaForSequenceClassification's classifier.dense
+    "albert": T.AlbertModel,
+}
+
+
+@pytest.mark.parametrize("family", sorted(HEADLESS))
+def test_headless_source_gets_the_rules_classifier(family, tmp_path):
+    cls, config, kind = FAMILIES[family]
     source = tmp_path / "source"
     torch.manual_seed(0)
-    randomise(T.ViTModel(FAMILIES["vit"][1], add_pooling_layer=False), 0).save_pretrained(source)
+    randomise(HEADLESS[family](config), 0, scale=0.1).save_pretrained(source)
     model, variables, _ = load_pretrained(source, num_classes=3, verbose=False)
     variables = _fine_tune(variables, 2)
     save_hf_pretrained(tmp_path / "out", model, variables, source)
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == ["ViTForImageClassification"]
-    reference = T.AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()
-    theirs_inputs, ours_inputs = _inputs("image", FAMILIES["vit"][1])
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == [cls.__name__]
+    auto = {"image": T.AutoModelForImageClassification, "text": T.AutoModelForSequenceClassification}[kind]
+    reference, info = auto.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert type(reference) is cls and not any(info.values())  # nothing missing, unexpected or mismatched
+    theirs_inputs, ours_inputs = _inputs(kind, config)
     with torch.no_grad():
-        theirs = reference(**theirs_inputs).logits.numpy()
+        theirs = reference.eval()(**theirs_inputs).logits.numpy()
     assert max_abs(jit_apply(model, variables, *ours_inputs), theirs) < TOL
+
+
+# family -> (the text tower alone, the dual model, their configs' classes).
+TEXT_TOWERS = {
+    "clip": (T.CLIPTextModelWithProjection, T.CLIPModel, T.CLIPTextConfig, T.CLIPConfig),
+    "siglip": (T.SiglipTextModel, T.SiglipModel, T.SiglipTextConfig, T.SiglipConfig),
+}
+
+
+@pytest.mark.parametrize("dual", [False, True], ids=["tower", "dual-with-layout"])
+@pytest.mark.parametrize("family", sorted(TEXT_TOWERS))
+def test_text_tower_loads_in_transformers(family, dual, tmp_path):
+    """A fine-tuned text tower goes back to its own checkpoint, or with ``layout=`` into the dual model's (whose
+    vision tower is copied as it was); transformers' text embeddings are jtl's."""
+    tower_cls, dual_cls, tower_config, dual_config = TEXT_TOWERS[family]
+    text = {**TOWER, "vocab_size": 100}
+    reference = (
+        dual_cls(dual_config(vision_config={**TOWER, "image_size": 16, "patch_size": 4}, text_config=text))
+        if dual
+        else tower_cls(tower_config(**text))
+    )
+    torch.manual_seed(0)
+    randomise(reference, 0, scale=0.1).save_pretrained(tmp_path / "source")
+    layout = f"hf-{family}-text" if dual else None
+    model, variables, _ = load_pretrained(tmp_path / "source", layout=layout, verbose=False)
+    variables = _fine_tune(variables, 3)
+    save_hf_pretrained(tmp_path / "out", model, variables, tmp_path / "source", layout=layout)
+
+    exported, info = type(reference).from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not any(info.values())  # nothing missing, unexpected or mismatched
+    before, after = (safetensors_shapes(tmp_path / d / "model.safetensors") for d in ("source", "out"))
+    assert set(after) == set(before)
+    if dual:
+        vision = [key for key in before if key.startswith("vision_model.")]
+        source, out = (load_file(tmp_path / d / "model.safetensors") for d in ("source", "out"))
+        assert vision and all(np.array_equal(source[key], out[key]) for key in vision)
+    theirs_inputs, ours_inputs = _inputs("text", None)
+    with torch.no_grad():
+        exported.eval()
+        if dual:
+            theirs = exported.get_text_features(**theirs_inputs).pooler_output  # the projected embeddings
+        else:
+            output = exported(**theirs_inputs)
+            theirs = output.text_embeds if family == "clip" else output.pooler_output
+    assert max_abs(jit_apply(model, variables, *ours_inputs), theirs.numpy()) < TOL
 
 
 def test_wrong_source_or_changed_fields_say_so(sources, tmp_path):
