@@ -37,6 +37,7 @@ from jtl.adapters._method import (
     unmerge_adapters,
     with_adapters,
 )
+from jtl.adapters._peft_format import load_peft, save_peft
 from jtl.adapters._set import AdapterSet
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "fold",
     "from_config",
     "load_adapters",
+    "load_peft",
     "low_rank_conv",
     "matching_layers",
     "merge_adapters",
@@ -67,6 +69,7 @@ __all__ = [
     "read_adapters",
     "register",
     "save_adapters",
+    "save_peft",
     "split_adapters",
     "trainable_patterns",
     "unmerge_adapters",
