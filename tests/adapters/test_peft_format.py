@@ -12,7 +12,8 @@ peft = pytest.importorskip("peft")
 
 import jtl.masking as jm  # noqa: E402
 from jtl.adapters import DoRASpec, IA3Spec, LoRASpec, add_adapters, load_peft, save_peft, with_adapters  # noqa: E402
-from jtl.weights import get_layout, in_memory_key, load_pretrained  # noqa: E402
+from jtl.weights import WeightLoadError, in_memory_key, load_pretrained  # noqa: E402
+from jtl.weights._load import _resolve  # noqa: E402
 from tests.parity import TOL, jit_apply, max_abs, randomise  # noqa: E402
 from tests.weights.test_hf_export import FAMILIES, _inputs  # noqa: E402
 
@@ -115,15 +116,20 @@ def test_peft_adapters_load_in_jtl_with_peft_logits(bases, tmp_path, family, met
     assert max_abs(jit_apply(adapted, variables, *inputs), expected) < TOL
 
 
-def test_renames_give_transformers_in_memory_names(bases):
-    """Every renamed layout's in-memory names are exactly the transformers model's own."""
-    for family in ("vit", "dinov2", "swin", "beit"):
-        cls, config, _ = FAMILIES[family]
+def test_every_layout_names_modules_as_transformers_does_in_memory(tmp_path):
+    """For every Hugging Face classifier layout, in_memory_key (the layout's renames) turns the keys that
+    save_pretrained writes into exactly the model's in-memory names, which PEFT adapters use."""
+    wrong = {}
+    for family, (cls, config, _) in FAMILIES.items():
         reference = cls(config)
-        with safe_open(str(bases(family) / "model.safetensors"), "np") as f:
+        reference.save_pretrained(tmp_path / family)
+        with safe_open(str(tmp_path / family / "model.safetensors"), "np") as f:
             saved = list(f.keys())
-        layout = get_layout(f"hf-{family}")
-        assert {in_memory_key(layout, key) for key in saved} == set(reference.state_dict()), family
+        layout = _resolve(tmp_path / family, None).layout
+        names = {in_memory_key(layout, key) for key in saved}
+        if names != set(reference.state_dict()):
+            wrong[family] = sorted(names ^ set(reference.state_dict()))[:4]
+    assert not wrong
 
 
 def test_what_peft_cannot_hold_is_refused(bases, tmp_path):
@@ -133,3 +139,23 @@ def test_what_peft_cannot_hold_is_refused(bases, tmp_path):
     params = add_adapters(add_adapters(variables["params"], ia3, None), lora, jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="one LoRA, DoRA or"):
         save_peft(tmp_path, with_adapters(model, lora, ia3), params, base)
+
+
+def test_an_adapter_on_a_fused_checkpoint_tensor_is_refused(bases, tmp_path):
+    """ModernBERT stores query, key and value as one Wqkv tensor: PEFT has no module to put a query adapter on."""
+    base = bases("modernbert")
+    model, variables, _ = load_pretrained(base, num_classes=3, verbose=False)
+    spec = LoRASpec(targets=(r".*/attn/query",), rank=2)
+    params = add_adapters(variables["params"], spec, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"stored fused in 'model\.layers\.0\.attn\.Wqkv\.weight'"):
+        save_peft(tmp_path, with_adapters(model, spec), params, base)
+
+
+def test_peft_options_jtl_lacks_are_refused(tmp_path):
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "rank_pattern": {"query": 4}, "target_modules": ["query"]}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightLoadError, match="rank_pattern"):
+        load_peft(tmp_path)
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LOHA"}))
+    with pytest.raises(WeightLoadError, match="'LOHA'"):
+        load_peft(tmp_path)
