@@ -392,12 +392,17 @@ def base_config() -> ml_collections.ConfigDict:
     # "train": statistics update (only if every BatchNorm layer trains); "frozen": the source's statistics;
     # "reestimate": frozen in training, recomputed on the target training data before training and each eval.
     c.batch_norm = "train"
-    c.lora = ml_collections.ConfigDict()  # rank > 0: LoRA adapters (and the head) train, nothing else
+    # Adapters (jtl.adapters.from_config): when any is on, only the adapters (and the head) train.
+    c.lora = ml_collections.ConfigDict()  # rank > 0: LoRA adapters
     c.lora.rank = 0
     c.lora.alpha = 16.0
     c.lora.dropout = 0.0
     c.lora.rslora = False
-    c.lora.targets = (r"encoder/block_\d+/attn/(query|value)",)  # Dense layers to adapt (regexes on names)
+    c.lora.dora = False  # DoRA: LoRA's direction update plus a learned magnitude per output feature
+    c.lora.targets = (r"encoder/block_\d+/attn/(query|value)",)  # Dense/Conv layers to adapt (regexes on names)
+    c.ia3 = ml_collections.ConfigDict()  # targets set: (IA)^3 scaling vectors
+    c.ia3.targets = ()  # e.g. (r"encoder/block_\d+/attn/(key|value)", r"encoder/block_\d+/mlp/fc2")
+    c.ia3.feedforward = ()  # the targets whose input is scaled, e.g. (r"encoder/block_\d+/mlp/fc2",)
     c.l2sp_alpha = 0.0  # L2-SP: pull toward the pretrained weights (set weight_decay to 0 with it)
     c.l2sp_beta = 0.0  # L2-SP: plain L2 on the new head
 

@@ -28,9 +28,8 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 import jtl.masking as jm
+from jtl import adapters, models, objectives, optim, parallel, step
 from jtl import data as jdata
-from jtl import models, objectives, optim, parallel, step
-from jtl.adapters import LoRASpec, add_adapters, save_adapters, with_lora
 from jtl.cadence import is_time
 from jtl.checkpoint import Checkpointer
 from jtl.cli import TrainingError, run_command
@@ -42,7 +41,7 @@ from jtl.weights import load_pretrained
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The model of ``config.model``: pretrained weights when ``config.model.pretrained`` is set (with a zero-shot
     head when ``config.model.zero_shot.classes`` names the classes), else the registry's ``config.model.name`` from
-    scratch; LoRA adapters when ``config.lora.rank`` is set.
+    scratch; the adapters that :func:`jtl.adapters.from_config` finds in the config (``config.lora``, ``config.ia3``).
 
     Args:
       config: the experiment config.
@@ -86,12 +85,12 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[An
             raise ConfigError(f"config.model.name={config.model.name!r} / config.model.overrides: {e}") from e
     if config.model.reinit or not config.model.pretrained:
         variables = models.init(model, seed=config.seed)
-    if config.lora.rank:
-        spec = LoRASpec(
-            tuple(config.lora.targets), config.lora.rank, config.lora.alpha, config.lora.dropout, config.lora.rslora
-        )
-        model = with_lora(model, spec)
-        params = add_adapters(variables["params"], spec, jax.random.PRNGKey(config.seed))
+    methods = adapters.from_config(config)
+    if methods:
+        model = adapters.with_adapters(model, *methods)
+        params = variables["params"]
+        for method in methods:
+            params = adapters.add_adapters(params, method, jax.random.PRNGKey(config.seed))
         variables = {**variables, "params": params}
     description = {
         "class": type(model).__name__,
@@ -373,7 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if len(stages.trainables) > 1:
                 print(f"stage {stage} of gradual unfreezing, from step {stages.schedule.starts[stage]}:")
             tree = step.trained(variables["params"], objective_params)
-            print(jm.report(tree, trainable=step.trained_mask(trainable), depth=2, optimizer=tx))
+            groups = adapters.adapter_groups(*getattr(model, "adapters", ()))  # a row per adapter method
+            print(jm.report(tree, trainable=step.trained_mask(trainable), depth=2, optimizer=tx, leaf_groups=groups))
         batch_stats = optim.train_batch_stats(config, jm.resolve_mask(trainable, variables["params"]))
         train_step = step.make_train_step(
             model, objective, tx, trainable, accum_steps=config.accum_steps, train_batch_stats=batch_stats
@@ -436,9 +436,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     result.update(scores)
     result.update(objective.summarize(log.history, result, workdir, is_chief))
     final_state = compiled.get_state(state)
-    if config.lora.rank and config.model.pretrained and is_chief:
+    if getattr(model, "adapters", ()) and config.model.pretrained and is_chief:
         # Only the adapters and the head: a small checkpoint that points at the base weights.
-        save_adapters(workdir / "adapters", model, final_state.params, base=config.model.pretrained)
+        adapters.save_adapters(workdir / "adapters", model, final_state.params, base=config.model.pretrained)
     for alpha in config.wise_ft:
         result.update(_wise_ft(alpha, start_weights, objective, compiled, state, model, config.eval_batch_size))
     if config.baseline.scratch:
@@ -473,7 +473,7 @@ def _scratch_baseline(
     baseline = ml_collections.ConfigDict(config.to_dict())
     baseline.model.reinit = bool(config.model.pretrained)
     baseline.trainable, baseline.frozen, baseline.train_last_n, baseline.unfreeze_starts = (), (), -1, ()
-    baseline.lora.rank, baseline.l2sp_alpha, baseline.l2sp_beta = 0, 0.0, 0.0
+    baseline.lora.rank, baseline.ia3.targets, baseline.l2sp_alpha, baseline.l2sp_beta = 0, (), 0.0, 0.0
     baseline.layer_decay, baseline.lr_mults, baseline.transferability = 0.0, (), False
     baseline.baseline.scratch, baseline.wise_ft = False, ()
     baseline.learning_rate = config.baseline.learning_rate or config.learning_rate

@@ -2,26 +2,34 @@
 unmerged, switched, saved and loaded on their own) and BitFit's trainable rules.
 
 Every method follows one protocol (:class:`Method`); :func:`with_adapters` wraps a model so that it applies them.
+The methods: LoRA (Dense and convolution layers), DoRA and (IA)^3; :func:`from_config` builds them from a config.
 """
 
 from jtl.adapters._bottleneck import BottleneckSpec
-from jtl.adapters._io import load_adapters, save_adapters
+from jtl.adapters._config import FROM_CONFIG, from_config
+from jtl.adapters._dora import DoRASpec
+from jtl.adapters._ia3 import IA3Spec
+from jtl.adapters._io import load_adapters, read_adapters, save_adapters
 from jtl.adapters._lora import (
     BITFIT_TRAINABLE,
     LORA_TRAINABLE,
     LoRASpec,
     add_adapters,
+    add_low_rank,
+    low_rank_conv,
     with_lora,
 )
 from jtl.adapters._method import (
     METHODS,
     Method,
     adapter_dropout,
+    adapter_groups,
     attach_adapters,
     base_model,
     fold,
     matching_layers,
     merge_adapters,
+    merge_record,
     method_from_dict,
     method_to_dict,
     register,
@@ -30,30 +38,44 @@ from jtl.adapters._method import (
     unmerge_adapters,
     with_adapters,
 )
+from jtl.adapters._peft_format import load_peft, save_peft
 from jtl.adapters._prompts import PromptSpec
 from jtl.adapters._qlora import QLoRASpec
+from jtl.adapters._set import AdapterSet
 
 __all__ = [
     "BITFIT_TRAINABLE",
+    "FROM_CONFIG",
     "LORA_TRAINABLE",
     "METHODS",
+    "AdapterSet",
     "BottleneckSpec",
+    "DoRASpec",
+    "IA3Spec",
     "LoRASpec",
     "Method",
     "PromptSpec",
     "QLoRASpec",
     "adapter_dropout",
+    "adapter_groups",
     "add_adapters",
+    "add_low_rank",
     "attach_adapters",
     "base_model",
     "fold",
+    "from_config",
     "load_adapters",
+    "load_peft",
+    "low_rank_conv",
     "matching_layers",
     "merge_adapters",
+    "merge_record",
     "method_from_dict",
     "method_to_dict",
+    "read_adapters",
     "register",
     "save_adapters",
+    "save_peft",
     "split_adapters",
     "trainable_patterns",
     "unmerge_adapters",

@@ -15,7 +15,7 @@ import numpy as np
 
 import jtl.masking as jm
 from jtl.adapters._lora import add_adapters
-from jtl.adapters._method import method_from_dict, method_to_dict, trainable_patterns, with_adapters
+from jtl.adapters._method import Method, method_from_dict, method_to_dict, trainable_patterns, with_adapters
 
 PyTree = Any
 
@@ -104,16 +104,46 @@ def load_adapters(directory: str | Path, base: str | None = None, **overrides: A
     ...
     jtl.weights._readers.WeightLoadError: ...: no adapters.json; not a directory written by save_adapters
     """
-    from jtl.weights import WeightLoadError, load_pretrained
+    from jtl.weights import load_pretrained
+
+    meta = _read_meta(Path(directory))
+    model, variables, _ = load_pretrained(base or meta["base"], num_classes=meta["num_classes"], **overrides)
+    methods, params = read_adapters(directory, variables["params"])
+    return with_adapters(model, *methods), {**variables, "params": params}
+
+
+def read_adapters(directory: str | Path, params: PyTree) -> tuple[tuple[Method, ...], PyTree]:
+    """Puts the adapters and head that :func:`save_adapters` wrote into a base parameter tree already in memory.
+
+    Args:
+      directory: what :func:`save_adapters` wrote.
+      params: the base's parameters (without adapters), e.g. shared by several adapter sets.
+
+    Returns:
+      ``(methods, params)``: the saved methods (for :func:`jtl.adapters.with_adapters`) and the tree with the
+      saved leaves; the base's other leaves are the same arrays.
+
+    Raises:
+      jtl.weights.WeightLoadError: the directory is not an adapters directory, or its leaves do not fit ``params``.
+
+    >>> import tempfile
+    >>> from jtl import models
+    >>> from jtl.adapters import IA3Spec
+    >>> vit = models.create("vit-testing", num_classes=3)
+    >>> base = models.init(vit)["params"]
+    >>> spec = IA3Spec()
+    >>> directory = save_adapters(
+    ...     tempfile.mkdtemp(), with_adapters(vit, spec), add_adapters(base, spec, None), base="unused"
+    ... )
+    >>> methods, params = read_adapters(directory, base)
+    >>> methods == (spec,), params["encoder"]["block_0"]["attn"]["key"]["ia3_scale"].shape
+    (True, (16,))
+    """
+    from jtl.weights import WeightLoadError
 
     directory = Path(directory)
-    meta_file = directory / _META_FILE
-    if not meta_file.is_file():
-        raise WeightLoadError(f"{directory}: no {_META_FILE}; not a directory written by save_adapters")
-    meta = json.loads(meta_file.read_text())
-    methods = [method_from_dict(data) for data in meta["methods"]]
-    model, variables, _ = load_pretrained(base or meta["base"], num_classes=meta["num_classes"], **overrides)
-    params = variables["params"]
+    meta = _read_meta(directory)
+    methods = tuple(method_from_dict(data) for data in meta["methods"])
     for method in methods:
         params = add_adapters(params, method, jax.random.PRNGKey(0))
     names = dict(jm.named_leaves(params))
@@ -129,4 +159,13 @@ def load_adapters(directory: str | Path, base: str | None = None, **overrides: A
                 f"{directory / _ADAPTER_FILE} does not fit {meta['base']}:\n  " + "\n  ".join(problems)
             )
         params = jm.map_with_names(lambda name, leaf: jnp.asarray(saved[name]) if name in saved.files else leaf, params)
-    return with_adapters(model, *methods), {**variables, "params": params}
+    return methods, params
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    from jtl.weights import WeightLoadError
+
+    meta_file = directory / _META_FILE
+    if not meta_file.is_file():
+        raise WeightLoadError(f"{directory}: no {_META_FILE}; not a directory written by save_adapters")
+    return json.loads(meta_file.read_text())

@@ -1,9 +1,12 @@
-"""LoRA (Hu et al., 2021) for any jtl model: low-rank adapters beside chosen Dense kernels, merged for inference.
+"""LoRA (Hu et al., 2021) for any jtl model: low-rank adapters beside chosen Dense and convolution kernels, merged
+for inference.
 
 The adapters live in the parameter tree itself, next to the kernel they adapt (``.../query/lora_a``,
 ``.../query/lora_b``), so ``jtl.masking`` rules train them (``LORA_TRAINABLE``) and checkpoints, reports and
 optimizers see them like any other parameter. :func:`with_lora` wraps a model so that every ``nn.Dense`` that
-holds adapters adds ``scale * dropout(x) @ lora_a @ lora_b`` to its output.
+holds adapters adds ``scale * dropout(x) @ lora_a @ lora_b`` to its output, and every ``nn.Conv`` adds
+``scale * conv(dropout(x), lora_a) @ lora_b``: as PEFT's Conv2d LoRA, ``lora_a`` (kh, kw, in, r) is a convolution
+with the layer's own strides, padding and dilation and ``lora_b`` (r, out) a 1x1 convolution.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import jtl.masking as jm
 from jtl.adapters._method import (
     Method,
     adapter_dropout,
@@ -22,6 +26,7 @@ from jtl.adapters._method import (
     fold,
     matching_layers,
     register,
+    split_adapters,
     with_adapters,
 )
 
@@ -45,7 +50,7 @@ class LoRASpec(NamedTuple):
       rslora: rank-stabilised scaling (Kalajdzievski, 2023).
     """
 
-    targets: tuple[str, ...] = (r"encoder/block_\d+/attn/(query|value)",)
+    targets: tuple[str, ...] = (r"encoder/block_\d+/attn/(query|value)",)  # Dense or (ungrouped) Conv layers
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
@@ -63,42 +68,28 @@ class LoRASpec(NamedTuple):
         return tuple(f".*/{leaf}" for leaf in self.leaves)
 
     def add(self, params: PyTree, rng: jax.Array) -> PyTree:
-        """Adds ``lora_a`` (in, r; random) and ``lora_b`` (r, out; zeros) beside every 2-D Dense kernel that a
-        target matches (see :func:`jtl.adapters.add_adapters`)."""
-        layers = matching_layers(params, self.targets, _is_dense, "2-D Dense kernel")
-        counter = iter(range(1 << 30))
-
-        def visit(node: Any, path: tuple[str, ...]) -> Any:
-            if not isinstance(node, dict):
-                return node
-            out = {k: visit(v, (*path, k)) for k, v in node.items()}
-            if "/".join(path) in layers:
-                fan_in, fan_out = node["kernel"].shape
-                key = jax.random.fold_in(rng, next(counter))
-                # As Hu et al.: A random (Kaiming-uniform, as PEFT), B zero, so training starts at the base model.
-                bound = math.sqrt(3.0 / fan_in)
-                out["lora_a"] = jax.random.uniform(key, (fan_in, self.rank), jnp.float32, -bound, bound)
-                out["lora_b"] = jnp.zeros((self.rank, fan_out), jnp.float32)
-            return out
-
-        return visit(params, ())
+        """Adds ``lora_a`` (in, r) or (kh, kw, in, r) (random) and ``lora_b`` (r, out; zeros) beside every 2-D Dense
+        or 4-D convolution kernel that a target matches (see :func:`jtl.adapters.add_adapters`)."""
+        return add_low_rank(params, self.targets, self.rank, rng, _is_dense_or_conv, "2-D Dense or 4-D Conv kernel")
 
     def intercept(self, next_fun: Any, args: tuple, kwargs: dict, context: Any, train: bool) -> Any:
         module = context.module
         out = next_fun(*args, **kwargs)
-        if not (isinstance(module, nn.Dense) and context.method_name == "__call__"):
-            return out
-        if not module.has_variable("params", "lora_a"):
+        adapted = isinstance(module, nn.Dense | nn.Conv) and context.method_name == "__call__"
+        if not (adapted and module.has_variable("params", "lora_a")):
             return out
         x = adapter_dropout(module, args[0], self.dropout, train)
         lora_a = module.get_variable("params", "lora_a")
         lora_b = module.get_variable("params", "lora_b")
         dtype = out.dtype
-        update = (x.astype(dtype) @ lora_a.astype(dtype)) @ lora_b.astype(dtype)
-        return out + jnp.asarray(self.scale, dtype) * update
+        if isinstance(module, nn.Conv):
+            down = low_rank_conv(module, x, lora_a).astype(dtype)
+        else:
+            down = x.astype(dtype) @ lora_a.astype(dtype)
+        return out + jnp.asarray(self.scale, dtype) * (down @ lora_b.astype(dtype))
 
     def delta(self, node: dict) -> jax.Array:
-        """The kernel's update ``scale * A @ B`` (float32)."""
+        """The kernel's update ``scale * A @ B`` (float32; for a convolution, over A's last axis)."""
         return self.scale * (node["lora_a"].astype(jnp.float32) @ node["lora_b"].astype(jnp.float32))
 
     def merge(self, params: PyTree) -> PyTree:
@@ -106,22 +97,93 @@ class LoRASpec(NamedTuple):
 
     def unmerge(self, merged: PyTree, adapters: PyTree) -> PyTree:
         return fold(
-            attach_adapters(merged, adapters),
+            attach_adapters(merged, split_adapters(adapters, self)[1]),
             (),
             lambda node: (node["kernel"] - self.delta(node)).astype(node["kernel"].dtype),
             marker=self.leaves[0],
         )
 
 
-def _is_dense(node: dict) -> bool:
-    return jnp.ndim(node.get("kernel")) == 2
+def _is_dense_or_conv(node: dict) -> bool:
+    return jnp.ndim(node.get("kernel")) in (2, 4)
+
+
+def add_low_rank(params: PyTree, targets: tuple[str, ...], rank: int, rng: jax.Array, accept: Any, what: str) -> PyTree:
+    """Adds LoRA's ``lora_a`` (random) and ``lora_b`` (zeros) beside the kernels of the layers that ``targets``
+    match and ``accept`` (LoRA's and DoRA's ``add``).
+
+    Args:
+      params: the parameter tree.
+      targets: regexes on the layers' names.
+      rank: the rank ``r``.
+      rng: the PRNG key.
+      accept: ``layer dict -> bool``.
+      what: the accepted layers, for the error when a target matches none.
+
+    Returns:
+      The new tree: ``lora_a`` has the kernel's shape with ``r`` as its last axis, ``lora_b`` is (r, out).
+
+    >>> params = {"conv": {"kernel": jnp.ones((3, 3, 4, 6))}}
+    >>> out = add_low_rank(params, ("conv",), 2, jax.random.PRNGKey(0), lambda node: True, "kernel")
+    >>> out["conv"]["lora_a"].shape, out["conv"]["lora_b"].shape
+    ((3, 3, 4, 2), (2, 6))
+    """
+    layers = matching_layers(params, targets, accept, what)
+    counter = iter(range(1 << 30))
+
+    def visit(node: Any, path: tuple[str, ...]) -> Any:
+        if not isinstance(node, dict):
+            return node
+        out = {k: visit(v, (*path, k)) for k, v in node.items()}
+        if "/".join(path) in layers:
+            *window, fan_out = node["kernel"].shape
+            fan_in = math.prod(window)
+            key = jax.random.fold_in(rng, next(counter))
+            # As Hu et al.: A random (Kaiming-uniform, as PEFT), B zero, so training starts at the base model.
+            bound = math.sqrt(3.0 / fan_in)
+            out["lora_a"] = jax.random.uniform(key, (*window, rank), jnp.float32, -bound, bound)
+            out["lora_b"] = jnp.zeros((rank, fan_out), jnp.float32)
+        return out
+
+    return visit(params, ())
+
+
+def low_rank_conv(module: nn.Conv, x: jax.Array, lora_a: jax.Array) -> jax.Array:
+    """``module``'s convolution of ``x`` with ``lora_a`` as its kernel: the same strides, padding (explicit, SAME
+    or VALID), dilations, dtype and precision, without the bias.
+
+    Args:
+      module: the (bound) ``nn.Conv`` being adapted.
+      x: its input.
+      lora_a: (kh, kw, in, r).
+
+    Returns:
+      The (..., r) feature map.
+
+    Raises:
+      jtl.masking.MaskingError: a grouped (e.g. depthwise) convolution: its kernel mixes no channels, so a
+        low-rank channel update has no meaning there.
+
+    >>> conv = nn.Conv(4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), name="conv")
+    >>> x = jnp.ones((1, 8, 8, 2))
+    >>> variables = conv.init(jax.random.PRNGKey(0), x)
+    >>> conv.apply(variables, x, jnp.ones((3, 3, 2, 5)), method=low_rank_conv).shape
+    (1, 4, 4, 5)
+    """
+    if module.feature_group_count != 1:
+        raise jm.MaskingError(
+            f"LoRA on {'/'.join(module.scope.path)}: a grouped convolution (feature_group_count="
+            f"{module.feature_group_count}) cannot take a low-rank update; leave depthwise layers out of the targets"
+        )
+    down = module.clone(parent=None, name=None, features=lora_a.shape[-1], use_bias=False)
+    return down.apply({"params": {"kernel": lora_a}}, x)
 
 
 def add_adapters(params: PyTree, spec: Method, rng: jax.Array) -> PyTree:
     """Adds a method's adapters to a parameter tree; the model's output is unchanged until they train.
 
-    For LoRA: ``lora_a`` (in, r; random) and ``lora_b`` (r, out; zeros) beside every 2-D Dense kernel that a
-    target matches.
+    For LoRA: ``lora_a`` (in, r) or (kh, kw, in, r) (random) and ``lora_b`` (r, out; zeros) beside every Dense or
+    convolution kernel that a target matches.
 
     Args:
       params: the model's parameter tree (nested dicts).

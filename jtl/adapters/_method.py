@@ -7,7 +7,8 @@ A method is an immutable spec (a ``NamedTuple``: hashable, a model field, writte
 - ``intercept(next_fun, args, kwargs, context, train)``: a ``flax.linen.intercept_methods`` interceptor that
   applies the leaves it finds while the wrapped model runs (layers without them run as they are);
 - ``merge(params)`` / ``unmerge(merged, adapters)``: folds them into the base weights (and back), where the method
-  allows it;
+  allows it; ``adapters`` is what :func:`merge_record` kept of the params before merging (the method's leaves, and
+  what a merge loses: DoRA's weight norms);
 - names its leaves (``leaves``), the trainable patterns (``trainable``) and its registry name (``kind``).
 
 :func:`with_adapters` wraps a model in a subclass of its own class whose ``adapters`` field holds the methods.
@@ -46,6 +47,9 @@ class Method(Protocol):
     def merge(self, params: PyTree) -> PyTree: ...
 
     def unmerge(self, merged: PyTree, adapters: PyTree) -> PyTree: ...
+
+    # Optional: ``record(params) -> PyTree``, what ``merge`` loses beyond the method's leaves, as leaves under the
+    # layers' paths (see :func:`merge_record`); methods whose merge is invertible from their leaves leave it out.
 
     def _asdict(self) -> dict[str, Any]: ...
 
@@ -108,12 +112,19 @@ def with_adapters(model: nn.Module, *methods: Method) -> nn.Module:
     Returns:
       The wrapped model.
 
+    Raises:
+      ValueError: two methods with the same leaf names (LoRA and DoRA both use ``lora_a`` and ``lora_b``).
+
     >>> from jtl import models
     >>> from jtl.adapters import LoRASpec
     >>> model = with_adapters(models.create("vit-testing", num_classes=3), LoRASpec(rank=2))
     >>> type(model).__name__, isinstance(model, models.ViT), model.adapters[0].rank
     ('AdaptedViT', True, 2)
     """
+    names = [leaf for method in methods for leaf in method.leaves]
+    if len(names) != len(set(names)):
+        # Each method finds its layers by its leaves: two claiming one name would both apply to the same layers.
+        raise ValueError(f"methods {[m.kind for m in methods]} share leaf names {sorted(names)}; use one of them")
     base = base_model(model)
     return _adapted_class(type(base))(**_fields(base, type(base)), adapters=tuple(methods))
 
@@ -155,6 +166,23 @@ def trainable_patterns(*methods: Method, head: str = "head/.*") -> tuple[str, ..
     """
     patterns = [p for method in methods for p in method.trainable]
     return tuple(dict.fromkeys([*patterns, *([head] if head else [])]))
+
+
+def adapter_groups(*methods: Method) -> dict[str, str]:
+    """``{leaf name: method kind}``: the ``leaf_groups`` of :func:`jtl.masking.report`, so that each method's
+    leaves get a row of their own.
+
+    Args:
+      *methods: the methods.
+
+    Returns:
+      The mapping.
+
+    >>> from jtl.adapters import LoRASpec
+    >>> adapter_groups(LoRASpec())
+    {'lora_a': 'lora', 'lora_b': 'lora'}
+    """
+    return {leaf: method.kind for method in methods for leaf in method.leaves}
 
 
 def split_adapters(params: PyTree, *methods: Method) -> tuple[PyTree, PyTree]:
@@ -249,28 +277,57 @@ def merge_adapters(params: PyTree, *methods: Method) -> PyTree:
     return params
 
 
-def unmerge_adapters(merged: PyTree, adapters: PyTree, *methods: Method) -> PyTree:
+def merge_record(params: PyTree, *methods: Method) -> PyTree:
+    """What :func:`unmerge_adapters` needs to take the methods back out of merged weights: the methods' leaves
+    (:func:`split_adapters`) plus whatever a merge loses, which some methods record (``record(params)``).
+
+    DoRA needs this: its merge rescales each output column by ``m / ||W + s A B||``, and the merged kernel's column
+    norms are ``|m|`` whatever ``W`` was, so ``||W + s A B||`` must be kept from before the merge (PEFT caches it
+    in the layer at merge time). For LoRA and (IA)^3 the record is :func:`split_adapters`'s adapters.
+
+    Args:
+      params: the parameter tree with adapters, before merging.
+      *methods: the methods.
+
+    Returns:
+      A tree of leaves under the layers' paths, for :func:`unmerge_adapters`.
+
+    >>> import jax.numpy as jnp
+    >>> from jtl.adapters import LoRASpec
+    >>> merge_record({"q": {"kernel": jnp.zeros((2, 2)), "lora_a": 1, "lora_b": 2}}, LoRASpec())
+    {'q': {'lora_a': 1, 'lora_b': 2}}
+    """
+    record = split_adapters(params, *methods)[1]
+    for method in methods:
+        if hasattr(method, "record"):
+            # The recorded leaves sit in layers that hold the method's own leaves, so the paths exist.
+            record = attach_adapters(record, method.record(params))
+    return record
+
+
+def unmerge_adapters(merged: PyTree, record: PyTree, *methods: Method) -> PyTree:
     """Takes merged adapters back out of the base weights: the inverse of :func:`merge_adapters` (within float
-    rounding), given the adapters as :func:`split_adapters` returned them before the merge.
+    rounding), given :func:`merge_record` of the params before the merge.
 
     Args:
       merged: what :func:`merge_adapters` returned.
-      adapters: the adapters' leaves (:func:`split_adapters` of the params before merging).
+      record: :func:`merge_record` of the params before merging (for LoRA and (IA)^3, :func:`split_adapters`'s
+        adapters are the same tree).
       *methods: the methods, as given to :func:`merge_adapters`.
 
     Returns:
-      The parameter tree with its adapters, as before the merge.
+      The parameter tree with its adapters, as before the merge (without the record's extra leaves).
 
     >>> import jax.numpy as jnp
     >>> from jtl.adapters import LoRASpec
     >>> spec = LoRASpec(rank=1, alpha=2.0)
     >>> params = {"q": {"kernel": jnp.zeros((2, 2)), "lora_a": jnp.ones((2, 1)), "lora_b": jnp.ones((1, 2))}}
-    >>> _, adapters = split_adapters(params, spec)
-    >>> unmerge_adapters(merge_adapters(params, spec), adapters, spec)["q"]["kernel"].tolist()
+    >>> record = merge_record(params, spec)
+    >>> unmerge_adapters(merge_adapters(params, spec), record, spec)["q"]["kernel"].tolist()
     [[0.0, 0.0], [0.0, 0.0]]
     """
     for method in reversed(methods):
-        merged = method.unmerge(merged, adapters)
+        merged = method.unmerge(merged, record)
     return merged
 
 

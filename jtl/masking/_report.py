@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -88,6 +89,7 @@ def report(
     groups: Rules | None = None,
     depth: int = 1,
     optimizer: optax.GradientTransformation | None = None,
+    leaf_groups: Mapping[str, str] | None = None,
 ) -> MaskingReport:
     """Reports parameter groups before anything compiles; nothing is allocated (``jax.eval_shape``).
 
@@ -99,6 +101,8 @@ def report(
       groups: ``(regex, group)`` rules naming the rows; by default the first ``depth`` name components.
       depth: how many name components make a group when ``groups`` is not given.
       optimizer: if given, its state bytes per group when wrapped by :func:`freeze` (frozen leaves hold none).
+      leaf_groups: ``{leaf name: group}``: leaves with these last name components form these groups whatever
+        ``groups`` or ``depth`` say, e.g. adapters' leaves one row per method (``jtl.adapters.adapter_groups``).
 
     Returns:
       A :class:`MaskingReport`.
@@ -116,6 +120,13 @@ def report(
     (optimizer scalars)       0      0.0%     0 (0%)    0 B        4 B
     -------------------  ------  --------  ---------  -----  ---------
     total                    24    100.0%    8 (33%)   96 B       68 B
+
+    Adapter leaves beside the kernels they adapt, in a row of their own:
+
+    >>> params = {"q": {"kernel": jnp.ones((4, 4)), "lora_a": jnp.ones((4, 1)), "lora_b": jnp.ones((1, 4))}}
+    >>> r = report(params, trainable=".*/lora_.", leaf_groups={"lora_a": "lora", "lora_b": "lora"})
+    >>> [(row.group, row.params, row.trainable_params) for row in r.rows]
+    [('q', 16, 0), ('lora', 8, 8)]
     """
     if trainable is None and frozen is None:
         mask = jax.tree_util.tree_map(lambda _: True, params)
@@ -127,6 +138,8 @@ def report(
         group_of = dict(zip(names, map(str, labels_for_names(names, groups)), strict=True))
     else:
         group_of = {n: SEPARATOR.join(n.split(SEPARATOR)[:depth]) for n in names}
+    if leaf_groups:
+        group_of.update({n: leaf_groups[leaf] for n in names if (leaf := n.rsplit(SEPARATOR, 1)[-1]) in leaf_groups})
 
     order = list(dict.fromkeys(group_of[n] for n in names))
     counts = {g: [0, 0, 0, 0] for g in order}

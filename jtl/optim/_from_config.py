@@ -11,15 +11,15 @@ import ml_collections
 import optax
 
 import jtl.masking as jm
-from jtl import models, step
-from jtl.adapters import LORA_TRAINABLE
+from jtl import adapters, models, step
 from jtl.config import ConfigError
 from jtl.optim._recipes import bit_hyperrule, l2_sp
 
 
 def trainable(config: ml_collections.ConfigDict, model: Any) -> Any:
     """The trainable spec of the model's params from ``config.trainable`` / ``frozen`` / ``train_last_n`` /
-    ``lora.rank`` (everything when none is set).
+    the configured adapters (:func:`jtl.adapters.from_config`: their leaves and the head; everything when none
+    is set).
 
     Args:
       config: the experiment config.
@@ -41,8 +41,9 @@ def trainable(config: ml_collections.ConfigDict, model: Any) -> Any:
         return list(config.trainable)
     if config.frozen:
         return lambda tree: jm.trainable_mask(tree, frozen=list(config.frozen), allow_unused=_masked_view(tree))
-    if config.lora.rank:
-        return list(LORA_TRAINABLE)
+    methods = adapters.from_config(config)
+    if methods:
+        return list(adapters.trainable_patterns(*methods))
     return step.everything
 
 
@@ -91,11 +92,11 @@ def stages(config: ml_collections.ConfigDict, model: Any, params: Any) -> Stages
             except jm.MaskingError as e:
                 raise ConfigError(f"config.frozen: {e}") from e
         return Stages(jm.gradual_unfreezing([".*"], starts=[0]), [trainable(config, model)])
-    others = config.trainable or config.frozen or config.train_last_n >= 0 or config.lora.rank
+    others = config.trainable or config.frozen or config.train_last_n >= 0 or adapters.from_config(config)
     if others:
         raise ConfigError(
             "config.unfreeze_starts decides what trains in each stage; leave config.trainable, config.frozen, "
-            "config.train_last_n and config.lora.rank unset"
+            "config.train_last_n and the adapters (config.lora.rank, config.ia3.targets) unset"
         )
     starts = tuple(int(s) for s in config.unfreeze_starts)
     if starts[0] != 0 or any(b <= a for a, b in itertools.pairwise(starts)):

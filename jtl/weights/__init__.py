@@ -15,10 +15,12 @@ from jtl.weights._convert import (
 from jtl.weights._export import export, save_big_vision_npz
 from jtl.weights._keys import checkpoint_keys
 from jtl.weights._layout import (
+    VIT_MODULE_RENAMES,
     Layout,
     adapt_input_channels,
     first_match,
     hf_gelu_approximate,
+    in_memory_key,
     resample_pos_embedding,
     resize_grid,
 )
@@ -47,6 +49,7 @@ from jtl.weights._save_hf import save_hf_pretrained
 
 __all__ = [
     "HF_WEIGHT_FILES",
+    "VIT_MODULE_RENAMES",
     "Layout",
     "LoadReport",
     "Pretrained",
@@ -65,6 +68,7 @@ __all__ = [
     "get_layout",
     "hf_flax_to_torch_layout",
     "hf_gelu_approximate",
+    "in_memory_key",
     "layer_norm",
     "linear",
     "load_pretrained",

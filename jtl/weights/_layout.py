@@ -39,6 +39,11 @@ class Layout(NamedTuple):
         nothing changes.
       prepare: applied to the tensors before the rules (big_vision's stacked blocks are split); a layout with
         one has its files read at once, not header first.
+      renames: ``(regex, replacement)`` pairs that turn a checkpoint key into the name transformers v5 gives the
+        tensor in memory, where its modules were renamed (``vit.encoder.layer.0.attention.attention.query`` is
+        ``vit.layers.0.attention.q_proj``): transformers' own ``conversion_mapping`` for the model, kept here as
+        data because reading it imports torch. Each applies once, in order (see :func:`in_memory_key`). PEFT
+        adapters name modules this way.
 
     >>> from jtl.weights import linear
     >>> fields = lambda config, state: {"num_classes": state["fc.weight"].shape[0]}
@@ -54,10 +59,46 @@ class Layout(NamedTuple):
     model_types: tuple[str, ...] = ()
     resizers: Callable[[dict[str, Any], dict[str, Any]], dict[str, Resizer]] = no_resizers
     prepare: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+    renames: tuple[tuple[str, str], ...] = ()
 
     def rules_for(self, state: State) -> list[Rule]:
         """The table for these tensors."""
         return self.rules(state) if callable(self.rules) else list(self.rules)
+
+
+#: transformers v5's renaming of the ViT-style modules (its ``"ViTModel"`` conversion mapping), which ViT, DeiT,
+#: BEiT and AST share.
+VIT_MODULE_RENAMES = (
+    (r"encoder\.layer\.", "layers."),
+    (r"attention\.attention\.query", "attention.q_proj"),
+    (r"attention\.attention\.key", "attention.k_proj"),
+    (r"attention\.attention\.value", "attention.v_proj"),
+    (r"attention\.output\.dense", "attention.o_proj"),
+    (r"intermediate\.dense", "mlp.fc1"),
+    (r"output\.dense", "mlp.fc2"),
+)
+
+
+def in_memory_key(layout: Layout, key: str) -> str:
+    """The name transformers v5 gives a checkpoint key's tensor in memory (the key itself where the layout has no
+    ``renames``): what PEFT adapters are keyed by.
+
+    Args:
+      layout: the checkpoint's layout.
+      key: a checkpoint key.
+
+    Returns:
+      The in-memory name.
+
+    >>> from jtl.weights import get_layout
+    >>> in_memory_key(get_layout("hf-vit"), "vit.encoder.layer.0.attention.attention.query.weight")
+    'vit.layers.0.attention.q_proj.weight'
+    >>> in_memory_key(get_layout("hf-bert"), "bert.encoder.layer.0.attention.self.query.weight")
+    'bert.encoder.layer.0.attention.self.query.weight'
+    """
+    for pattern, replacement in layout.renames:
+        key = re.sub(pattern, replacement, key, count=1)
+    return key
 
 
 def first_match(state: State, pattern: str) -> Any:

@@ -131,7 +131,7 @@ def test_bitfit_preset_selects_biases_and_head():
 
 def test_target_matching_nothing_is_an_error():
     params = models.init(models.create("vit-testing", num_classes=3))["params"]
-    with pytest.raises(jm.MaskingError, match=r"attn/qkv.*match no 2-D Dense kernel.*encoder/block_0"):
+    with pytest.raises(jm.MaskingError, match=r"attn/qkv.*match no 2-D Dense or 4-D Conv kernel.*encoder/block_0"):
         add_adapters(params, LoRASpec(targets=("encoder/.*/attn/qkv",)), jax.random.PRNGKey(0))
 
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jtl.weights import Layout, Rule, WeightLoadError, conv, first_match, hf_gelu_approximate, layer_norm, linear
+from jtl.weights import (
+    VIT_MODULE_RENAMES,
+    Layout,
+    Rule,
+    WeightLoadError,
+    conv,
+    first_match,
+    hf_gelu_approximate,
+    layer_norm,
+    linear,
+)
 
 _HF = r"(?:audio_spectrogram_transformer\.)?"
 _HF_BLOCK = _HF + r"encoder\.layer\.(\d+)\."
@@ -54,4 +64,10 @@ def hf_ast_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str,
 
 # No resizers: Hugging Face's AST does not interpolate its position embeddings, so max_length and num_mel_bins
 # are the checkpoint's.
-HF_AST = Layout("hf-ast", HF_AST_RULES, hf_ast_fields, model_types=("audio-spectrogram-transformer",))
+HF_AST = Layout(
+    "hf-ast",
+    HF_AST_RULES,
+    hf_ast_fields,
+    model_types=("audio-spectrogram-transformer",),
+    renames=VIT_MODULE_RENAMES,
+)

@@ -10,6 +10,7 @@ import numpy as np
 
 from jtl.models._layers import pair, patch_grid
 from jtl.weights import (
+    VIT_MODULE_RENAMES,
     Layout,
     Rule,
     WeightLoadError,
@@ -129,4 +130,15 @@ def _resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict:
     }
 
 
-HF_BEIT = Layout("hf-beit", HF_BEIT_RULES, hf_beit_fields, model_types=("beit",), resizers=_resizers)
+# transformers v5 also moves BEiT's relative position tables (its "beit" conversion mapping after the ViT one).
+_BEIT_RENAMES = (
+    *VIT_MODULE_RENAMES,
+    (r"encoder\.relative_position_bias", "shared_position_bias"),
+    (
+        r"attention\.attention\.relative_position_bias\.relative_position_bias_table",
+        "relative_position_bias.relative_position_bias_table",
+    ),
+)
+HF_BEIT = Layout(
+    "hf-beit", HF_BEIT_RULES, hf_beit_fields, model_types=("beit",), resizers=_resizers, renames=_BEIT_RENAMES
+)

@@ -82,8 +82,22 @@ def _resizers(method: str) -> Callable[[dict[str, Any], dict[str, Any]], dict]:
 
 # The two share names and fields, not the interpolation: Hugging Face's DINOv2 with registers resamples its
 # position embeddings with antialiasing, plain DINOv2 without.
+# transformers v5's "dinov2" conversion mapping: the in-memory module names (see Layout.renames). Its SwiGLU
+# ``weights_in`` is split in memory, not renamed: no module there carries that name.
+_DINOV2_RENAMES = (
+    (r"attention\.attention\.query", "attention.q_proj"),
+    (r"attention\.attention\.key", "attention.k_proj"),
+    (r"attention\.attention\.value", "attention.v_proj"),
+    (r"attention\.output\.dense", "attention.o_proj"),
+    (r"mlp\.weights_out", "mlp.down_proj"),
+)
 HF_DINOV2 = Layout(
-    "hf-dinov2", HF_DINOV2_RULES, hf_dinov2_fields, model_types=("dinov2",), resizers=_resizers("bicubic")
+    "hf-dinov2",
+    HF_DINOV2_RULES,
+    hf_dinov2_fields,
+    model_types=("dinov2",),
+    resizers=_resizers("bicubic"),
+    renames=_DINOV2_RENAMES,
 )
 HF_DINOV2_REGISTERS = Layout(
     "hf-dinov2-registers",
@@ -91,4 +105,5 @@ HF_DINOV2_REGISTERS = Layout(
     hf_dinov2_fields,
     model_types=("dinov2_with_registers",),
     resizers=_resizers("bicubic-antialias"),
+    renames=_DINOV2_RENAMES,
 )

