@@ -133,7 +133,7 @@ def read_adapters(directory: str | Path, params: PyTree) -> tuple[tuple[Method, 
     >>> base = models.init(vit)["params"]
     >>> spec = IA3Spec()
     >>> directory = save_adapters(
-    ...     tempfile.mkdtemp(), with_adapters(vit, spec), add_adapters(base, spec, None), base="unused"
+    ...     tempfile.mkdtemp(), with_adapters(vit, spec), add_adapters(base, spec, jax.random.PRNGKey(0)), base="unused"
     ... )
     >>> methods, params = read_adapters(directory, base)
     >>> methods == (spec,), params["encoder"]["block_0"]["attn"]["key"]["ia3_scale"].shape
