@@ -399,10 +399,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.lora.dropout = 0.0
     c.lora.rslora = False
     c.lora.dora = False  # DoRA: LoRA's direction update plus a learned magnitude per output feature
+    c.lora.quantize = ""  # QLoRA: "nf4" or "int8" holds the adapted layers' frozen kernels quantized
     c.lora.targets = (r"encoder/block_\d+/attn/(query|value)",)  # Dense/Conv layers to adapt (regexes on names)
     c.ia3 = ml_collections.ConfigDict()  # targets set: (IA)^3 scaling vectors
     c.ia3.targets = ()  # e.g. (r"encoder/block_\d+/attn/(key|value)", r"encoder/block_\d+/mlp/fc2")
     c.ia3.feedforward = ()  # the targets whose input is scaled, e.g. (r"encoder/block_\d+/mlp/fc2",)
+    c.vpt = ml_collections.ConfigDict()  # num_tokens > 0: Visual Prompt Tuning (ViT-style encoders)
+    c.vpt.num_tokens = 0
+    c.vpt.deep = False  # fresh prompts before every block (deep) or before the first only (shallow)
+    c.bottleneck = ml_collections.ConfigDict()  # size > 0: bottleneck adapters
+    c.bottleneck.size = 0
+    c.bottleneck.style = "houlsby"  # "houlsby": after attention and MLP; "pfeiffer": after the MLP only
+    c.bottleneck.activation = "relu"
     c.l2sp_alpha = 0.0  # L2-SP: pull toward the pretrained weights (set weight_decay to 0 with it)
     c.l2sp_beta = 0.0  # L2-SP: plain L2 on the new head
 

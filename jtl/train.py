@@ -41,7 +41,8 @@ from jtl.weights import load_pretrained
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The model of ``config.model``: pretrained weights when ``config.model.pretrained`` is set (with a zero-shot
     head when ``config.model.zero_shot.classes`` names the classes), else the registry's ``config.model.name`` from
-    scratch; the adapters that :func:`jtl.adapters.from_config` finds in the config (``config.lora``, ``config.ia3``).
+    scratch; the adapters that :func:`jtl.adapters.from_config` finds in the config (``config.lora``,
+    ``config.ia3``, ``config.vpt``, ``config.bottleneck``).
 
     Args:
       config: the experiment config.
@@ -473,7 +474,8 @@ def _scratch_baseline(
     baseline = ml_collections.ConfigDict(config.to_dict())
     baseline.model.reinit = bool(config.model.pretrained)
     baseline.trainable, baseline.frozen, baseline.train_last_n, baseline.unfreeze_starts = (), (), -1, ()
-    baseline.lora.rank, baseline.ia3.targets, baseline.l2sp_alpha, baseline.l2sp_beta = 0, (), 0.0, 0.0
+    adapters.switch_off(baseline)
+    baseline.l2sp_alpha, baseline.l2sp_beta = 0.0, 0.0
     baseline.layer_decay, baseline.lr_mults, baseline.transferability = 0.0, (), False
     baseline.baseline.scratch, baseline.wise_ft = False, ()
     baseline.learning_rate = config.baseline.learning_rate or config.learning_rate

@@ -2,11 +2,13 @@
 unmerged, switched, saved and loaded on their own) and BitFit's trainable rules.
 
 Every method follows one protocol (:class:`Method`); :func:`with_adapters` wraps a model so that it applies them.
-The methods: LoRA (Dense and convolution layers), DoRA and (IA)^3; :func:`from_config` builds them from a config.
+The methods: LoRA (Dense and convolution layers), DoRA, (IA)^3, QLoRA, bottleneck adapters (Houlsby, Pfeiffer)
+and Visual Prompt Tuning; :func:`from_config` builds them from a config. Adapters go to and come from Hugging Face
+PEFT's format (:func:`save_peft`, :func:`load_peft`).
 """
 
 from jtl.adapters._bottleneck import BottleneckSpec
-from jtl.adapters._config import FROM_CONFIG, from_config
+from jtl.adapters._config import FROM_CONFIG, from_config, switch_off
 from jtl.adapters._dora import DoRASpec
 from jtl.adapters._ia3 import IA3Spec
 from jtl.adapters._io import load_adapters, read_adapters, save_adapters
@@ -77,6 +79,7 @@ __all__ = [
     "save_adapters",
     "save_peft",
     "split_adapters",
+    "switch_off",
     "trainable_patterns",
     "unmerge_adapters",
     "with_adapters",

@@ -54,24 +54,29 @@ def freeze(
     [0, 1, 2]
     """
 
+    transforms = {TRAINABLE: tx, FROZEN: optax.set_to_zero()}
+
     def labels(tree: PyTree) -> PyTree:
         mask = trainable_mask(tree, trainable=trainable, frozen=frozen, allow_unused=allow_unused)
         return jax.tree_util.tree_map(lambda m: TRAINABLE if m else FROZEN, mask)
 
-    partition = optax.partition({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, labels)
-
     # Non-float leaves (quantized kernels, integer buffers) get no gradient from value_and_grad (None), and optax
-    # labels the updates: the params must lose them too, and they come back as zero updates for apply_updates.
+    # labels the updates: they leave the params and the labels (which the rules resolve on the whole tree, so
+    # that a boolean-tree mask still fits), and come back as zero updates for apply_updates.
     def floats(tree: PyTree) -> PyTree:
         return jax.tree_util.tree_map(lambda x: x if _is_differentiable(x) else None, tree)
 
+    def partition(params: PyTree) -> optax.GradientTransformation:
+        drop = jax.tree_util.tree_map(lambda label, p: label if _is_differentiable(p) else None, labels(params), params)
+        return optax.partition(transforms, lambda _: drop)  # an Equinox label tree is callable: no tree here
+
     def init(params: PyTree) -> Any:
-        return partition.init(floats(params))
+        return partition(params).init(floats(params))
 
     def update(updates: PyTree, state: Any, params: PyTree | None = None, **extra: Any) -> tuple[PyTree, Any]:
         if params is None:
-            return partition.update(updates, state, **extra)
-        updates, state = partition.update(updates, state, floats(params), **extra)
+            return optax.partition(transforms, labels).update(updates, state, **extra)
+        updates, state = partition(params).update(updates, state, floats(params), **extra)
 
         def fill(u: Any, p: Any) -> Any:
             return jnp.zeros_like(p) if u is None and p is not None else u

@@ -96,7 +96,8 @@ def stages(config: ml_collections.ConfigDict, model: Any, params: Any) -> Stages
     if others:
         raise ConfigError(
             "config.unfreeze_starts decides what trains in each stage; leave config.trainable, config.frozen, "
-            "config.train_last_n and the adapters (config.lora.rank, config.ia3.targets) unset"
+            "config.train_last_n and the adapters (config.lora.rank, config.ia3.targets, config.vpt.num_tokens, "
+            "config.bottleneck.size) unset"
         )
     starts = tuple(int(s) for s in config.unfreeze_starts)
     if starts[0] != 0 or any(b <= a for a, b in itertools.pairwise(starts)):
