@@ -4,7 +4,8 @@
     python -m benchmarks.transfer_methods [--section strategies|lora|negative|all] [--seeds 0,1,2]
 
 - ``strategies``: scratch, linear probe, last block, full fine-tuning, LP-FT, LLRD, ULMFiT, L2-SP, BiT-HyperRule.
-- ``lora``: LoRA vs full fine-tuning vs linear probe (and BitFit): accuracy, trainable parameters, step time.
+- ``lora``: the parameter-efficient methods (LoRA, DoRA, (IA)^3, VPT, adapters, QLoRA, BitFit) vs full
+  fine-tuning vs linear probe: accuracy, trainable parameters, step time.
 - ``negative``: sources pretrained on correct, 50% shuffled and fully shuffled labels: transferability scores
   (LogME, H-score, NCE, LEEP) before, fine-tuned accuracy after, and the scratch-baseline guard.
 
@@ -42,7 +43,17 @@ STRATEGIES = {
     "L2-SP": "l2sp",
     "BiT-HyperRule": "bit",
 }
-PEFT = {"linear probe": "frozen", "LoRA r=4": "lora", "BitFit": "bitfit", "full fine-tuning": "full"}
+PEFT = {
+    "linear probe": "frozen",
+    "LoRA r=4": "lora",
+    "DoRA r=4": "dora",
+    "(IA)^3": "ia3",
+    "VPT deep, 4 prompts": "vpt",
+    "Houlsby adapters 8": "adapters",
+    "QLoRA NF4 r=4": "qlora",
+    "BitFit": "bitfit",
+    "full fine-tuning": "full",
+}
 SOURCES = {"correct labels": "source", "50% shuffled": "source-shuffled50", "100% shuffled": "source-shuffled100"}
 
 

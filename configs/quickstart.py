@@ -10,7 +10,9 @@ shuffled, deliberately worse sources), ``scratch``, and with a pretrained source
 head on the frozen backbone), ``last1`` (last block + head), ``full``, ``lpft`` (linear probe for 100 steps,
 then full fine-tuning), ``llrd`` (layer-wise learning-rate decay 0.7), ``ulmfit`` (gradual unfreezing, a block
 every 50 steps, discriminative rates), ``l2sp`` (L2-SP), ``bit`` (BiT-HyperRule schedule), ``lora`` (rank 4 on
-query/value), ``bitfit`` (biases + head). Every target run also evaluates on rotated target digits
+query/value), ``dora`` (DoRA, rank 4 on query/value), ``ia3`` ((IA)^3 on key/value/MLP), ``vpt`` (deep Visual
+Prompt Tuning, 4 prompts), ``adapters`` (Houlsby bottleneck adapters, width 8), ``qlora`` (LoRA rank 4 beside NF4
+query/value kernels), ``bitfit`` (biases + head). Every target run also evaluates on rotated target digits
 (``eval_ood/accuracy``).
 
 `python -m jtl.quickstart` runs scratch / frozen / full and prints their table; `python -m
@@ -21,7 +23,8 @@ from jtl.config import base_config
 
 SOURCES = ("source", "source-shuffled50", "source-shuffled100")
 TARGETS = ("scratch", "frozen", "last1", "full", "lpft", "llrd", "ulmfit", "l2sp", "bit", "lora", "bitfit")
-VARIANTS = SOURCES + TARGETS
+PEFT = ("dora", "ia3", "vpt", "adapters", "qlora")
+VARIANTS = SOURCES + TARGETS + PEFT
 
 
 def get_config(arg=None):
@@ -73,9 +76,22 @@ def get_config(arg=None):
         c.weight_decay = 0.0
     elif variant == "bit":
         c.hyperrule = "bit"
-    elif variant == "lora":
+    elif variant in ("lora", "dora", "qlora"):
         c.lora.rank = 4
         c.lora.alpha = 8.0
+        c.lora.dora = variant == "dora"
+        c.lora.quantize = "nf4" if variant == "qlora" else ""
+        c.learning_rate = 5e-3
+    elif variant == "ia3":
+        c.ia3.targets = (r"encoder/block_\d+/attn/(key|value)", r"encoder/block_\d+/mlp/fc2")
+        c.ia3.feedforward = (r"encoder/block_\d+/mlp/fc2",)
+        c.learning_rate = 1e-2
+    elif variant == "vpt":
+        c.vpt.num_tokens = 4
+        c.vpt.deep = True
+        c.learning_rate = 1e-2
+    elif variant == "adapters":
+        c.bottleneck.size = 8
         c.learning_rate = 5e-3
     elif variant == "bitfit":
         c.trainable = (".*/bias", "head/.*")

@@ -161,3 +161,26 @@ def test_zero_shot_benchmark_runs_tiny(tmp_path, capsys, monkeypatch):
     assert all(0.0 <= run[f"wise_ft/{a}/eval_ood/accuracy"] <= 1.0 for a in ("0", "0.25", "0.5", "0.75"))
     assert results["table"][2].startswith("| zero-shot (alpha 0) |") and len(results["table"]) == 7
     assert "| fine-tuned (alpha 1) |" in capsys.readouterr().out
+
+
+def test_peft_methods_benchmark_runs_tiny(capsys):
+    from benchmarks import peft_methods
+
+    results = peft_methods.main(["--models", "vit-testing", "--batch", "2", "--iters", "1"])
+    rows = {row["method"]: row for row in results["vit-testing"]}
+    assert set(rows) == set(peft_methods.methods(vision=True)) and rows["full fine-tuning"]["step_vs_full"] == 1.0
+    # 2 blocks x (query, value) x (16 x 8 + 8 x 16) + the 16 x 10 head
+    assert rows["LoRA r=8 (q, v)"]["trainable"] == 2 * 2 * 2 * 16 * 8 + 16 * 10 + 10
+    # AdamW keeps two float32 moments per trainable parameter, and a step count
+    assert rows["LoRA r=8 (q, v)"]["opt_state_bytes"] == 2 * 4 * rows["LoRA r=8 (q, v)"]["trainable"] + 4
+    packed, held, elements = rows["QLoRA NF4 r=8 (all linear)"]["base_bytes"]
+    assert packed == held - elements // 2  # NF4 codes: a byte each as JAX holds them on the CPU, half a byte packed
+    assert "quantized kernels" in capsys.readouterr().out
+
+
+def test_text_peft_benchmark_runs_tiny(capsys):
+    from benchmarks import text_peft
+
+    results = text_peft.main(["--seeds", "0", "--steps", "1", "--methods", "DoRA r=8 (q, v)"])
+    assert list(results) == ["DoRA r=8 (q, v)"] and 0.0 <= results["DoRA r=8 (q, v)"][0] <= 1.0
+    assert "DoRA r=8 (q, v)" in capsys.readouterr().out
