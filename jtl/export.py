@@ -22,8 +22,7 @@ import orbax.checkpoint as ocp
 from jtl.adapters import base_model, merge_adapters
 from jtl.config import CONFIG_FILE, ConfigError, apply_overrides, config_from_args, config_from_json
 from jtl.train import build_model, run_command
-from jtl.weights import WeightLoadError, export, get_layout, save_hf_pretrained
-from jtl.weights._save_hf import _same
+from jtl.weights import WeightLoadError, export, fields_equal, get_layout, save_hf_pretrained
 
 
 def final_model(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Any, dict[str, Any]]:
@@ -75,7 +74,7 @@ def _npz(out: Path, model: Any, variables: dict, config: ml_collections.ConfigDi
     wrong = [
         f"{name}: the model has {getattr(model, name)!r}, the .npz would load with {value!r}"
         for name, value in layout.fields({}, state).items()
-        if not _same(getattr(model, name), value)
+        if not fields_equal(getattr(model, name), value)
     ]
     if wrong:
         raise WeightLoadError("--format npz: the export would not load back as this model: " + "; ".join(wrong))
