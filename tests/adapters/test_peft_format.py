@@ -87,6 +87,36 @@ def test_jtl_adapters_load_in_peft_with_jtl_logits(bases, tmp_path, family, meth
     assert max_abs(ours, expected) < TOL
 
 
+PEFT_CONFIGS = {
+    "lora": lambda q, v, fc: peft.LoraConfig(r=2, lora_alpha=4, target_modules=[q, v], modules_to_save=["classifier"]),
+    "dora": lambda q, v, fc: peft.LoraConfig(
+        r=2, lora_alpha=3, target_modules=[v, fc], use_dora=True, use_rslora=True, modules_to_save=["classifier"]
+    ),
+    "ia3": lambda q, v, fc: peft.IA3Config(
+        target_modules=[v, fc], feedforward_modules=[fc], modules_to_save=["classifier"]
+    ),
+}
+
+
+@pytest.mark.parametrize("family", ["bert", "vit"])
+@pytest.mark.parametrize("method", list(PEFT_CONFIGS))
+def test_peft_adapters_load_in_jtl_with_peft_logits(bases, tmp_path, family, method):
+    base = bases(family)
+    reference, torch_inputs, inputs = _reference(family, base)
+    names = {"bert": ("query", "value", "output.dense"), "vit": ("q_proj", "v_proj", "fc2")}[family]
+    model = peft.get_peft_model(reference, PEFT_CONFIGS[method](*names))
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:  # the adapters and the head's copy
+                parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+    model.eval().save_pretrained(tmp_path)
+    with torch.no_grad():
+        expected = model(**torch_inputs).logits.numpy()
+    adapted, variables = load_peft(tmp_path, verbose=False)
+    assert max_abs(jit_apply(adapted, variables, *inputs), expected) < TOL
+
+
 @pytest.fixture(scope="module")
 def headless(tmp_path_factory):
     """family -> a base saved without a head (``BertModel``, ``ViTModel``), as fine-tuning starts from; "minilm"
@@ -159,36 +189,6 @@ def test_peft_adapters_on_a_headless_base_load_in_jtl_with_peft_logits(headless,
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.requires_grad:
-                parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
-    model.eval().save_pretrained(tmp_path)
-    with torch.no_grad():
-        expected = model(**torch_inputs).logits.numpy()
-    adapted, variables = load_peft(tmp_path, verbose=False)
-    assert max_abs(jit_apply(adapted, variables, *inputs), expected) < TOL
-
-
-PEFT_CONFIGS = {
-    "lora": lambda q, v, fc: peft.LoraConfig(r=2, lora_alpha=4, target_modules=[q, v], modules_to_save=["classifier"]),
-    "dora": lambda q, v, fc: peft.LoraConfig(
-        r=2, lora_alpha=3, target_modules=[v, fc], use_dora=True, use_rslora=True, modules_to_save=["classifier"]
-    ),
-    "ia3": lambda q, v, fc: peft.IA3Config(
-        target_modules=[v, fc], feedforward_modules=[fc], modules_to_save=["classifier"]
-    ),
-}
-
-
-@pytest.mark.parametrize("family", ["bert", "vit"])
-@pytest.mark.parametrize("method", list(PEFT_CONFIGS))
-def test_peft_adapters_load_in_jtl_with_peft_logits(bases, tmp_path, family, method):
-    base = bases(family)
-    reference, torch_inputs, inputs = _reference(family, base)
-    names = {"bert": ("query", "value", "output.dense"), "vit": ("q_proj", "v_proj", "fc2")}[family]
-    model = peft.get_peft_model(reference, PEFT_CONFIGS[method](*names))
-    generator = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:  # the adapters and the head's copy
                 parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
     model.eval().save_pretrained(tmp_path)
     with torch.no_grad():
