@@ -1,9 +1,11 @@
-"""``python -m jtl.export --workdir DIR --format hf|npz [--out DIR] [--config X.py[:arg]] [--config.key=value]``.
+"""``python -m jtl.export --workdir DIR --format hf|npz|peft [--out DIR] [--config X.py[:arg]] [--config.key=value]``.
 
-Writes a finished ``python -m jtl.train`` run's final weights (its latest checkpoint, adapters merged) in another
-library's format: ``hf`` a Hugging Face checkpoint in the layout of ``config.model.pretrained``, ``npz`` a
-big_vision ``.npz`` (ViT). The run's config is the one it recorded (``DIR/config.json``) unless ``--config``
-names another; ``--config.key=value`` changes either. A format is one function in ``FORMATS``.
+Writes a finished ``python -m jtl.train`` run's final weights (its latest checkpoint) in another library's format:
+``hf`` a Hugging Face checkpoint in the layout of ``config.model.pretrained`` and ``npz`` a big_vision ``.npz``
+(ViT), both with any adapters merged; ``peft`` the run's LoRA, DoRA or (IA)^3 adapters and head, unmerged, as a
+Hugging Face PEFT adapter for ``config.model.pretrained``. The run's config is the one it recorded
+(``DIR/config.json``) unless ``--config`` names another; ``--config.key=value`` changes either. A format is one
+function in ``FORMATS``.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jtl.adapters import base_model, merge_adapters
+from jtl.adapters import DoRASpec, IA3Spec, LoRASpec, base_model, merge_adapters, save_peft
 from jtl.config import CONFIG_FILE, ConfigError, apply_overrides, config_from_args, config_from_json
 from jtl.train import build_model, run_command
-from jtl.weights import WeightLoadError, export, get_layout, save_hf_pretrained
-from jtl.weights._save_hf import _same
+from jtl.weights import WeightLoadError, export, fields_equal, get_layout, save_hf_pretrained
 
 
 def final_model(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The model of a run and its latest checkpoint's variables, adapters folded into the base weights.
+    """The model of a run and its latest checkpoint's variables, as trained: a model with adapters stays wrapped
+    (:func:`jtl.adapters.with_adapters`) and its adapters separate.
 
     Args:
       config: the run's config.
@@ -56,18 +58,41 @@ def final_model(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple
         # Restored without a target: the train state as saved, of which only the model's variables are needed.
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     model, _, _ = build_model(config, int(described["model"]["num_classes"]))
-    params = merge_adapters(state["params"], *model.adapters) if hasattr(model, "adapters") else state["params"]
-    return base_model(model), {"params": params, "batch_stats": state.get("batch_stats") or {}}
+    return model, {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+
+
+def _merged(model: Any, variables: dict) -> tuple[Any, dict]:
+    """The base model, its adapters folded into its weights: what formats without adapters hold."""
+    if not hasattr(model, "adapters"):
+        return model, variables
+    return base_model(model), {**variables, "params": merge_adapters(variables["params"], *model.adapters)}
+
+
+def _pretrained(config: ml_collections.ConfigDict, format: str) -> str:
+    if not config.model.pretrained:
+        raise ConfigError(
+            f"--format {format}: the run did not start from a Hugging Face checkpoint (config.model.pretrained)"
+        )
+    return config.model.pretrained
 
 
 def _hf(out: Path, model: Any, variables: dict, config: ml_collections.ConfigDict) -> Path:
-    if not config.model.pretrained:
-        raise ConfigError("--format hf: the run did not start from a Hugging Face checkpoint (config.model.pretrained)")
-    return save_hf_pretrained(out, model, variables, config.model.pretrained)
+    return save_hf_pretrained(out, *_merged(model, variables), _pretrained(config, "hf"))
+
+
+def _peft(out: Path, model: Any, variables: dict, config: ml_collections.ConfigDict) -> Path:
+    source = _pretrained(config, "peft")
+    if not any(isinstance(m, LoRASpec | DoRASpec | IA3Spec) for m in getattr(model, "adapters", ())):
+        raise ConfigError(
+            "--format peft: the run trained no LoRA, DoRA or (IA)^3 adapters (config.lora.rank, config.lora.dora, "
+            "config.ia3.targets); export its weights with --format hf"
+        )
+    return save_peft(out, model, variables["params"], source)
 
 
 def _npz(out: Path, model: Any, variables: dict, config: ml_collections.ConfigDict) -> Path:
     del config
+    model, variables = _merged(model, variables)
     layout = get_layout("big_vision-vit")
     state = export({"params": variables["params"]}, layout, {"num_heads": model.num_heads})
     # big_vision's format records no activation or norm epsilon: its loader assumes big_vision's own, so a
@@ -75,7 +100,7 @@ def _npz(out: Path, model: Any, variables: dict, config: ml_collections.ConfigDi
     wrong = [
         f"{name}: the model has {getattr(model, name)!r}, the .npz would load with {value!r}"
         for name, value in layout.fields({}, state).items()
-        if not _same(getattr(model, name), value)
+        if not fields_equal(getattr(model, name), value)
     ]
     if wrong:
         raise WeightLoadError("--format npz: the export would not load back as this model: " + "; ".join(wrong))
@@ -89,8 +114,13 @@ def _npz(out: Path, model: Any, variables: dict, config: ml_collections.ConfigDi
     return path
 
 
-# name -> write(out directory, model, variables, config) -> what was written.
-FORMATS: dict[str, Callable[[Path, Any, dict, ml_collections.ConfigDict], Path]] = {"hf": _hf, "npz": _npz}
+# name -> write(out directory, model, variables, config) -> what was written; the model and variables as trained
+# (adapters unmerged, see final_model).
+FORMATS: dict[str, Callable[[Path, Any, dict, ml_collections.ConfigDict], Path]] = {
+    "hf": _hf,
+    "npz": _npz,
+    "peft": _peft,
+}
 
 
 def main(argv: list[str] | None = None) -> Path:

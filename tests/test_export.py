@@ -1,5 +1,5 @@
 """``python -m jtl.export``: a few steps of ``jtl.train`` on a tiny Hugging Face ViT, exported from the workdir
-alone, load back (in transformers, or jtl's big_vision loader) with the trained model's logits."""
+alone, load back (in transformers, PEFT, or jtl's big_vision loader) with the trained model's logits."""
 
 import contextlib
 import io
@@ -58,16 +58,30 @@ def hf_vit(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def runs(hf_vit, tmp_path_factory):
+    """LoRA rank -> (workdir, model, variables) of a run from ``hf_vit``, each trained once for the tests here."""
+    done = {}
+
+    def get(lora):
+        if lora not in done:
+            workdir = tmp_path_factory.mktemp(f"lora{lora}") / "run"
+            done[lora] = (workdir, *_run(workdir, hf_vit, **{"lora.rank": lora}))
+        return done[lora]
+
+    return get
+
+
 def _pixels():
     return torch.tensor(np.random.default_rng(0).normal(size=(2, 1, 8, 8)), dtype=torch.float32)
 
 
 @pytest.mark.parametrize("lora", [0, 2])
-def test_hf_export_from_the_workdir_alone(hf_vit, tmp_path, lora):
-    model, variables = _run(tmp_path / "run", hf_vit, **{"lora.rank": lora})
-    assert config_from_json((tmp_path / "run" / CONFIG_FILE).read_text()).lora.rank == lora
-    out = main(["--workdir", str(tmp_path / "run"), "--format", "hf"])
-    assert out == tmp_path / "run" / "export-hf"
+def test_hf_export_from_the_workdir_alone(runs, lora):
+    workdir, model, variables = runs(lora)
+    assert config_from_json((workdir / CONFIG_FILE).read_text()).lora.rank == lora
+    out = main(["--workdir", str(workdir), "--format", "hf"])
+    assert out == workdir / "export-hf"
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     reference = transformers.AutoModelForImageClassification.from_pretrained(out).eval()
     assert type(reference).__name__ == "ViTForImageClassification" and reference.config.num_labels == 3
@@ -76,6 +90,26 @@ def test_hf_export_from_the_workdir_alone(hf_vit, tmp_path, lora):
     ours = jit_apply(model, variables, nhwc(_pixels()))  # with LoRA: the unmerged adapters
     assert max_abs(ours, theirs) < TOL
     assert max_abs(ours, np.zeros_like(ours)) > 10 * TOL  # the trained head is not the zero-initialised one
+
+
+def test_peft_export_loads_in_peft_with_the_runs_logits(runs, hf_vit):
+    workdir, model, variables = runs(2)
+    out = main(["--workdir", str(workdir), "--format", "peft"])
+    assert out == workdir / "export-peft"
+    peft = pytest.importorskip("peft")
+    base = transformers.ViTForImageClassification.from_pretrained(hf_vit, num_labels=3)
+    loaded = peft.PeftModel.from_pretrained(base, out).eval()
+    with torch.no_grad():
+        theirs = loaded(pixel_values=_pixels()).logits.numpy()
+    assert max_abs(jit_apply(model, variables, nhwc(_pixels())), theirs) < TOL
+
+
+def test_peft_export_of_a_run_without_adapters_is_refused(runs, capsys):
+    workdir, _, _ = runs(0)
+    with pytest.raises(SystemExit, match="2"):
+        main(["--workdir", str(workdir), "--format", "peft"])
+    assert "--format peft: the run trained no LoRA, DoRA or (IA)^3 adapters" in capsys.readouterr().err
+    assert not (workdir / "export-peft").exists()
 
 
 def test_npz_export_loads_back_with_the_big_vision_loader(tmp_path):
@@ -89,21 +123,21 @@ def test_npz_export_loads_back_with_the_big_vision_loader(tmp_path):
     assert max_abs(jit_apply(loaded, reloaded, images), jit_apply(model, variables, images)) == 0.0
 
 
-def test_npz_export_of_a_hugging_face_vit_says_what_it_cannot_hold(hf_vit, tmp_path, capsys):
-    _run(tmp_path / "run", hf_vit)
+def test_npz_export_of_a_hugging_face_vit_says_what_it_cannot_hold(runs, capsys):
+    workdir, _, _ = runs(0)
     with pytest.raises(SystemExit, match="2"):
-        main(["--workdir", str(tmp_path / "run"), "--format", "npz"])
+        main(["--workdir", str(workdir), "--format", "npz"])
     error = capsys.readouterr().err
     assert "gelu_approximate: the model has False, the .npz would load with True" in error
     assert "layer_norm_eps: the model has 1e-12, the .npz would load with 1e-06" in error
-    assert not (tmp_path / "run" / "export-npz").exists()  # nothing written
+    assert not (workdir / "export-npz").exists()  # nothing written
 
 
-def test_config_overrides_change_the_recorded_one(hf_vit, tmp_path, capsys):
-    _run(tmp_path / "run", hf_vit)
-    assert json.loads((tmp_path / "run" / CONFIG_FILE).read_text())["model"]["pretrained"] == str(hf_vit)
+def test_config_overrides_change_the_recorded_one(runs, hf_vit, tmp_path, capsys):
+    run, _, _ = runs(0)
+    assert json.loads((run / CONFIG_FILE).read_text())["model"]["pretrained"] == str(hf_vit)
     moved = shutil.copytree(hf_vit, tmp_path / "moved")  # the source checkpoint, somewhere else now
-    workdir = ["--workdir", str(tmp_path / "run"), "--format", "hf"]
+    workdir = ["--workdir", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]
     out = main([*workdir, f"--config.model.pretrained={moved}"])
     assert transformers.AutoModelForImageClassification.from_pretrained(out).config.num_labels == 3
     with pytest.raises(SystemExit, match="2"):

