@@ -3,6 +3,7 @@ loading rules backwards; ``hf_names``: the names its transformers classifier giv
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -305,12 +306,13 @@ def hf_names(source: str | os.PathLike) -> HFNames:
 
 
 def _missing_prefix(layout: Layout, config: Mapping[str, Any], shapes: Mapping[str, Any], source: Any) -> str:
-    """The model prefix a checkpoint without a head lacks: the optional ``(?:name\\.)?`` group the layout's rules
+    """The model prefix a checkpoint saved without a head lacks: the optional ``(?:name\\.)?`` group the layout's rules
     start with, the alternative that ``config.json``'s ``model_type`` names where there are several."""
     groups = {m.group(1) for rule in layout.rules_for(shapes) if (m := _PREFIX_GROUP.match(rule.source))}
     options = {alternative.replace("\\.", ".") for group in groups for alternative in group.split("|")}
-    headless = not layout.fields(dict(config), prepared_sources(layout, shapes)[0]).get("num_classes")
-    if not headless or any(key.startswith(tuple(options)) for key in shapes):
+    # A classifier written from such a checkpoint (save_hf_pretrained adds a head, keeping the base's keys) lacks
+    # the prefix too: what tells is the keys, not whether there is a head.
+    if not options or any(key.startswith(tuple(options)) for key in shapes):
         return ""
     named = [o for o in options if len(options) == 1 or o == f"{config.get('model_type')}."]
     if len(named) != 1:
@@ -409,7 +411,8 @@ def _original(weights: Path) -> tuple[dict[str, Any], Callable[[list[str]], dict
 
 def _head_class(model_type: str) -> str | None:
     """The classifier class Hugging Face's Auto classes pick for a ``model_type``."""
-    from transformers.models.auto import modeling_auto
+    # Imported by its module path: without torch, transformers' lazy attribute stands in a placeholder that raises.
+    modeling_auto = importlib.import_module("transformers.models.auto.modeling_auto")
 
     for mapping in _HEAD_MAPPINGS:
         found = getattr(modeling_auto, mapping).get(model_type)
