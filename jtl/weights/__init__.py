@@ -15,6 +15,8 @@ from jtl.weights._convert import (
 from jtl.weights._export import export, save_big_vision_npz
 from jtl.weights._keys import checkpoint_keys
 from jtl.weights._layout import (
+    HEAD,
+    HEAD_AND_POOLER,
     VIT_MODULE_RENAMES,
     Layout,
     adapt_input_channels,
@@ -48,6 +50,8 @@ from jtl.weights._readers import (
 from jtl.weights._save_hf import HFNames, fields_equal, hf_names, save_hf_pretrained
 
 __all__ = [
+    "HEAD",
+    "HEAD_AND_POOLER",
     "HF_WEIGHT_FILES",
     "VIT_MODULE_RENAMES",
     "HFNames",

@@ -289,6 +289,7 @@ def merge_into(
     *,
     source: str,
     reinitialise: str | None = None,
+    classifier: str | None = None,
     resizers: dict[str, Resizer] | None = None,
     strict: bool = True,
 ) -> tuple[Any, LoadReport]:
@@ -304,10 +305,13 @@ def merge_into(
       unmatched: checkpoint keys no rule covered (reported as unexpected).
       source: the checkpoint's name, for the report and errors.
       reinitialise: regex of variables to keep freshly initialised (a replaced head).
+      classifier: regex of variables that belong to the new classifier (:attr:`jtl.weights.Layout.classifier`):
+        loaded where the checkpoint has them, and otherwise freshly initialised and reported as re-initialised,
+        not missing (a pooler that only the source's classifier model holds, absent from its base model's file).
       resizers: ``{regex: fn(array, target_shape)}`` for variables that may change with the model's fields
         (position embeddings at a new resolution); each is called on every variable it matches and returns its
         input itself when it changes nothing.
-      strict: if True, variables the checkpoint lacks (outside ``reinitialise``) are an error.
+      strict: if True, variables the checkpoint lacks (outside ``reinitialise`` and ``classifier``) are an error.
 
     Returns:
       ``(variables, report)``.
@@ -322,7 +326,7 @@ def merge_into(
     >>> init_shapes = {"params": {"body": {"kernel": shape(3, 4)}, "head": {"kernel": shape(4, 2)}}}
     >>> converted = {"params/body/kernel": (np.ones((3, 4)), "body.weight"),
     ...              "params/head/kernel": (np.ones((4, 1000)), "head.weight")}
-    >>> fresh_init = lambda names: {name: np.zeros((4, 2)) for name in names}
+    >>> fresh_init = lambda names: {n: np.zeros(leaf.shape) for n, leaf in named_leaves(init_shapes) if n in names}
     >>> variables, report = merge_into(
     ...     init_shapes, fresh_init, converted, [], source="ckpt", reinitialise="params/head/.*"
     ... )
@@ -331,10 +335,19 @@ def merge_into(
       re-initialised: params/head/kernel (4, 2) (replaced; checkpoint had (4, 1000))
     >>> variables["params"]["head"]["kernel"].sum(), variables["params"]["body"]["kernel"].dtype
     (np.float64(0.0), dtype('float32'))
+
+    A model whose pooler the checkpoint's classifier would hold, from a checkpoint without it:
+
+    >>> init_shapes["params"]["pooler"] = {"kernel": shape(4, 4)}
+    >>> _, report = merge_into(init_shapes, fresh_init, converted, [], source="ckpt", reinitialise="params/head/.*",
+    ...                        classifier="params/(?:head|pooler)/.*")
+    >>> report.missing, report.reinitialised[-1]
+    ([], ('params/pooler/kernel', (4, 4), 'not in checkpoint; part of the new classifier'))
     """
     names_and_leaves = named_leaves(init_shapes)
     leaves, treedef = jax.tree_util.tree_flatten(init_shapes)
     reinit = re.compile(reinitialise) if reinitialise else None
+    in_classifier = re.compile(classifier) if classifier else None
     resizers = {re.compile(k): v for k, v in (resizers or {}).items()}
     out, loaded, missing, reinitialised, resized, mismatches = [], [], [], [], [], []
     used = set()
@@ -350,7 +363,10 @@ def merge_into(
             out.append(name)
             continue
         if name not in converted:
-            missing.append((name, shape))
+            if in_classifier is not None and in_classifier.fullmatch(name):
+                reinitialised.append((name, shape, "not in checkpoint; part of the new classifier"))
+            else:
+                missing.append((name, shape))
             out.append(name)
             continue
         used.add(name)

@@ -15,6 +15,11 @@ from jtl.weights._readers import WeightLoadError
 
 State = Mapping[str, Any]  # checkpoint key -> array, or -> TensorSpec where only the file's header was read
 
+#: The variables that head surgery (``load_pretrained(..., num_classes=...)``) replaces in every family.
+HEAD = r"params/head/.*"
+#: :attr:`Layout.classifier` of a layout whose pooler exists only inside the source's classifier model.
+HEAD_AND_POOLER = r"params/(?:head|pooler)/.*"
+
 
 def no_resizers(fields: dict[str, Any], source: dict[str, Any]) -> dict[str, Resizer]:
     """The default of :attr:`Layout.resizers`: no variable may change shape."""
@@ -44,6 +49,10 @@ class Layout(NamedTuple):
         ``vit.layers.0.attention.q_proj``): transformers' own ``conversion_mapping`` for the model, kept here as
         data because reading it imports torch. Each applies once, in order (see :func:`in_memory_key`). PEFT
         adapters name modules this way.
+      classifier: regex of the jtl variables that the source's classifier model (``...ForSequenceClassification``)
+        holds in its classification head: the head, and the pooler where that model alone has one (ELECTRA's
+        ``classifier.dense``; its base model has none). With a new head, those a checkpoint lacks (a base model's)
+        are freshly initialised, as transformers initialises them, and reported as re-initialised, not missing.
 
     >>> from jtl.weights import linear
     >>> fields = lambda config, state: {"num_classes": state["fc.weight"].shape[0]}
@@ -60,6 +69,7 @@ class Layout(NamedTuple):
     resizers: Callable[[dict[str, Any], dict[str, Any]], dict[str, Resizer]] = no_resizers
     prepare: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
     renames: tuple[tuple[str, str], ...] = ()
+    classifier: str = HEAD
 
     def rules_for(self, state: State) -> list[Rule]:
         """The table for these tensors."""

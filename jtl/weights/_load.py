@@ -14,14 +14,13 @@ import jax
 import numpy as np
 
 from jtl.weights._convert import LoadReport, Rule, convert, fresh_init, merge_into
-from jtl.weights._layout import Layout
+from jtl.weights._layout import HEAD, Layout
 from jtl.weights._native import MODEL_FILE, read_native
 from jtl.weights._readers import WeightLoadError, read_file, safetensors_shapes
 
 if TYPE_CHECKING:
     from jtl.models import Family
 
-HEAD = r"params/head/.*"
 # The order Hugging Face itself prefers: safetensors first, pickles only when nothing else exists.
 HF_WEIGHT_FILES = (
     "model.safetensors.index.json",
@@ -64,12 +63,15 @@ def load_pretrained(
         directory written by :func:`save_pretrained` (jtl's Orbax format). A directory's ``model_type`` picks
         the layout registered for it; a bare file goes to the one layout whose detector claims its tensor names.
       num_classes: a new number of classes: the checkpoint's head (if any) is dropped and a fresh head,
-        zero-initialised for ViT as vit_jax does, replaces it. ``None`` keeps the checkpoint's head.
+        zero-initialised for ViT as vit_jax does, replaces it. A base model's checkpoint (no classifier) of a
+        family whose pooler lives inside the classifier (ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT) gets a fresh
+        pooler too, reported as re-initialised (the layout's ``classifier``). ``None`` keeps the checkpoint's head.
       image_size: a new input resolution ((height, width), or an int for square); position embeddings are
         resampled to the new patch grid as the source's own code does.
       drop_pre_logits: drop a ViT pre-logits layer (Hugging Face's in21k pooler, vit_jax's
         ``representation_size``), as vit_jax does for fine-tuning.
-      strict: if True, model variables that the checkpoint lacks (other than a replaced head) are an error.
+      strict: if True, model variables that the checkpoint lacks (other than a replaced head and, with a new
+        head, the parts of the classifier a base model lacks) are an error.
       verbose: print the load report.
       revision: the hub revision (branch, tag or commit).
       seed: the seed for freshly initialised variables.
@@ -126,6 +128,7 @@ def load_pretrained(
         unmatched,
         source=where,
         reinitialise=HEAD if replace_head else None,
+        classifier=layout.classifier if replace_head else None,
         resizers=layout.resizers(fields, source_fields),
         strict=strict,
     )

@@ -275,13 +275,18 @@ def test_sharded_export_loads_in_transformers(sources, tmp_path):
     assert max_abs(jit_apply(model, variables, *ours_inputs), theirs) < TOL
 
 
-# Base models (no classifier) that jtl loads with a new head; the rest (ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT)
-# read their pooler from the classifier alone, so that load_pretrained refuses their base models.
+# Base models (no classifier) that jtl loads with a new head. ELECTRA, DistilBERT, DeBERTa-v2 and ModernBERT have
+# their pooler only inside the classifier (classifier.dense, pre_classifier, pooler.dense, head.dense + head.norm):
+# it is initialised with the new head, as transformers' classifier initialises it.
 HEADLESS = {
     "vit": lambda config: T.ViTModel(config, add_pooling_layer=False),
     "bert": T.BertModel,
     "roberta": T.RobertaModel,  # its pooler.dense goes to RobertaForSequenceClassification's classifier.dense
     "albert": T.AlbertModel,
+    "electra": T.ElectraModel,
+    "distilbert": T.DistilBertModel,
+    "deberta-v2": T.DebertaV2Model,
+    "modernbert": T.ModernBertModel,
 }
 
 

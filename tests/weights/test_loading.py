@@ -146,6 +146,45 @@ def test_drop_pre_logits(tmp_path):
     ]
 
 
+TINY_TEXT = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24)
+POOLER = ["params/pooler/bias", "params/pooler/kernel"]
+
+
+def test_base_model_gets_a_fresh_pooler_only_with_a_new_head(tmp_path):
+    """ElectraModel has no pooler (ElectraForSequenceClassification's classifier.dense): a new head brings a fresh
+    one, reported as re-initialised; without a new head the checkpoint still lacks it."""
+    transformers.ElectraModel(transformers.ElectraConfig(**TINY_TEXT, embedding_size=8)).save_pretrained(tmp_path)
+    _, variables, report = load_pretrained(tmp_path, num_classes=3, verbose=False)
+    assert not report.missing
+    assert sorted(report.reinitialised) == [
+        ("params/head/bias", (3,), "not in checkpoint"),
+        ("params/head/kernel", (16, 3), "not in checkpoint"),
+        ("params/pooler/bias", (16,), "not in checkpoint; part of the new classifier"),
+        ("params/pooler/kernel", (16, 16), "not in checkpoint; part of the new classifier"),
+    ]
+    assert np.std(variables["params"]["pooler"]["kernel"]) > 0  # initialised, not left empty
+    with pytest.raises(WeightLoadError, match=r"2 variable\(s\) missing from the checkpoint: params/pooler/bias"):
+        load_pretrained(tmp_path, verbose=False)
+
+
+def test_a_classifier_part_in_the_checkpoint_is_loaded(tmp_path):
+    """A ModernBERT masked-LM file has the classifier's head.dense and head.norm (jtl's pooler): they load."""
+    special = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    config = transformers.ModernBertConfig(**TINY_TEXT, **special)
+    transformers.ModernBertForMaskedLM(config).save_pretrained(tmp_path)
+    _, _, report = load_pretrained(tmp_path, num_classes=3, verbose=False)
+    loaded = {name for name, _ in report.loaded}
+    assert {"params/pooler/dense/kernel", "params/pooler/norm/scale"} <= loaded and not report.missing
+    assert {name for name, _, _ in report.reinitialised} == {"params/head/bias", "params/head/kernel"}
+
+
+def test_a_base_model_pooler_is_still_required(tmp_path):
+    """BERT's pooler belongs to BertModel, not to its classifier: a file without it is an error, new head or not."""
+    transformers.BertModel(transformers.BertConfig(**TINY_TEXT), add_pooling_layer=False).save_pretrained(tmp_path)
+    with pytest.raises(WeightLoadError, match=r"missing from the checkpoint: params/pooler/bias"):
+        load_pretrained(tmp_path, num_classes=3, verbose=False)
+
+
 @pytest.mark.parametrize("layout", ["sharded", "bin", "msgpack"])
 def test_other_hf_weight_files(layout, hf_vit_dir, tmp_path):
     state = load_file(str(hf_vit_dir / "model.safetensors"))

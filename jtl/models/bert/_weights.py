@@ -6,7 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jtl.weights import Layout, Rule, WeightLoadError, first_match, hf_gelu_approximate, layer_norm, linear
+from jtl.weights import (
+    HEAD_AND_POOLER,
+    Layout,
+    Rule,
+    WeightLoadError,
+    first_match,
+    hf_gelu_approximate,
+    layer_norm,
+    linear,
+)
 
 
 def _hf_rules(prefix: str, head: list[Rule], extra: Sequence[Rule] = ()) -> list[Rule]:
@@ -73,7 +82,15 @@ def hf_roberta_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[
     }
 
 
-HF_ROBERTA = Layout("hf-roberta", HF_ROBERTA_RULES, hf_roberta_fields, model_types=("roberta", "xlm-roberta"))
+# RobertaForSequenceClassification has no base-model pooler, only its classifier.dense (jtl's pooler): a RoBERTa file
+# without pooler.dense (saved from RobertaForMaskedLM) gets a fresh one with a new head, as that class does.
+HF_ROBERTA = Layout(
+    "hf-roberta",
+    HF_ROBERTA_RULES,
+    hf_roberta_fields,
+    model_types=("roberta", "xlm-roberta"),
+    classifier=HEAD_AND_POOLER,
+)
 
 
 _DISTILBERT_BLOCK = r"(?:distilbert\.)?transformer\.layer\.(\d+)\."
@@ -121,7 +138,14 @@ def hf_distilbert_fields(config: dict[str, Any], state: Mapping[str, Any]) -> di
     }
 
 
-HF_DISTILBERT = Layout("hf-distilbert", HF_DISTILBERT_RULES, hf_distilbert_fields, model_types=("distilbert",))
+# pre_classifier (jtl's pooler) exists only in DistilBertForSequenceClassification, not in DistilBertModel.
+HF_DISTILBERT = Layout(
+    "hf-distilbert",
+    HF_DISTILBERT_RULES,
+    hf_distilbert_fields,
+    model_types=("distilbert",),
+    classifier=HEAD_AND_POOLER,
+)
 
 
 # ELECTRA's discriminator is BERT with a projection from the embedding width (embeddings_project) and a
@@ -145,4 +169,7 @@ def hf_electra_fields(config: dict[str, Any], state: Mapping[str, Any]) -> dict[
     }
 
 
-HF_ELECTRA = Layout("hf-electra", HF_ELECTRA_RULES, hf_electra_fields, model_types=("electra",))
+# ElectraModel has no pooler: classifier.dense (jtl's pooler) exists only in ElectraForSequenceClassification.
+HF_ELECTRA = Layout(
+    "hf-electra", HF_ELECTRA_RULES, hf_electra_fields, model_types=("electra",), classifier=HEAD_AND_POOLER
+)

@@ -7,7 +7,16 @@ from typing import Any
 
 import numpy as np
 
-from jtl.weights import Layout, Rule, WeightLoadError, first_match, hf_gelu_approximate, layer_norm, linear
+from jtl.weights import (
+    HEAD_AND_POOLER,
+    Layout,
+    Rule,
+    WeightLoadError,
+    first_match,
+    hf_gelu_approximate,
+    layer_norm,
+    linear,
+)
 
 
 def _conv1d_to_flax(x: np.ndarray) -> np.ndarray:
@@ -105,4 +114,12 @@ def hf_deberta_v2_fields(config: dict[str, Any], state: Mapping[str, Any]) -> di
     }
 
 
-HF_DEBERTA_V2 = Layout("hf-deberta-v2", HF_DEBERTA_V2_RULES, hf_deberta_v2_fields, model_types=("deberta-v2",))
+# DebertaV2Model has no pooler: pooler.dense (a ContextPooler) exists only in DebertaV2ForSequenceClassification, so
+# the hub's checkpoints (saved from the masked-LM model) get a fresh one with a new head.
+HF_DEBERTA_V2 = Layout(
+    "hf-deberta-v2",
+    HF_DEBERTA_V2_RULES,
+    hf_deberta_v2_fields,
+    model_types=("deberta-v2",),
+    classifier=HEAD_AND_POOLER,
+)

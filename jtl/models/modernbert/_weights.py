@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from jtl.weights import Layout, Rule, WeightLoadError, first_match, layer_norm, linear
+from jtl.weights import HEAD_AND_POOLER, Layout, Rule, WeightLoadError, first_match, layer_norm, linear
 
 _HF = r"(?:model\.)?"
 _HF_BLOCK = _HF + r"layers\.(\d+)\."
@@ -104,6 +104,13 @@ def hf_modernbert_fields(config: dict[str, Any], state: Mapping[str, Any]) -> di
     }
 
 
+# ModernBertModel has no head.dense/head.norm (jtl's pooler): the masked-LM and classifier models have them, so a
+# masked-LM file keeps its own and a base model's gets a fresh one with a new head.
 HF_MODERNBERT = Layout(
-    "hf-modernbert", HF_MODERNBERT_RULES, hf_modernbert_fields, model_types=("modernbert",), prepare=split_qkv
+    "hf-modernbert",
+    HF_MODERNBERT_RULES,
+    hf_modernbert_fields,
+    model_types=("modernbert",),
+    prepare=split_qkv,
+    classifier=HEAD_AND_POOLER,
 )
