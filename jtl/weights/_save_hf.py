@@ -20,10 +20,10 @@ import numpy as np
 
 from jtl.masking import named_leaves
 from jtl.weights._convert import Rule, same, transpose
-from jtl.weights._export import _key_for, _target_regex
+from jtl.weights._export import key_for, target_regex
 from jtl.weights._keys import checkpoint_keys, prepared_sources, routes
 from jtl.weights._layout import Layout, in_memory_key
-from jtl.weights._load import _peek, _registered, _resolve, get_layout, hf_flax_to_torch_layout
+from jtl.weights._load import get_layout, hf_flax_to_torch_layout, peek_tensors, registered_layouts, resolve_source
 from jtl.weights._readers import WeightLoadError, read_file
 
 SINGLE_FILE = "model.safetensors"
@@ -114,10 +114,12 @@ def save_hf_pretrained(
     >>> config["architectures"], config["id2label"]
     (['BertForSequenceClassification'], {'0': 'LABEL_0', '1': 'LABEL_1'})
     """
-    chosen = _resolve(source, None)
+    chosen = resolve_source(source, None)
     the_layout = get_layout(layout) if layout is not None else chosen.layout
     family = (
-        next(family for family, registered in _registered() if registered is the_layout) if layout else chosen.family
+        next(family for family, registered in registered_layouts() if registered is the_layout)
+        if layout
+        else chosen.family
     )
     if not chosen.layout.model_types or not chosen.config:
         raise WeightLoadError(f"{source}: not a Hugging Face model directory (config.json + weights)")
@@ -182,12 +184,12 @@ def to_checkpoint(
         except (WeightLoadError, KeyError) as e:
             problems.append(f"{route.name} (to {route.key!r}): {e}")
     rules = layout.rules_for(prepared)
-    backward = [(_target_regex(rule.target), rule) for rule in rules if rule.target is not None]
+    backward = [(target_regex(rule.target), rule) for rule in rules if rule.target is not None]
     forward = [(re.compile(rule.source), rule) for rule in rules]
     loaded = {route.name for route in found}
     new_modules = set()
     for name in sorted(set(host) - loaded):
-        key = _key_for(name, backward, forward)
+        key = key_for(name, backward, forward)
         if isinstance(key, str):
             problems.append(f"{name}: not in the source checkpoint, and {key}")
             continue
@@ -200,7 +202,7 @@ def to_checkpoint(
         if route.key not in written:
             continue
         others = [(regex, rule) for regex, rule in backward if rule is not route.rule]
-        moved = _key_for(route.name, others, forward)
+        moved = key_for(route.name, others, forward)
         if not isinstance(moved, str) and moved[0].startswith(tuple(new_modules)) and moved[0] not in prepared:
             written[moved[0]] = _invert(moved[1], np.asarray(host[route.name]), None, fields)
             del written[route.key]
@@ -265,7 +267,7 @@ def hf_names(source: str | os.PathLike) -> HFNames:
     >>> {name: array.shape for name, array in tensors.items()}, unread
     ({'params/pooler/bias': (384,)}, ['extra'])
     """
-    chosen = _resolve(source, None)
+    chosen = resolve_source(source, None)
     layout = chosen.layout
     if not layout.model_types or not chosen.config:
         raise WeightLoadError(f"{source}: not a Hugging Face model directory (config.json + weights)")
@@ -390,7 +392,7 @@ def _original(weights: Path) -> tuple[dict[str, Any], Callable[[list[str]], dict
     if weights.suffix == ".safetensors" or weights.name.endswith(".safetensors.index.json"):
         from safetensors import safe_open
 
-        shapes, _ = _peek(weights)
+        shapes, _ = peek_tensors(weights)
         files = (
             {key: weights.parent / shard for key, shard in json.loads(weights.read_text())["weight_map"].items()}
             if weights.suffix == ".json"

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 import jtl.masking as jm  # noqa: E402
 from jtl.adapters import DoRASpec, IA3Spec, LoRASpec, add_adapters, load_peft, save_peft, with_adapters  # noqa: E402
 from jtl.weights import WeightLoadError, hf_names, in_memory_key, load_pretrained  # noqa: E402
-from jtl.weights._load import _resolve  # noqa: E402
+from jtl.weights._load import resolve_source  # noqa: E402
 from tests.parity import TOL, jit_apply, max_abs, randomise  # noqa: E402
 from tests.weights.test_hf_export import FAMILIES, _inputs  # noqa: E402
 
@@ -206,7 +206,7 @@ def test_every_layout_names_modules_as_transformers_does_in_memory(tmp_path):
         reference.save_pretrained(tmp_path / family)
         with safe_open(str(tmp_path / family / "model.safetensors"), "np") as f:
             saved = list(f.keys())
-        layout = _resolve(tmp_path / family, None).layout
+        layout = resolve_source(tmp_path / family, None).layout
         names = {in_memory_key(layout, key) for key in saved}
         if names != set(reference.state_dict()):
             wrong[family] = sorted(names ^ set(reference.state_dict()))[:4]
