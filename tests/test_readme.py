@@ -66,3 +66,22 @@ def test_domain_adaptation_example_gives_the_discriminators_loss():
     expected = 0.5 * (np.logaddexp(0, -z_source) + np.logaddexp(0, z_target))
     np.testing.assert_allclose(namespace["loss"], expected, rtol=1e-5)
     assert 0.0 < float(namespace["metrics"]["reversal"]) < 1.0
+
+
+def test_peft_methods_example_merges_and_unmerges():
+    import jax
+    import numpy as np
+
+    import jtl.masking as jm
+
+    block = next(b for b in _python_blocks() if "adapters.DoRASpec" in b)
+    namespace = {}
+    exec(compile(block, str(README), "exec"), namespace)
+    model, wrapped, params = (namespace[k] for k in ("model", "wrapped", "params"))
+    (images,) = model.example_inputs()
+    np.testing.assert_allclose(
+        model.apply({"params": namespace["merged"]}, images), wrapped.apply({"params": params}, images), atol=1e-5
+    )
+    for (name, before), (_, after) in zip(jm.named_leaves(params), jm.named_leaves(namespace["restored"]), strict=True):
+        np.testing.assert_allclose(after, before, atol=1e-6, err_msg=name)
+    assert "lora_magnitude" not in str(jax.tree_util.tree_structure(namespace["merged"]))
