@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.adapters._method import matching_layers, register
+from jtl.adapters._method import add_to_layers, matching_layers, register
 
 PyTree = Any
 
@@ -117,25 +117,20 @@ class BottleneckSpec(NamedTuple):
         """
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"bottleneck activation {self.activation!r}: expected one of {sorted(ACTIVATIONS)}")
-        layers = matching_layers(params, self.targets, _is_dense, "2-D Dense kernel")
-        counter = iter(range(1 << 30))
 
-        def visit(node: Any, path: tuple[str, ...]) -> Any:
-            if not isinstance(node, dict):
-                return node
-            out = {k: visit(v, (*path, k)) for k, v in node.items()}
-            if "/".join(path) in layers:
-                width = node["kernel"].shape[1]
-                bound = math.sqrt(3.0 / width)
-                key = jax.random.fold_in(rng, next(counter))
-                out["adapter_down_kernel"] = jax.random.uniform(key, (width, self.size), jnp.float32, -bound, bound)
-                out["adapter_down_bias"] = jnp.zeros((self.size,), jnp.float32)
+        def build(layer: dict, path: str, key: jax.Array) -> dict:
+            width = layer["kernel"].shape[1]
+            bound = math.sqrt(3.0 / width)
+            return {
+                **layer,
+                "adapter_down_kernel": jax.random.uniform(key, (width, self.size), jnp.float32, -bound, bound),
+                "adapter_down_bias": jnp.zeros((self.size,), jnp.float32),
                 # A zero up-projection makes each adapter the identity at the start (Houlsby et al.'s near-identity).
-                out["adapter_up_kernel"] = jnp.zeros((self.size, width), jnp.float32)
-                out["adapter_up_bias"] = jnp.zeros((width,), jnp.float32)
-            return out
+                "adapter_up_kernel": jnp.zeros((self.size, width), jnp.float32),
+                "adapter_up_bias": jnp.zeros((width,), jnp.float32),
+            }
 
-        return visit(params, ())
+        return add_to_layers(params, matching_layers(params, self.targets, _is_dense, "2-D Dense kernel"), rng, build)
 
     def intercept(self, next_fun: Any, args: tuple, kwargs: dict, context: Any, train: bool) -> Any:
         """Adds ``up(act(down(y)))`` to the output ``y`` of every Dense layer holding an adapter."""

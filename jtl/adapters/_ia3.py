@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 import jtl.masking as jm
-from jtl.adapters._method import attach_adapters, matching_layers, register, split_adapters
+from jtl.adapters._method import add_to_layers, attach_adapters, matching_layers, register, split_adapters
 
 PyTree = Any
 
@@ -52,17 +52,11 @@ class IA3Spec(NamedTuple):
         if outside:
             raise jm.MaskingError(f"feedforward patterns {outside} match no layer of the targets {list(self.targets)}")
 
-        def visit(node: Any, path: tuple[str, ...]) -> Any:
-            if not isinstance(node, dict):
-                return node
-            out = {k: visit(v, (*path, k)) for k, v in node.items()}
-            name = "/".join(path)
-            if name in layers:
-                fan_in, fan_out = node["kernel"].shape
-                out["ia3_scale"] = jnp.ones(fan_in if self.is_feedforward(name) else fan_out, jnp.float32)
-            return out
+        def build(layer: dict, path: str, key: jax.Array) -> dict:
+            fan_in, fan_out = layer["kernel"].shape
+            return {**layer, "ia3_scale": jnp.ones(fan_in if self.is_feedforward(path) else fan_out, jnp.float32)}
 
-        return visit(params, ())
+        return add_to_layers(params, layers, rng, build)
 
     def intercept(self, next_fun: Any, args: tuple, kwargs: dict, context: Any, train: bool) -> Any:
         module = context.module

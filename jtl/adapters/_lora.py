@@ -22,6 +22,7 @@ import jtl.masking as jm
 from jtl.adapters._method import (
     Method,
     adapter_dropout,
+    add_to_layers,
     attach_adapters,
     fold,
     matching_layers,
@@ -128,24 +129,15 @@ def add_low_rank(params: PyTree, targets: tuple[str, ...], rank: int, rng: jax.A
     >>> out["conv"]["lora_a"].shape, out["conv"]["lora_b"].shape
     ((3, 3, 4, 2), (2, 6))
     """
-    layers = matching_layers(params, targets, accept, what)
-    counter = iter(range(1 << 30))
 
-    def visit(node: Any, path: tuple[str, ...]) -> Any:
-        if not isinstance(node, dict):
-            return node
-        out = {k: visit(v, (*path, k)) for k, v in node.items()}
-        if "/".join(path) in layers:
-            *window, fan_out = node["kernel"].shape
-            fan_in = math.prod(window)
-            key = jax.random.fold_in(rng, next(counter))
-            # As Hu et al.: A random (Kaiming-uniform, as PEFT), B zero, so training starts at the base model.
-            bound = math.sqrt(3.0 / fan_in)
-            out["lora_a"] = jax.random.uniform(key, (*window, rank), jnp.float32, -bound, bound)
-            out["lora_b"] = jnp.zeros((rank, fan_out), jnp.float32)
-        return out
+    def build(layer: dict, path: str, key: jax.Array) -> dict:
+        *window, fan_out = layer["kernel"].shape
+        # As Hu et al.: A random (Kaiming-uniform, as PEFT), B zero, so training starts at the base model.
+        bound = math.sqrt(3.0 / math.prod(window))
+        a = jax.random.uniform(key, (*window, rank), jnp.float32, -bound, bound)
+        return {**layer, "lora_a": a, "lora_b": jnp.zeros((rank, fan_out), jnp.float32)}
 
-    return visit(params, ())
+    return add_to_layers(params, matching_layers(params, targets, accept, what), rng, build)
 
 
 def low_rank_conv(module: nn.Conv, x: jax.Array, lora_a: jax.Array) -> jax.Array:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -334,6 +334,38 @@ def unmerge_adapters(merged: PyTree, record: PyTree, *methods: Method) -> PyTree
 def adapted_layers(params: PyTree, leaf: str) -> list[str]:
     """The paths of the layers holding ``leaf`` (e.g. ``"lora_a"``)."""
     return [name.removesuffix(f"/{leaf}") for name, _ in jm.named_leaves(params) if name.rsplit("/", 1)[-1] == leaf]
+
+
+def add_to_layers(
+    params: PyTree, layers: Collection[str], rng: jax.Array, build: Callable[[dict, str, jax.Array], dict]
+) -> PyTree:
+    """Rewrites each layer named in ``layers`` with ``build(layer, path, key)``: the walk behind every method's
+    ``add``, a PRNG key of its own for each layer (folded from ``rng`` in the tree's order).
+
+    Args:
+      params: a parameter tree.
+      layers: the paths of the layers to rewrite (:func:`matching_layers`).
+      rng: the key the layers' keys are folded from (``None`` for a method that draws nothing: ``key`` is ``None``).
+      build: ``(layer dict, its path, key) -> the layer dict with the method's leaves``.
+
+    Returns:
+      The new tree; other leaves are the same arrays.
+
+    >>> add_to_layers({"q": {"kernel": 1}}, ["q"], jax.random.PRNGKey(0), lambda layer, path, key: {**layer, "s": 2})
+    {'q': {'kernel': 1, 's': 2}}
+    """
+    counter = iter(range(1 << 30))
+
+    def visit(node: Any, path: tuple[str, ...]) -> Any:
+        if not isinstance(node, dict):
+            return node
+        out = {k: visit(v, (*path, k)) for k, v in node.items()}
+        name = "/".join(path)
+        if name not in layers:
+            return out
+        return build(out, name, None if rng is None else jax.random.fold_in(rng, next(counter)))
+
+    return visit(params, ())
 
 
 def matching_layers(params: PyTree, targets: Sequence[str], accept: Any, what: str) -> dict[str, list[int]]:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import qwix
 
-from jtl.adapters._method import adapter_dropout, attach_adapters, fold, matching_layers, register
+from jtl.adapters._method import adapter_dropout, add_to_layers, attach_adapters, fold, matching_layers, register
 
 PyTree = Any
 
@@ -127,25 +127,19 @@ class QLoRASpec(NamedTuple):
         {'bias': ((6,), 'float32'), 'kernel_q': ((64, 6), 'uint4'), 'kernel_scale': ((1, 6), 'float32'),
          'lora_a': ((64, 2), 'float32'), 'lora_b': ((2, 6), 'float32')}
         """
-        layers = matching_layers(params, self.targets, _is_dense, "2-D Dense kernel")
-        counter = iter(range(1 << 30))
 
-        def visit(node: Any, path: tuple[str, ...]) -> Any:
-            if not isinstance(node, dict):
-                return node
-            out = {k: visit(v, (*path, k)) for k, v in node.items()}
-            if "/".join(path) in layers:
-                kernel = out.pop("kernel")
-                fan_in, fan_out = kernel.shape
-                out["kernel_q"], out["kernel_scale"] = self.quantize(kernel)
-                # As LoRA: A random (Kaiming-uniform, as PEFT), B zero, so training starts at the quantized base.
-                bound = math.sqrt(3.0 / fan_in)
-                key = jax.random.fold_in(rng, next(counter))
-                out["lora_a"] = jax.random.uniform(key, (fan_in, self.rank), jnp.float32, -bound, bound)
-                out["lora_b"] = jnp.zeros((self.rank, fan_out), jnp.float32)
+        def build(layer: dict, path: str, key: jax.Array) -> dict:
+            out = dict(layer)
+            kernel = out.pop("kernel")
+            fan_in, fan_out = kernel.shape
+            out["kernel_q"], out["kernel_scale"] = self.quantize(kernel)
+            # As LoRA: A random (Kaiming-uniform, as PEFT), B zero, so training starts at the quantized base.
+            bound = math.sqrt(3.0 / fan_in)
+            out["lora_a"] = jax.random.uniform(key, (fan_in, self.rank), jnp.float32, -bound, bound)
+            out["lora_b"] = jnp.zeros((self.rank, fan_out), jnp.float32)
             return out
 
-        return visit(params, ())
+        return add_to_layers(params, matching_layers(params, self.targets, _is_dense, "2-D Dense kernel"), rng, build)
 
     def intercept(self, next_fun: Any, args: tuple, kwargs: dict, context: Any, train: bool) -> Any:
         """Runs a quantized Dense layer (without calling it: its ``kernel`` is absent) as ``nn.Dense`` would run
