@@ -70,20 +70,17 @@ def peak_bytes(compiled: Any) -> int:
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
-def quantized_base_bytes(params: Any) -> tuple[int, int, int]:
-    """``(packed bytes, bytes as held here, element count)`` of the quantized kernels and their scales in a QLoRA
-    tree: packed counts sub-byte codes at their width (NF4: half a byte, as an accelerator stores ``uint4``);
-    JAX on CPU holds each ``uint4`` code in a byte."""
-    packed, held, elements = 0, 0, 0
-    for name, leaf in jm.named_leaves(params):
-        if name.endswith("/kernel_q"):
-            packed += leaf.size * jnp.iinfo(leaf.dtype).bits // 8
-            held += leaf.nbytes
-            elements += leaf.size
-        elif name.endswith("/kernel_scale"):
-            packed += leaf.nbytes
-            held += leaf.nbytes
-    return packed, held, elements
+def quantized_base_bytes(params: Any) -> tuple[int, int]:
+    """``(bytes of the quantized kernels' codes and scales, their weights)`` in a QLoRA tree (NF4 codes are
+    packed two to a byte)."""
+    stored = sum(leaf.nbytes for name, leaf in jm.named_leaves(params) if name.endswith(("/kernel_q", "/kernel_scale")))
+    shapes = dict(jm.named_leaves(params))
+    weights = sum(
+        leaf.shape[0] * shapes[name.replace("/lora_a", "/lora_b")].shape[1]
+        for name, leaf in jm.named_leaves(params)
+        if name.endswith("/lora_a") and name.replace("/lora_a", "/kernel_q") in shapes
+    )
+    return stored, weights
 
 
 def measure(name: str, batch_size: int, iters: int, overrides: dict[str, Any]) -> list[dict[str, Any]]:
@@ -146,10 +143,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
             )
         for r in rows:
             if r["base_bytes"]:
-                packed, held, elements = r["base_bytes"]
+                stored, weights = r["base_bytes"]
                 print(
-                    f"{r['method']}: quantized kernels {_mib(packed)} packed ({packed / (4 * elements):.3f} of fp32; "
-                    f"{_mib(held)} as JAX holds them here) vs {_mib(2 * elements)} bf16, {_mib(4 * elements)} fp32"
+                    f"{r['method']}: quantized kernels {_mib(stored)} ({stored / (4 * weights):.3f} of fp32) "
+                    f"vs {_mib(2 * weights)} bf16, {_mib(4 * weights)} fp32"
                 )
     return results
 

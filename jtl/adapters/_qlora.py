@@ -1,8 +1,10 @@
 """QLoRA (Dettmers et al., 2023): LoRA adapters beside frozen base kernels held quantized (NF4 or int8).
 
 The chosen Dense layers lose their ``kernel``: :meth:`QLoRASpec.add` stores it quantized with ``qwix`` as two plain
-array leaves, ``kernel_q`` (the codes: ``uint4`` for NF4, ``int8``) and ``kernel_scale`` (float32 absmax scales, one
-per block of ``block_size`` inputs and per output), so masking, optimizers and checkpoints see arrays only. The
+array leaves, ``kernel_q`` (the codes: NF4's 4-bit codes packed two to a ``uint8``, or ``int8``) and
+``kernel_scale`` (float32 absmax scales, one per block of ``block_size`` inputs and per output), so masking,
+optimizers and checkpoints see arrays only. NF4 is packed by hand: JAX holds a ``uint4`` array in a byte per
+element on the CPU, and Orbax (tensorstore) cannot write ``uint4`` at all. The
 interceptor computes those layers itself (their ``kernel`` is absent, so ``nn.Dense`` would fail): the dequantized
 kernel as ``nn.Dense`` uses a kernel, plus ``scale * dropout(x) @ lora_a @ lora_b``.
 """
@@ -21,8 +23,40 @@ from jtl.adapters._method import adapter_dropout, add_to_layers, attach_adapters
 
 PyTree = Any
 
-#: ``format -> qwix qtype``: NF4 codes are stored as ``uint4`` (one byte per element in host memory), int8 as is.
+#: ``format -> qwix qtype``.
 QTYPES = {"nf4": "nf4", "int8": jnp.int8}
+
+
+def pack_nibbles(codes: jax.Array) -> jax.Array:
+    """4-bit codes, two to a byte along the first axis (even rows in the low half): (in, out) -> (in / 2, out).
+
+    Args:
+      codes: unsigned 4-bit codes (``uint4`` or any integer dtype below 16), an even number of rows.
+
+    Returns:
+      The ``uint8`` array.
+
+    >>> pack_nibbles(jnp.array([[1], [2]], jnp.uint4)).tolist()
+    [[33]]
+    """
+    codes = codes.astype(jnp.uint8)
+    return codes[0::2] | (codes[1::2] << 4)
+
+
+def unpack_nibbles(packed: jax.Array) -> jax.Array:
+    """The inverse of :func:`pack_nibbles`: (in / 2, out) ``uint8`` -> (in, out) ``uint4``.
+
+    Args:
+      packed: what :func:`pack_nibbles` returned.
+
+    Returns:
+      The codes.
+
+    >>> unpack_nibbles(jnp.array([[33]], jnp.uint8)).tolist()
+    [[1], [2]]
+    """
+    both = jnp.stack([packed & 0xF, packed >> 4], axis=1)
+    return both.reshape(-1, packed.shape[-1]).astype(jnp.uint4)
 
 
 @register
@@ -76,18 +110,23 @@ class QLoRASpec(NamedTuple):
           kernel: a 2-D float kernel.
 
         Returns:
-          ``(kernel_q, kernel_scale)``: the codes, shaped like ``kernel``, and the float32 scales, shaped
-          ``(in / block, out)``.
+          ``(kernel_q, kernel_scale)``: the codes (int8 shaped like ``kernel``; NF4 packed, ``(in / 2, out)``
+          ``uint8``) and the float32 scales, shaped ``(in / block, out)``.
+
+        Raises:
+          ValueError: an unknown format, or NF4 for an odd number of inputs (its codes go two to a byte).
 
         >>> q, s = QLoRASpec(format="nf4").quantize(jnp.ones((128, 3)))
         >>> q.dtype, q.shape, s.shape
-        (dtype(uint4), (128, 3), (2, 3))
+        (dtype('uint8'), (64, 3), (2, 3))
         """
         if self.format not in QTYPES:
             raise ValueError(f"QLoRA format {self.format!r}: expected one of {sorted(QTYPES)}")
+        if self.format == "nf4" and kernel.shape[0] % 2:
+            raise ValueError(f"QLoRA nf4: a kernel {kernel.shape} with an odd number of inputs cannot be packed")
         block = math.gcd(kernel.shape[0], self.block_size)
         q = qwix.quantize(kernel.astype(jnp.float32), QTYPES[self.format], channelwise_axes=(1,), tiled_axes={0: block})
-        return q.qvalue, q.scale
+        return (pack_nibbles(q.qvalue) if self.format == "nf4" else q.qvalue), q.scale
 
     def dequantize(self, layer: dict) -> jax.Array:
         """The float32 kernel that a layer's ``kernel_q`` and ``kernel_scale`` stand for.
@@ -104,7 +143,8 @@ class QLoRASpec(NamedTuple):
         >>> q.tolist(), bool(jnp.abs(spec.dequantize({"kernel_q": q, "kernel_scale": s}) - kernel).max() < 0.02)
         ([[127, -64], [64, 127]], True)
         """
-        return qwix.dequantize(qwix.QArray(layer["kernel_q"], layer["kernel_scale"], qtype=QTYPES[self.format]))
+        codes = unpack_nibbles(layer["kernel_q"]) if self.format == "nf4" else layer["kernel_q"]
+        return qwix.dequantize(qwix.QArray(codes, layer["kernel_scale"], qtype=QTYPES[self.format]))
 
     def add(self, params: PyTree, rng: jax.Array) -> PyTree:
         """Quantizes every 2-D Dense kernel that a target matches into ``kernel_q``/``kernel_scale`` (dropping
@@ -124,7 +164,7 @@ class QLoRASpec(NamedTuple):
         >>> params = {"q": {"kernel": jnp.ones((64, 6)), "bias": jnp.zeros(6)}}
         >>> adapted = QLoRASpec(targets=("q",), rank=2).add(params, jax.random.PRNGKey(0))
         >>> {k: (v.shape, str(v.dtype)) for k, v in sorted(adapted["q"].items())}  # doctest: +NORMALIZE_WHITESPACE
-        {'bias': ((6,), 'float32'), 'kernel_q': ((64, 6), 'uint4'), 'kernel_scale': ((1, 6), 'float32'),
+        {'bias': ((6,), 'float32'), 'kernel_q': ((32, 6), 'uint8'), 'kernel_scale': ((1, 6), 'float32'),
          'lora_a': ((64, 2), 'float32'), 'lora_b': ((2, 6), 'float32')}
         """
 

@@ -173,8 +173,11 @@ def test_peft_methods_benchmark_runs_tiny(capsys):
     assert rows["LoRA r=8 (q, v)"]["trainable"] == 2 * 2 * 2 * 16 * 8 + 16 * 10 + 10
     # AdamW keeps two float32 moments per trainable parameter, and a step count
     assert rows["LoRA r=8 (q, v)"]["opt_state_bytes"] == 2 * 4 * rows["LoRA r=8 (q, v)"]["trainable"] + 4
-    packed, held, elements = rows["QLoRA NF4 r=8 (all linear)"]["base_bytes"]
-    assert packed == held - elements // 2  # NF4 codes: a byte each as JAX holds them on the CPU, half a byte packed
+    stored, weights = rows["QLoRA NF4 r=8 (all linear)"]["base_bytes"]
+    # 2 blocks x 6 kernels: 4 of 16 x 16, 16 x 32, 32 x 16; codes at half a byte, one float32 scale per output
+    # (the blocks of inputs are the whole input here: gcd(16 or 32, 64))
+    assert weights == 2 * (4 * 16 * 16 + 2 * 16 * 32)
+    assert stored == weights // 2 + 4 * 2 * (4 * 16 + 32 + 16)
     assert "quantized kernels" in capsys.readouterr().out
 
 

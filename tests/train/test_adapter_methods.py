@@ -19,8 +19,12 @@ METHODS = {
         ("ia3_scale",),
         6,  # key, value and fc2 of two blocks
     ),
-    # query and value of two blocks, their kernels held as int8 codes that must stay as they are
-    "qlora": (["--config.lora.rank=2", "--config.lora.quantize=int8"], ("lora_a", "lora_b"), 4),
+    # query and value of two blocks, their kernels held as NF4 codes that must stay as they are (and checkpoint)
+    "qlora": (
+        ["--config.lora.rank=2", "--config.lora.quantize=nf4", "--config.checkpoint_every=3"],
+        ("lora_a", "lora_b"),
+        4,
+    ),
     "vpt": (["--config.vpt.num_tokens=2"], ("vpt_prompt",), 1),  # shallow: before the first block only
     "bottleneck": (  # Houlsby: after the attention output and the MLP of two blocks
         ["--config.bottleneck.size=4"],
