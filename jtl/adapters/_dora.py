@@ -33,6 +33,10 @@ class DoRASpec(NamedTuple):
       alpha: the scale numerator: ``alpha / r`` (or ``alpha / sqrt(r)`` with ``rslora``).
       dropout: dropout on the adapter's input while training.
       rslora: rank-stabilised scaling.
+
+    >>> spec = DoRASpec(rank=4)
+    >>> spec.kind, spec.leaves
+    ('dora', ('lora_a', 'lora_b', 'lora_magnitude'))
     """
 
     targets: tuple[str, ...] = (r"encoder/block_\d+/attn/(query|value)",)

@@ -29,6 +29,12 @@ class IA3Spec(NamedTuple):
       targets: regexes (``fullmatch``) on the Dense layers' names.
       feedforward: regexes for the targets whose input (not output) is scaled, as PEFT's
         ``feedforward_modules``; each must match a target.
+
+    >>> import jax.numpy as jnp
+    >>> params = {"k": {"kernel": jnp.ones((4, 6))}, "fc2": {"kernel": jnp.ones((8, 4))}}
+    >>> adapted = IA3Spec(targets=("k", "fc2"), feedforward=("fc2",)).add(params, None)
+    >>> adapted["k"]["ia3_scale"].shape, adapted["fc2"]["ia3_scale"].shape  # output scaled, input scaled
+    ((6,), (8,))
     """
 
     targets: tuple[str, ...] = (r"encoder/block_\d+/attn/(key|value)", r"encoder/block_\d+/mlp/fc2")

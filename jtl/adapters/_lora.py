@@ -49,6 +49,10 @@ class LoRASpec(NamedTuple):
       alpha: the scale numerator: updates are scaled by ``alpha / r`` (or ``alpha / sqrt(r)`` with ``rslora``).
       dropout: dropout on the adapter's input while training.
       rslora: rank-stabilised scaling (Kalajdzievski, 2023).
+
+    >>> spec = LoRASpec(rank=4, alpha=8.0)
+    >>> spec.kind, spec.leaves, spec.scale, spec.trainable
+    ('lora', ('lora_a', 'lora_b'), 2.0, ('.*/lora_a', '.*/lora_b'))
     """
 
     targets: tuple[str, ...] = (r"encoder/block_\d+/attn/(query|value)",)  # Dense or (ungrouped) Conv layers

@@ -59,19 +59,55 @@ METHODS: dict[str, type] = {}
 
 
 def register(cls: type) -> type:
-    """Class decorator: makes a method readable by ``kind`` (:func:`method_from_dict`)."""
+    """Class decorator: makes a method readable by ``kind`` (:func:`method_from_dict`).
+
+    Args:
+      cls: the method's class, with a ``kind`` attribute.
+
+    Returns:
+      ``cls`` itself.
+
+    >>> from jtl.adapters import LoRASpec
+    >>> METHODS["lora"] is LoRASpec
+    True
+    """
     METHODS[cls.kind] = cls
     return cls
 
 
 def method_to_dict(method: Method) -> dict[str, Any]:
-    """A method as JSON-ready data: ``{"kind": ..., **fields}`` (tuples as lists)."""
+    """A method as JSON-ready data: ``{"kind": ..., **fields}`` (tuples as lists).
+
+    Args:
+      method: a registered method.
+
+    Returns:
+      The data :func:`method_from_dict` reads back.
+
+    >>> from jtl.adapters import LoRASpec
+    >>> data = method_to_dict(LoRASpec(targets=("q",), rank=2))
+    >>> data["kind"], data["targets"], method_from_dict(data) == LoRASpec(targets=("q",), rank=2)
+    ('lora', ['q'], True)
+    """
     fields = {k: list(v) if isinstance(v, tuple) else v for k, v in method._asdict().items()}
     return {"kind": method.kind, **fields}
 
 
 def method_from_dict(data: dict[str, Any]) -> Method:
-    """The inverse of :func:`method_to_dict`."""
+    """The inverse of :func:`method_to_dict`.
+
+    Args:
+      data: ``{"kind": ..., **fields}``.
+
+    Returns:
+      The method.
+
+    Raises:
+      ValueError: a kind no method registered.
+
+    >>> method_from_dict({"kind": "ia3", "targets": ["k"], "feedforward": []})
+    IA3Spec(targets=('k',), feedforward=())
+    """
     data = dict(data)
     kind = data.pop("kind")
     if kind not in METHODS:
@@ -371,8 +407,21 @@ def add_to_layers(
 def matching_layers(params: PyTree, targets: Sequence[str], accept: Any, what: str) -> dict[str, list[int]]:
     """``{layer path: indices of the targets matching it}`` over layers (dicts) that ``accept(node)``.
 
+    Args:
+      params: a parameter tree.
+      targets: regexes (``fullmatch``) on the layers' paths.
+      accept: ``layer dict -> bool``: the layers the method can adapt.
+      what: those layers in words, for the error.
+
+    Returns:
+      The matched layers.
+
     Raises:
       jtl.masking.MaskingError: a target matches no accepted layer, naming a few that exist.
+
+    >>> import jax.numpy as jnp
+    >>> matching_layers({"a": {"q": {"kernel": jnp.ones((2, 2))}}}, ["a/.*"], lambda n: "kernel" in n, "kernel")
+    {'a/q': [0]}
     """
     patterns = [re.compile(t) for t in targets]
     found: dict[str, list[int]] = {}
@@ -407,6 +456,9 @@ def adapter_dropout(module: nn.Module, x: jax.Array, rate: float, train: bool) -
 
     Returns:
       ``x`` with dropout applied.
+
+    >>> adapter_dropout(None, jnp.ones(2), 0.5, train=False).tolist()  # evaluation: the input as it is
+    [1.0, 1.0]
     """
     if not train or rate <= 0:
         return x
