@@ -124,6 +124,13 @@ def scratch_accuracy(
     return float(np.mean(np.argmax(logits, -1) == test_labels))
 
 
+def print_accuracies(results: dict[str, list[float]]) -> None:
+    """One line per method: its accuracy, mean ± std over seeds."""
+    width = max(map(len, results))
+    for name, accs in results.items():
+        print(f"  {name.ljust(width)}  {np.mean(accs):.3f} ± {np.std(accs):.3f}")
+
+
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
@@ -141,9 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         classifier = fit_linear(minilm_features(train), labels, 2, l2=1e-3, epochs=200, seed=seed)
         results["MiniLM features + linear classifier"].append(classifier.accuracy(test_features, test_labels))
         results["bag of embeddings from scratch"].append(scratch_accuracy(train, labels, test, test_labels, seed))
-    width = max(map(len, results))
-    for name, accs in results.items():
-        print(f"  {name.ljust(width)}  {np.mean(accs):.3f} ± {np.std(accs):.3f}")
+    print_accuracies(results)
     return results
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.sentence_transfer import TEST, TRAIN, draw_sentences
+from benchmarks.sentence_transfer import TEST, TRAIN, draw_sentences, print_accuracies
 from jtl import adapters
 from jtl.objectives import Classification
 from jtl.step import freeze, init_state, make_train_step
@@ -81,15 +81,14 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     for seed in (int(s) for s in args.seeds.split(",")):
         texts, labels = draw_sentences(TRAIN, args.per_class, np.random.default_rng(seed))
         train = {**_tokens(tokenizer, texts), "label": labels}
+        # Read once per seed: every method starts from these (functional) variables, the same fresh head included.
+        model, variables, _ = load_pretrained(
+            path, num_classes=2, output="mean", head_zero_init=False, seed=seed, verbose=False
+        )
         for name in results:
-            model, variables, _ = load_pretrained(
-                path, num_classes=2, output="mean", head_zero_init=False, seed=seed, verbose=False
-            )
             results[name].append(accuracy(name, model, variables, train, test, args.steps, seed))
     print(f"all-MiniLM-L6-v2, {args.per_class} sentences per topic, {args.steps} steps, {len(test_texts)} test")
-    width = max(map(len, results))
-    for name, accs in results.items():
-        print(f"  {name.ljust(width)}  {np.mean(accs):.3f} ± {np.std(accs):.3f}")
+    print_accuracies(results)
     return results
 
 
