@@ -11,7 +11,7 @@ from jtl.adapters._bottleneck import BottleneckSpec
 from jtl.adapters._config import FROM_CONFIG, from_config, switch_off
 from jtl.adapters._dora import DoRASpec
 from jtl.adapters._ia3 import IA3Spec
-from jtl.adapters._io import load_adapters, read_adapters, save_adapters
+from jtl.adapters._io import fill_leaves, load_adapters, read_adapters, save_adapters
 from jtl.adapters._lora import (
     BITFIT_TRAINABLE,
     LORA_TRAINABLE,
@@ -19,6 +19,7 @@ from jtl.adapters._lora import (
     add_adapters,
     add_low_rank,
     low_rank_conv,
+    low_rank_leaves,
     with_lora,
 )
 from jtl.adapters._method import (
@@ -30,6 +31,7 @@ from jtl.adapters._method import (
     attach_adapters,
     base_model,
     fold,
+    is_dense,
     matching_layers,
     merge_adapters,
     merge_record,
@@ -66,11 +68,14 @@ __all__ = [
     "add_to_layers",
     "attach_adapters",
     "base_model",
+    "fill_leaves",
     "fold",
     "from_config",
+    "is_dense",
     "load_adapters",
     "load_peft",
     "low_rank_conv",
+    "low_rank_leaves",
     "matching_layers",
     "merge_adapters",
     "merge_record",

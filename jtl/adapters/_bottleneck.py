@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.adapters._method import add_to_layers, matching_layers, register
+from jtl.adapters._method import add_to_layers, is_dense, matching_layers, register
 
 PyTree = Any
 
@@ -130,7 +130,7 @@ class BottleneckSpec(NamedTuple):
                 "adapter_up_bias": jnp.zeros((width,), jnp.float32),
             }
 
-        return add_to_layers(params, matching_layers(params, self.targets, _is_dense, "2-D Dense kernel"), rng, build)
+        return add_to_layers(params, matching_layers(params, self.targets, is_dense, "2-D Dense kernel"), rng, build)
 
     def intercept(self, next_fun: Any, args: tuple, kwargs: dict, context: Any, train: bool) -> Any:
         """Adds ``up(act(down(y)))`` to the output ``y`` of every Dense layer holding an adapter."""
@@ -167,7 +167,3 @@ class BottleneckSpec(NamedTuple):
           ValueError: always.
         """
         return self.merge(merged)
-
-
-def _is_dense(layer: dict) -> bool:
-    return jnp.ndim(layer.get("kernel")) == 2

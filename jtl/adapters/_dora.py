@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jtl.adapters._lora import LoRASpec, add_low_rank
-from jtl.adapters._method import adapter_dropout, attach_adapters, fold, register
+from jtl.adapters._method import adapter_dropout, attach_adapters, fold, is_dense, register
 
 PyTree = Any
 
@@ -59,7 +59,7 @@ class DoRASpec(NamedTuple):
     def add(self, params: PyTree, rng: jax.Array) -> PyTree:
         """LoRA's ``lora_a`` and ``lora_b`` (zeros) beside every 2-D Dense kernel a target matches, and
         ``lora_magnitude`` (out,): the kernel's norm per output feature."""
-        params = add_low_rank(params, self.targets, self.rank, rng, _is_dense, "2-D Dense kernel")
+        params = add_low_rank(params, self.targets, self.rank, rng, is_dense, "2-D Dense kernel")
 
         def visit(node: Any) -> Any:
             if not isinstance(node, dict):
@@ -128,7 +128,3 @@ class DoRASpec(NamedTuple):
             return (direction - LoRASpec(*self).delta(node)).astype(node["kernel"].dtype)
 
         return fold(attach_adapters(merged, adapters), (_NORM,), kernel, marker="lora_magnitude")
-
-
-def _is_dense(node: dict) -> bool:
-    return jnp.ndim(node.get("kernel")) == 2

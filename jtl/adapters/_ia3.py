@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 import jtl.masking as jm
-from jtl.adapters._method import add_to_layers, attach_adapters, matching_layers, register, split_adapters
+from jtl.adapters._method import add_to_layers, attach_adapters, is_dense, matching_layers, register, split_adapters
 
 PyTree = Any
 
@@ -53,7 +53,7 @@ class IA3Spec(NamedTuple):
 
     def add(self, params: PyTree, rng: jax.Array) -> PyTree:
         """``ia3_scale`` (ones): (in,) beside feed-forward targets, (out,) beside the others; ``rng`` is unused."""
-        layers = matching_layers(params, self.targets, lambda node: jnp.ndim(node.get("kernel")) == 2, "Dense kernel")
+        layers = matching_layers(params, self.targets, is_dense, "Dense kernel")
         outside = [p for p in self.feedforward if not any(re.fullmatch(p, name) for name in layers)]
         if outside:
             raise jm.MaskingError(f"feedforward patterns {outside} match no layer of the targets {list(self.targets)}")

@@ -139,27 +139,46 @@ def read_adapters(directory: str | Path, params: PyTree) -> tuple[tuple[Method, 
     >>> methods == (spec,), params["encoder"]["block_0"]["attn"]["key"]["ia3_scale"].shape
     (True, (16,))
     """
-    from jtl.weights import WeightLoadError
 
     directory = Path(directory)
     meta = _read_meta(directory)
     methods = tuple(method_from_dict(data) for data in meta["methods"])
     for method in methods:
         params = add_adapters(params, method, jax.random.PRNGKey(0))
-    names = dict(jm.named_leaves(params))
     with np.load(directory / _ADAPTER_FILE, allow_pickle=False) as saved:
-        problems = [f"{k}: not in the model" for k in saved.files if k not in names]
-        problems += [
-            f"{k}: shape {saved[k].shape} in the file, {names[k].shape} in the model"
-            for k in saved.files
-            if k in names and saved[k].shape != names[k].shape
-        ]
-        if problems:
-            raise WeightLoadError(
-                f"{directory / _ADAPTER_FILE} does not fit {meta['base']}:\n  " + "\n  ".join(problems)
-            )
-        params = jm.map_with_names(lambda name, leaf: jnp.asarray(saved[name]) if name in saved.files else leaf, params)
-    return methods, params
+        values = {name: saved[name] for name in saved.files}
+    return methods, fill_leaves(params, values, f"{directory / _ADAPTER_FILE} does not fit {meta['base']}")
+
+
+def fill_leaves(params: PyTree, values: dict[str, Any], where: str) -> PyTree:
+    """``params`` with the leaves named in ``values`` replaced by them: how saved adapters go into a model.
+
+    Args:
+      params: the model's parameter tree, adapters added.
+      values: ``{leaf name: array}``.
+      where: what holds the values, for the error.
+
+    Returns:
+      The new tree; the other leaves are the same arrays.
+
+    Raises:
+      jtl.weights.WeightLoadError: listing at once every value that is not a leaf of the tree or has another shape.
+
+    >>> fill_leaves({"q": {"lora_a": jnp.zeros(2)}}, {"q/lora_a": np.ones(2)}, "saved")["q"]["lora_a"].tolist()
+    [1.0, 1.0]
+    """
+    from jtl.weights import WeightLoadError
+
+    names = dict(jm.named_leaves(params))
+    problems = [f"{k}: not in the model" for k in values if k not in names]
+    problems += [
+        f"{k}: shape {np.shape(v)} in the file, {np.shape(names[k])} in the model"
+        for k, v in values.items()
+        if k in names and np.shape(v) != np.shape(names[k])
+    ]
+    if problems:
+        raise WeightLoadError(f"{where}:\n  " + "\n  ".join(problems))
+    return jm.map_with_names(lambda name, leaf: jnp.asarray(values[name]) if name in values else leaf, params)
 
 
 def _read_meta(directory: Path) -> dict[str, Any]:

@@ -113,6 +113,30 @@ def _is_dense_or_conv(node: dict) -> bool:
     return jnp.ndim(node.get("kernel")) in (2, 4)
 
 
+def low_rank_leaves(kernel_shape: tuple[int, ...], rank: int, key: jax.Array) -> dict[str, jax.Array]:
+    """LoRA's initial ``lora_a`` (the kernel's shape with ``rank`` as its last axis; Kaiming-uniform, as PEFT) and
+    ``lora_b`` (rank, out; zeros), so that training starts at the base model (Hu et al.).
+
+    Args:
+      kernel_shape: the adapted kernel's shape, (in, out) or (kh, kw, in, out).
+      rank: the adapters' rank.
+      key: the PRNG key for ``lora_a``.
+
+    Returns:
+      ``{"lora_a": ..., "lora_b": ...}`` in float32.
+
+    >>> leaves = low_rank_leaves((4, 6), 2, jax.random.PRNGKey(0))
+    >>> leaves["lora_a"].shape, leaves["lora_b"].shape, float(abs(leaves["lora_b"]).sum())
+    ((4, 2), (2, 6), 0.0)
+    """
+    *window, fan_out = kernel_shape
+    bound = math.sqrt(3.0 / math.prod(window))
+    return {
+        "lora_a": jax.random.uniform(key, (*window, rank), jnp.float32, -bound, bound),
+        "lora_b": jnp.zeros((rank, fan_out), jnp.float32),
+    }
+
+
 def add_low_rank(params: PyTree, targets: tuple[str, ...], rank: int, rng: jax.Array, accept: Any, what: str) -> PyTree:
     """Adds LoRA's ``lora_a`` (random) and ``lora_b`` (zeros) beside the kernels of the layers that ``targets``
     match and ``accept`` (LoRA's and DoRA's ``add``).
@@ -135,11 +159,7 @@ def add_low_rank(params: PyTree, targets: tuple[str, ...], rank: int, rng: jax.A
     """
 
     def build(layer: dict, path: str, key: jax.Array) -> dict:
-        *window, fan_out = layer["kernel"].shape
-        # As Hu et al.: A random (Kaiming-uniform, as PEFT), B zero, so training starts at the base model.
-        bound = math.sqrt(3.0 / math.prod(window))
-        a = jax.random.uniform(key, (*window, rank), jnp.float32, -bound, bound)
-        return {**layer, "lora_a": a, "lora_b": jnp.zeros((rank, fan_out), jnp.float32)}
+        return {**layer, **low_rank_leaves(layer["kernel"].shape, rank, key)}
 
     return add_to_layers(params, matching_layers(params, targets, accept, what), rng, build)
 

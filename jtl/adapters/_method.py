@@ -404,6 +404,21 @@ def add_to_layers(
     return visit(params, ())
 
 
+def is_dense(layer: dict) -> bool:
+    """Whether a layer's dict holds a 2-D (Dense) kernel: the layers the Dense-only methods adapt.
+
+    Args:
+      layer: a layer's leaves.
+
+    Returns:
+      True for a Dense layer.
+
+    >>> is_dense({"kernel": jnp.ones((2, 3))}), is_dense({"kernel": jnp.ones((1, 1, 2, 3))})
+    (True, False)
+    """
+    return jnp.ndim(layer.get("kernel")) == 2
+
+
 def matching_layers(params: PyTree, targets: Sequence[str], accept: Any, what: str) -> dict[str, list[int]]:
     """``{layer path: indices of the targets matching it}`` over layers (dicts) that ``accept(node)``.
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jtl.masking as jm
 from jtl.adapters._dora import DoRASpec
 from jtl.adapters._ia3 import IA3Spec
+from jtl.adapters._io import fill_leaves
 from jtl.adapters._lora import LoRASpec, add_adapters
 from jtl.adapters._method import Method, adapted_layers, base_model, with_adapters
 
@@ -233,23 +233,14 @@ def load_peft(directory: str | os.PathLike, base: str | None = None, **overrides
             rslora=bool(config.get("use_rslora", False)),
         )
     params = add_adapters(variables["params"], method, jax.random.PRNGKey(0))
-    values = dict(head)
+    values = {name.removeprefix("params/"): value for name, value in head.items()}
     for layer, leaves in adapters.items():
         if kind == "IA3":
-            values[f"params/{layer}/ia3_scale"] = leaves[".ia3_l"].reshape(-1)
+            values[f"{layer}/ia3_scale"] = leaves[".ia3_l"].reshape(-1)
             continue
-        values[f"params/{layer}/lora_a"] = leaves[".lora_A.weight"].T
-        values[f"params/{layer}/lora_b"] = leaves[".lora_B.weight"].T
+        values[f"{layer}/lora_a"] = leaves[".lora_A.weight"].T
+        values[f"{layer}/lora_b"] = leaves[".lora_B.weight"].T
         if ".lora_magnitude_vector" in leaves:
-            values[f"params/{layer}/lora_magnitude"] = leaves[".lora_magnitude_vector"]
-    wrapped = {"params": params}
-    names = dict(jm.named_leaves(wrapped))
-    wrong = [
-        f"{k}: {np.shape(v)} in the adapter, {np.shape(names.get(k))} in the model"
-        for k, v in values.items()
-        if k not in names or np.shape(v) != np.shape(names[k])
-    ]
-    if wrong:
-        raise WeightLoadError(f"{directory} does not fit {source}: " + "; ".join(wrong))
-    params = jm.map_with_names(lambda name, leaf: jnp.asarray(values.get(name, leaf)), wrapped)["params"]
+            values[f"{layer}/lora_magnitude"] = leaves[".lora_magnitude_vector"]
+    params = fill_leaves(params, values, f"{directory} does not fit {source}")
     return with_adapters(model, method), {**variables, "params": params}

@@ -19,7 +19,16 @@ import jax
 import jax.numpy as jnp
 import qwix
 
-from jtl.adapters._method import adapter_dropout, add_to_layers, attach_adapters, fold, matching_layers, register
+from jtl.adapters._lora import LoRASpec, low_rank_leaves
+from jtl.adapters._method import (
+    adapter_dropout,
+    add_to_layers,
+    attach_adapters,
+    fold,
+    is_dense,
+    matching_layers,
+    register,
+)
 
 PyTree = Any
 
@@ -94,9 +103,14 @@ class QLoRASpec(NamedTuple):
     leaves = ("lora_a", "lora_b", "kernel_q", "kernel_scale")
 
     @property
+    def lora(self) -> LoRASpec:
+        """The LoRA method the adapters follow (its scale, update and dropout)."""
+        return LoRASpec(self.targets, self.rank, self.alpha, self.dropout, self.rslora)
+
+    @property
     def scale(self) -> float:
         """The adapters' scale: ``alpha / r`` (``alpha / sqrt(r)`` with ``rslora``)."""
-        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+        return self.lora.scale
 
     @property
     def trainable(self) -> tuple[str, ...]:
@@ -171,15 +185,11 @@ class QLoRASpec(NamedTuple):
         def build(layer: dict, path: str, key: jax.Array) -> dict:
             out = dict(layer)
             kernel = out.pop("kernel")
-            fan_in, fan_out = kernel.shape
             out["kernel_q"], out["kernel_scale"] = self.quantize(kernel)
-            # As LoRA: A random (Kaiming-uniform, as PEFT), B zero, so training starts at the quantized base.
-            bound = math.sqrt(3.0 / fan_in)
-            out["lora_a"] = jax.random.uniform(key, (fan_in, self.rank), jnp.float32, -bound, bound)
-            out["lora_b"] = jnp.zeros((self.rank, fan_out), jnp.float32)
-            return out
+            # As LoRA, so training starts at the quantized base.
+            return {**out, **low_rank_leaves(kernel.shape, self.rank, key)}
 
-        return add_to_layers(params, matching_layers(params, self.targets, _is_dense, "2-D Dense kernel"), rng, build)
+        return add_to_layers(params, matching_layers(params, self.targets, is_dense, "2-D Dense kernel"), rng, build)
 
     def intercept(self, next_fun: Any, args: tuple, kwargs: dict, context: Any, train: bool) -> Any:
         """Runs a quantized Dense layer (without calling it: its ``kernel`` is absent) as ``nn.Dense`` would run
@@ -209,8 +219,8 @@ class QLoRASpec(NamedTuple):
         return y + jnp.asarray(self.scale, y.dtype) * ((h @ lora_a) @ lora_b)
 
     def delta(self, layer: dict) -> jax.Array:
-        """The kernel's update ``scale * lora_a @ lora_b`` (float32)."""
-        return self.scale * (layer["lora_a"].astype(jnp.float32) @ layer["lora_b"].astype(jnp.float32))
+        """The kernel's update ``scale * lora_a @ lora_b`` (float32), as LoRA's."""
+        return self.lora.delta(layer)
 
     def merge(self, params: PyTree) -> PyTree:
         """Replaces each quantized layer's leaves by a float32 ``kernel``: dequantized plus the adapters' update.
@@ -260,7 +270,3 @@ class QLoRASpec(NamedTuple):
             }
 
         return attach_adapters(strip(merged, adapters), adapters)
-
-
-def _is_dense(layer: dict) -> bool:
-    return jnp.ndim(layer.get("kernel")) == 2
