@@ -431,6 +431,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 64
     c.parallel = "jit"  # or "pmap"
     c.num_devices = 0  # 0: all devices
+    # Models larger than one device (config.parallel = "jit"): a (data, model) device mesh, and where each
+    # parameter and its optimizer state live (jtl.sharding). By default everything is replicated (data parallel).
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.model = 1  # devices on the model axis (tensor parallelism); the rest form the data axis
+    c.sharding = ml_collections.ConfigDict()
+    c.sharding.fsdp = False  # FSDP: parameters and optimizer state split over the data axis
+    # ((regex, strategy), ...) on parameter names, first match wins, replacing the defaults (FSDP as above, and
+    # tensor-parallel attention/MLP splits when mesh.model > 1). Strategies: "replicate", "fsdp", "model:<dim>",
+    # joined with "+", e.g. ((r".*/mlp/fc1/kernel", "model:-1+fsdp"), (".*", "fsdp")).
+    c.sharding.rules = ()
+    c.sharding.unmatched = "replicate"  # a parameter no rule matches: "replicate" or "error"
+    c.sharding.min_size = 2**14  # leaves with fewer elements stay replicated (gathering them costs more)
 
     # python -m jtl.extract: the feature cache and the linear classifier trained on it.
     c.extract = ml_collections.ConfigDict()

@@ -1,8 +1,10 @@
-"""Mesh and compilation: one step, compiled with ``jax.jit`` over a data-parallel ``Mesh`` (the default) or with
-``pmap``, with the same call.
+"""Mesh and compilation: one step, compiled with ``jax.jit`` over a ``Mesh`` (the default) or with ``pmap``, with
+the same call.
 
-jit shards the global batch over the mesh's ``data`` axis and lets XLA insert the gradient all-reduce; pmap runs
-the step per device with ``axis_name`` set, and the step averages gradients and metrics with ``pmean``.
+jit shards the global batch over the mesh's ``data`` axis and places the train state as a :class:`jtl.sharding.Plan`
+says (replicated, FSDP over ``data``, tensor-parallel over ``model``); XLA inserts the gradient reductions and the
+parameter gathers. pmap runs the step per device with ``axis_name`` set, and the step averages gradients and
+metrics with ``pmean``; it always replicates the state.
 """
 
 from __future__ import annotations
@@ -13,25 +15,59 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-AXIS = "data"
+from jtl.sharding import DATA, MODEL, Plan, ShardingError
+
+AXIS = DATA
 
 
-def make_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D data-parallel mesh over all (or the given) devices, across hosts.
+def make_mesh(devices: list | None = None, model: int = 1) -> Mesh:
+    """A 2-D ``(data, model)`` mesh over all (or the given) devices, across hosts.
+
+    Neighbouring devices (of one host, in JAX's order) share a ``model`` group, where tensor parallelism talks
+    most; each host's devices are a contiguous block of the ``data`` axis, so its batch rows stay local.
 
     Args:
       devices: the devices (default: every device of every host).
+      model: the size of the ``model`` axis (1: no tensor parallelism); it must divide the device count.
 
     Returns:
-      A ``Mesh`` with one axis, ``"data"``.
+      A ``Mesh`` with axes ``"data"`` and ``"model"``.
 
     >>> dict(make_mesh(jax.devices()[:2]).shape)
-    {'data': 2}
+    {'data': 2, 'model': 1}
+    >>> dict(make_mesh(model=2).shape)
+    {'data': 2, 'model': 2}
     """
     devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (AXIS,))
+    if model < 1 or len(devices) % model:
+        raise ShardingError(f"a model axis of {model} devices does not divide {len(devices)} devices")
+    return Mesh(np.asarray(devices).reshape(len(devices) // model, model), (DATA, MODEL))
+
+
+def to_host(tree: Any) -> Any:
+    """``tree`` as NumPy arrays on every host, whole: sharded arrays are gathered (across hosts too, so every
+    process must call it).
+
+    Args:
+      tree: a pytree of arrays.
+
+    Returns:
+      The same tree of NumPy arrays.
+
+    >>> sharded = jax.device_put(np.arange(8.0), NamedSharding(make_mesh(), PartitionSpec("data")))
+    >>> to_host({"x": sharded})["x"].tolist()
+    [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    """
+
+    def gather(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree_util.tree_map(gather, tree)
 
 
 class Compiled(NamedTuple):
@@ -45,6 +81,8 @@ class Compiled(NamedTuple):
     num_devices: int
     # (state, batch) -> per-example outputs of the whole global batch, on every host; None without a predict step.
     predict: Callable[[Any, Any], dict] | None = None
+    # (init, *inputs) -> init(*inputs) computed where put_state would place it (sharded: never whole anywhere).
+    create_state: Callable[..., Any] | None = None
 
     def put_global_batch(self, batch: dict) -> Any:
         """Places a batch that every host holds whole (eval): each host contributes its rows."""
@@ -54,11 +92,17 @@ class Compiled(NamedTuple):
 
 
 def compile_jit(
-    train_step: Callable, eval_step: Callable, mesh: Mesh, predict_step: Callable | None = None
+    train_step: Callable,
+    eval_step: Callable,
+    mesh: Mesh,
+    predict_step: Callable | None = None,
+    plan: Plan | None = None,
 ) -> Compiled:
-    """Data parallelism with ``jax.jit`` over ``mesh``: state replicated, batches split on the data axis.
+    """``jax.jit`` over ``mesh``: batches split on the data axis, the state placed by ``plan``.
 
-    Batches are host-local; ``put_batch`` assembles the global batch from every host's part.
+    Batches are host-local; ``put_batch`` assembles the global batch from every host's part. Each step is compiled
+    for the state's structure when first called, with the plan's shardings in and out, so a stage change (a new
+    optimizer state) or a resharded state gets its own program.
 
     Args:
       train_step: ``(state, batch, *, axis_name=None) -> (state, metrics)``, e.g. from
@@ -67,6 +111,7 @@ def compile_jit(
       mesh: the device mesh (:func:`make_mesh`).
       predict_step: ``(state, batch) -> per-example outputs`` (e.g. :func:`jtl.step.make_predict_step`), for
         evaluations that need every example's output (detection's mAP); compiled when first called.
+      plan: where each state leaf lives (:class:`jtl.sharding.Plan`); default: replicated on every device.
 
     Returns:
       The compiled pair and the placement helpers.
@@ -79,23 +124,37 @@ def compile_jit(
     >>> compiled.predict({}, compiled.put_batch({"x": np.arange(4.0)}))["y"].tolist()
     [-0.0, -1.0, -2.0, -3.0]
     """
+    plan = Plan(mesh, [], []) if plan is None else plan
     replicated = NamedSharding(mesh, PartitionSpec())
-    sharded = NamedSharding(mesh, PartitionSpec(AXIS))
-    train = jax.jit(
-        train_step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0
-    )
-    evaluate = jax.jit(eval_step, in_shardings=(replicated, sharded), out_shardings=replicated)
-    predict = None
-    if predict_step is not None:
-        predict = jax.jit(predict_step, in_shardings=(replicated, sharded), out_shardings=replicated)
+    sharded = NamedSharding(mesh, PartitionSpec(DATA))
+
+    def per_structure(step: Callable, outputs: Callable[[Any], Any], **options: Any) -> Callable:
+        programs: dict[Any, Callable] = {}
+
+        def run(state: Any, batch: Any) -> Any:
+            key = jax.tree_util.tree_structure(state)
+            if key not in programs:
+                state_shardings = plan.shardings(state)
+                programs[key] = jax.jit(
+                    step, in_shardings=(state_shardings, sharded), out_shardings=outputs(state_shardings), **options
+                )
+            return programs[key](state, batch)
+
+        return run
+
+    train = per_structure(train_step, lambda state: (state, replicated), donate_argnums=0)
+    evaluate = per_structure(eval_step, lambda state: replicated)
+    predict = None if predict_step is None else per_structure(predict_step, lambda state: replicated)
 
     def put_batch(batch: dict) -> dict:
         return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharded, np.asarray(x)), batch)
 
-    def put_state(state: Any) -> Any:
-        return jax.tree_util.tree_map(lambda x: jax.device_put(x, replicated), state)
+    def create_state(init: Callable, *inputs: Any) -> Any:
+        # The inputs go shard by shard; init runs as one program whose outputs are born in their shards.
+        abstract = jax.eval_shape(init, *inputs)
+        return jax.jit(init, out_shardings=plan.shardings(abstract))(*plan.put(inputs))
 
-    return Compiled(train, evaluate, put_state, lambda state: state, put_batch, mesh.size, predict)
+    return Compiled(train, evaluate, plan.put, lambda state: state, put_batch, mesh.size, predict, create_state)
 
 
 def compile_pmap(train_step: Callable, eval_step: Callable, predict_step: Callable | None = None) -> Compiled:
@@ -163,4 +222,5 @@ def compile_pmap(train_step: Callable, eval_step: Callable, predict_step: Callab
         put_batch,
         len(devices),
         predict,
+        lambda init, *inputs: init(*inputs),
     )

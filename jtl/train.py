@@ -28,7 +28,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 import jtl.masking as jm
-from jtl import adapters, models, objectives, optim, parallel, step
+from jtl import adapters, models, objectives, optim, parallel, sharding, step
 from jtl import data as jdata
 from jtl.cadence import is_time
 from jtl.checkpoint import Checkpointer
@@ -38,7 +38,9 @@ from jtl.step import interpolate_weights, reestimate_batch_stats
 from jtl.weights import load_pretrained
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def build_model(
+    config: ml_collections.ConfigDict, num_classes: int, shardings: Any = None
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The model of ``config.model``: pretrained weights when ``config.model.pretrained`` is set (with a zero-shot
     head when ``config.model.zero_shot.classes`` names the classes), else the registry's ``config.model.name`` from
     scratch; the adapters that :func:`jtl.adapters.from_config` finds in the config (``config.lora``,
@@ -47,6 +49,8 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[An
     Args:
       config: the experiment config.
       num_classes: the head's classes (0: a backbone returning pooled features).
+      shardings: ``abstract variables -> shardings`` for a model initialised from scratch, which is then created
+        sharded (:func:`jtl.models.init`); pretrained weights come as host arrays, placed later shard by shard.
 
     Returns:
       ``(model, variables, description)``; the description (class and fields) guards checkpoint restores.
@@ -85,7 +89,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[An
         except ValueError as e:
             raise ConfigError(f"config.model.name={config.model.name!r} / config.model.overrides: {e}") from e
     if config.model.reinit or not config.model.pretrained:
-        variables = models.init(model, seed=config.seed)
+        variables = models.init(model, seed=config.seed, shardings=shardings)
     methods = adapters.from_config(config)
     if methods:
         model = adapters.with_adapters(model, *methods)
@@ -221,7 +225,32 @@ def _devices(config: ml_collections.ConfigDict) -> list:
     devices = jax.devices()[: config.num_devices] if config.num_devices else jax.devices()
     if config.batch_size % len(devices):
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by {len(devices)} devices")
+    if config.mesh.model < 1 or len(devices) % config.mesh.model:
+        raise ConfigError(f"config.mesh.model={config.mesh.model} does not divide the {len(devices)} devices")
+    if config.parallel == "pmap" and _shards_parameters(config):
+        raise ConfigError(
+            "config.parallel='pmap' holds the whole state on every device; parameter sharding "
+            "(config.sharding.fsdp, config.sharding.rules, config.mesh.model > 1) needs config.parallel='jit'"
+        )
     return devices
+
+
+def _shards_parameters(config: ml_collections.ConfigDict) -> bool:
+    return bool(config.sharding.fsdp or config.sharding.rules or config.mesh.model > 1)
+
+
+def _plan(config: ml_collections.ConfigDict, mesh: Any, *params: Any) -> sharding.Plan:
+    """Where each leaf of the train state lives: ``config.sharding.rules``, or the defaults for the config's
+    FSDP and model axis."""
+    rules = config.sharding.rules or sharding.default_rules(
+        fsdp=config.sharding.fsdp, tensor_parallel=config.mesh.model > 1
+    )
+    try:
+        return sharding.Plan(
+            mesh, params, rules, unmatched=config.sharding.unmatched, min_size=config.sharding.min_size
+        )
+    except sharding.ShardingError as e:
+        raise ConfigError(f"config.sharding: {e}") from e
 
 
 def _stream(config: ml_collections.ConfigDict) -> objectives.Stream:
@@ -238,22 +267,13 @@ def _stream(config: ml_collections.ConfigDict) -> objectives.Stream:
 
 
 def _compile(
-    config: ml_collections.ConfigDict, train_step: Any, eval_step: Any, predict_step: Any, devices: list
+    config: ml_collections.ConfigDict, train_step: Any, eval_step: Any, predict_step: Any, plan: sharding.Plan
 ) -> parallel.Compiled:
     if config.parallel == "jit":
-        return parallel.compile_jit(train_step, eval_step, parallel.make_mesh(devices), predict_step)
+        return parallel.compile_jit(train_step, eval_step, plan.mesh, predict_step, plan)
     if config.parallel == "pmap":
         return parallel.compile_pmap(train_step, eval_step, predict_step)
     raise ConfigError(f"config.parallel={config.parallel!r}; known: jit, pmap")
-
-
-def _host_variables(state: step.TrainState) -> dict:
-    """The model's variables as host arrays (a replicated array's local copy)."""
-
-    def local(x: Any) -> Any:
-        return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
-
-    return jax.tree_util.tree_map(local, {"params": state.params, "batch_stats": state.batch_stats})
 
 
 class _Sums:
@@ -280,7 +300,12 @@ class _Sums:
 def _evaluate(objective: Any, compiled: parallel.Compiled, state: Any, model: Any, batch_size: int) -> dict:
     """The objective's evaluation, its sums taken by the compiled eval step over every example once."""
     sums = _Sums(compiled, state, batch_size)
-    return objective.evaluate(sums, model, lambda: _host_variables(compiled.get_state(state)))
+
+    def variables() -> dict:  # whole, on the host: gathered from their shards
+        current = compiled.get_state(state)
+        return parallel.to_host({"params": current.params, "batch_stats": current.batch_stats})
+
+    return objective.evaluate(sums, model, variables)
 
 
 def _reestimate(compiled: parallel.Compiled, state: Any, model: Any, split: dict, config: Any) -> Any:
@@ -299,7 +324,7 @@ def _reestimate(compiled: parallel.Compiled, state: Any, model: Any, split: dict
     return compiled.put_state(host_state._replace(batch_stats=stats))
 
 
-def _describe(config: Any, description: dict, objective: Any, devices: list, scores: dict) -> None:
+def _describe(config: Any, description: dict, objective: Any, devices: list, scores: dict, plan: Any) -> None:
     if scores:
         print("transferability of the starting features: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     print(
@@ -307,6 +332,9 @@ def _describe(config: Any, description: dict, objective: Any, devices: list, sco
         f"{devices[0].platform} device(s), global batch {config.batch_size} "
         f"({config.batch_size // len(devices)} per device)"
     )
+    if _shards_parameters(config):
+        mesh = " x ".join(f"{axis} {size}" for axis, size in plan.mesh.shape.items())
+        print(f"parameters sharded over a mesh of {mesh}")
 
 
 def _next_stage(built: tuple[Any, parallel.Compiled], compiled: parallel.Compiled, state: Any) -> tuple:
@@ -314,7 +342,7 @@ def _next_stage(built: tuple[Any, parallel.Compiled], compiled: parallel.Compile
     tx, next_compiled = built
     host_state = compiled.get_state(state)
     tree = step.trained(host_state.params, host_state.objective_params)
-    opt_state = jm.carry_over_state(host_state.opt_state, tx.init(tree))
+    opt_state = jm.carry_over_state(host_state.opt_state, next_compiled.create_state(tx.init, tree))
     return next_compiled, next_compiled.put_state(host_state._replace(opt_state=opt_state))
 
 
@@ -347,10 +375,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if is_chief:  # the run's record: python -m jtl.export --workdir rebuilds the model from it
         save_config(config, workdir)
     devices = _devices(config)
+    mesh = parallel.make_mesh(devices, config.mesh.model)
+
+    def model_shardings(variables: Any) -> Any:
+        return _plan(config, mesh, variables["params"]).shardings(variables)
 
     # --- Objective, model and weights, data (each host reads only its shard) -------------------------------------
     objective = objectives.from_config(config)
-    model, variables, description = build_model(config, objective.head_classes)
+    shard_at_init = config.parallel == "jit" and _shards_parameters(config)
+    model, variables, description = build_model(
+        config, objective.head_classes, model_shardings if shard_at_init else None
+    )
     objective.load(data_loader(model, config.model.pretrained))
     train_iter = objective.train_stream(_stream(config))
     if config.hyperrule:  # BiT-HyperRule's schedule from the training set's size
@@ -358,13 +393,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     learning_rate = optim.schedule(config)
     scores = objective.start(model, variables)
     objective_params, objective_state = objective.init(jax.random.PRNGKey(config.seed + 1), model, variables)
+    plan = _plan(config, mesh, variables["params"], objective_params)
     if is_chief:
-        _describe(config, description, objective, devices, scores)
+        _describe(config, description, objective, devices, scores, plan)
 
     # --- What trains, stage by stage (one stage unless gradual unfreezing / LP-FT), and the compiled steps -------
     stages = optim.stages(config, model, variables["params"])
     # WiSE-FT's starting point, on the host: the train step donates the device buffers it is given.
-    start_weights = jax.device_get(variables) if config.wise_ft else None
+    start_weights = parallel.to_host(variables) if config.wise_ft else None
 
     def build_stage(stage: int) -> tuple[Any, parallel.Compiled]:
         trainable = stages.trainables[stage]
@@ -380,15 +416,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             model, objective, tx, trainable, accum_steps=config.accum_steps, train_batch_stats=batch_stats
         )
         eval_step, predict_step = step.make_eval_step(model, objective), step.make_predict_step(model, objective)
-        return tx, _compile(config, train_step, eval_step, predict_step, devices)
+        return tx, _compile(config, train_step, eval_step, predict_step, plan)
 
     # --- State, resumed from the latest checkpoint --------------------------------------------------------------
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
     start_step = checkpointer.latest_step() or 0
     stage = stages.of(max(start_step - 1, 0))  # a checkpoint holds the optimizer state of its last step's stage
     tx, compiled = build_stage(stage)
-    kwargs = {"objective_params": objective_params, "objective_state": objective_state, "seed": config.seed}
-    state = step.init_state(variables, tx, **kwargs)
+
+    def init_state(variables: dict, objective_params: Any, objective_state: Any) -> step.TrainState:
+        kwargs = {"objective_params": objective_params, "objective_state": objective_state, "seed": config.seed}
+        return step.init_state(variables, tx, **kwargs)
+
+    state = compiled.create_state(init_state, variables, objective_params, objective_state)
+    # From here on the stages' reports need only names and shapes; the values live in the state.
+    variables, objective_params = jax.eval_shape(lambda: (variables, objective_params))
     if start_step:
         state, data_state, start_step = checkpointer.restore(state, description)
         train_iter.set_state(data_state)
@@ -437,9 +479,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     result.update(scores)
     result.update(objective.summarize(log.history, result, workdir, is_chief))
     final_state = compiled.get_state(state)
-    if getattr(model, "adapters", ()) and config.model.pretrained and is_chief:
+    if getattr(model, "adapters", ()) and config.model.pretrained:
         # Only the adapters and the head: a small checkpoint that points at the base weights.
-        adapters.save_adapters(workdir / "adapters", model, final_state.params, base=config.model.pretrained)
+        final_params = parallel.to_host(final_state.params)  # every host takes part in gathering the shards
+        if is_chief:
+            adapters.save_adapters(workdir / "adapters", model, final_params, base=config.model.pretrained)
     for alpha in config.wise_ft:
         result.update(_wise_ft(alpha, start_weights, objective, compiled, state, model, config.eval_batch_size))
     if config.baseline.scratch:

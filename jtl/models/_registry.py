@@ -199,12 +199,14 @@ def create(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Module:
     return cls(**{**fields, "num_classes": num_classes, **overrides})
 
 
-def init(model: nn.Module, seed: int = 0) -> dict[str, Any]:
+def init(model: nn.Module, seed: int = 0, shardings: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Initialises a model's variables from its example inputs.
 
     Args:
       model: a jtl model.
       seed: the PRNG seed.
+      shardings: ``abstract variables -> their shardings`` (e.g. :meth:`jtl.sharding.Plan.shardings`): each
+        device computes only its shards, so a model larger than one device is never whole on any.
 
     Returns:
       The variables (``{"params": ..., "batch_stats": ...}``).
@@ -212,8 +214,10 @@ def init(model: nn.Module, seed: int = 0) -> dict[str, Any]:
     >>> sorted(init(create("resnet-testing", num_classes=2)))
     ['batch_stats', 'params']
     """
+    inputs = (jax.random.PRNGKey(seed), *model.example_inputs())
+    out_shardings = None if shardings is None else shardings(jax.eval_shape(model.init, *inputs))
     # One compiled program: run eagerly, every initialiser op would compile on its own (seconds on CPU).
-    return jax.jit(model.init)(jax.random.PRNGKey(seed), *model.example_inputs())
+    return jax.jit(model.init, out_shardings=out_shardings)(*inputs)
 
 
 def layer_index(model: nn.Module) -> tuple[Callable[[str], int], int]:
