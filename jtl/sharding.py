@@ -87,30 +87,31 @@ def partition_spec(
     >>> partition_spec((3, 7), "fsdp", {"data": 4, "model": 1})  # 4 divides neither: stays whole
     P(None, None)
     """
-    spec: list[str | None] = [None] * len(shape)
-    if int(np.prod(shape, dtype=np.int64)) < max(min_size, 1) or not shape:
-        return PartitionSpec(*spec)
-    for part in strategy.split("+"):
-        part = part.strip()
-        if part == REPLICATE:
-            continue
-        if part == FSDP:
-            size = axis_sizes.get(DATA, 1)
-            free = [d for d in range(len(shape)) if spec[d] is None and shape[d] % size == 0]
-            if size > 1 and free:
-                spec[max(free, key=lambda d: (shape[d], -d))] = DATA  # the largest; the first of equals
-            continue
+    parts = [part.strip() for part in strategy.split("+")]
+    model_dims = []
+    for part in parts:
         axis, _, dim_text = part.partition(":")
+        if part in (REPLICATE, FSDP):
+            continue
         if axis != MODEL or not dim_text.lstrip("-").isdigit():
             raise ShardingError(
                 f"{where}strategy {strategy!r}: unknown part {part!r} (known: replicate, fsdp, model:<dim>)"
             )
-        dim = int(dim_text)
-        if not -len(shape) <= dim < len(shape):
-            raise ShardingError(f"{where}strategy {strategy!r}: dimension {dim} of a leaf of shape {tuple(shape)}")
-        dim %= len(shape)
+        if not shape:
+            continue  # a scalar has nothing to split
+        if not -len(shape) <= int(dim_text) < len(shape):
+            raise ShardingError(f"{where}strategy {strategy!r}: dimension {dim_text} of a leaf of shape {tuple(shape)}")
+        model_dims.append(int(dim_text) % len(shape))
+    spec: list[str | None] = [None] * len(shape)
+    if int(np.prod(shape, dtype=np.int64)) < max(min_size, 1):
+        return PartitionSpec(*spec)
+    for dim in model_dims:
         if shape[dim] % axis_sizes.get(MODEL, 1) == 0:
             spec[dim] = MODEL
+    data = axis_sizes.get(DATA, 1)
+    free = [d for d in range(len(shape)) if spec[d] is None and shape[d] % data == 0]
+    if FSDP in parts and data > 1 and free:
+        spec[max(free, key=lambda d: (shape[d], -d))] = DATA  # the largest; the first of equals
     return PartitionSpec(*spec)
 
 

@@ -31,6 +31,26 @@ def make_tiny_config():
     return c
 
 
+@pytest.fixture
+def da_config(tiny_config):
+    """``tiny_config`` adapting from digits to rotated digits with DANN, evaluated (with DEV) every 2 steps."""
+    c = tiny_config.copy_and_resolve_references()
+    c.unlock()
+    c.data.half = 0
+    c.target.source = "digits"
+    c.target.classes = (0, 1, 2)
+    c.target.half = 1
+    c.target.shift = "rotate"
+    c.adaptation.method = "dann"
+    c.adaptation.discriminator_width = 8
+    c.adaptation.dev_examples = 64
+    c.total_steps = 4
+    c.eval_every = 2
+    c.checkpoint_every = 0
+    c.lock()
+    return c
+
+
 def with_changes(config, **changes):
     """A copy of ``config`` with dotted keys changed (``**{"adaptation.method": "mmd"}``)."""
     config = config.copy_and_resolve_references()

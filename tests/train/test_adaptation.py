@@ -15,25 +15,6 @@ from jtl.train import train_and_evaluate
 from tests.train.conftest import with_changes
 
 
-@pytest.fixture
-def da_config(tiny_config):
-    c = tiny_config.copy_and_resolve_references()
-    c.unlock()
-    c.data.half = 0
-    c.target.source = "digits"
-    c.target.classes = (0, 1, 2)
-    c.target.half = 1
-    c.target.shift = "rotate"
-    c.adaptation.method = "dann"
-    c.adaptation.discriminator_width = 8
-    c.adaptation.dev_examples = 64
-    c.total_steps = 4
-    c.eval_every = 2
-    c.checkpoint_every = 0
-    c.lock()
-    return c
-
-
 def test_every_method_trains_from_the_config_and_evaluates_on_the_target(da_config, tmp_path):
     target_test = data.digits_task((0, 1, 2), half=1)["test"]
     # MMD runs in the BatchNorm test below, DANN in the selection test; CORAL's wiring is MMD's.
