@@ -199,7 +199,9 @@ def _losses(workdir):
     return [r["train/loss"] for r in records if "train/loss" in r]
 
 
-def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(config_file, tmp_path):
+def test_two_processes_with_fsdp_give_the_losses_of_one_with_the_same_global_batch(config_file, tmp_path):
+    # The two hosts shard parameters and optimizer state over all four devices (each host writes its shards to
+    # the checkpoint); the single process keeps them replicated.
     overrides = ["--config.total_steps=6", "--config.log_every=1", "--config.checkpoint_every=0"]
 
     def launch(workdir, devices, extra=()):
@@ -219,12 +221,17 @@ def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(config_
     port = _free_port()
     hosts = [
         launch(
-            tmp_path / "two", 2, ["--coordinator", f"localhost:{port}", "--num_processes", "2", "--process_id", str(i)]
+            tmp_path / "two",
+            2,
+            ["--coordinator", f"localhost:{port}", "--num_processes", "2", "--process_id", str(i)]
+            + ["--config.sharding.fsdp=True", "--config.sharding.min_size=0", "--config.checkpoint_every=3"],
         )
         for i in range(2)
     ]
     outputs = [h.communicate(timeout=300)[0] for h in hosts]
     assert all(h.returncode == 0 for h in hosts), outputs
     assert "4 cpu device(s), global batch 16 (4 per device)" in outputs[0]
+    assert "parameters sharded over a mesh of data 4 x model 1" in outputs[0]
     np.testing.assert_allclose(_losses(tmp_path / "two"), _losses(tmp_path / "one"), rtol=1e-5, atol=1e-6)
     assert (tmp_path / "two" / "final_metrics.json").exists()
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["3", "6"]
