@@ -25,6 +25,16 @@ def test_freezing_benchmark_runs_tiny(capsys):
     assert "x full" in capsys.readouterr().out
 
 
+def test_sharding_benchmark_runs_tiny(capsys):
+    from benchmarks import sharding
+
+    results = sharding.main(["--models", "vit-testing", "--image-size", "16", "--min-size", "0", "--devices", "4"])
+    (_, _, replicated), (_, devices, fsdp) = results["vit-testing"]
+    # The compiled step holds what the shardings say, about a quarter of the replicated state.
+    assert devices == 4 and fsdp["state_bytes"] == fsdp["planned_bytes"] < replicated["state_bytes"] / 3.9
+    assert "| vit-testing | FSDP | 4 |" in capsys.readouterr().out
+
+
 def test_loading_benchmark_runs_tiny(capsys):
     from benchmarks import loading
 

@@ -1,0 +1,103 @@
+"""Per-device memory of sharded training: bytes of parameters + AdamW state on each device, replicated and with
+FSDP over 4 and 8 devices, for ViT-L/16 and BERT-large shapes, from XLA's compiled memory analysis of jtl's train
+step (nothing is allocated: the step is compiled for abstract, sharded inputs).
+
+Run: ``python -m benchmarks.sharding`` (it sets 8 fake CPU devices itself). For each layout the table gives the
+compiled step's per-device argument bytes less the batch's (the train state as XLA lays it out), the same figure
+computed from the shardings (:meth:`jtl.sharding.Plan.bytes_per_device`), its ratio to the ideal 1/N of the
+replicated state, and the step's peak temporary bytes (FSDP gathers each parameter for its use there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+if "jax" not in sys.modules:  # before JAX starts: the devices the layouts need, on the CPU
+    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jtl import models, parallel, sharding, step
+from jtl.objectives import Classification
+
+
+def abstract_problem(name: str, image_size: int, length: int) -> tuple[Any, Any, dict]:
+    """The model, its abstract variables and one example's abstract inputs (an image or a token sequence)."""
+    model = models.create(name, num_classes=10, **({"image_size": image_size} if "vit" in name else {}))
+    variables = jax.eval_shape(lambda: models.init(model))
+    if models.input_kind(model) == "image":
+        example = {"image": jax.ShapeDtypeStruct((image_size, image_size, 3), np.float32)}
+    else:
+        example = {name: jax.ShapeDtypeStruct((length,), np.int32) for name in ("input_ids", "attention_mask")}
+    return model, variables, {**example, "label": jax.ShapeDtypeStruct((), np.int32)}
+
+
+def measure(model: Any, variables: Any, example: dict, devices: int, fsdp: bool, min_size: int) -> dict:
+    """One layout: the compiled train step's per-device memory (one example per device)."""
+    mesh = parallel.make_mesh(jax.devices()[:devices])
+    tx = step.freeze(optax.adamw(1e-4), step.everything)
+    state = jax.eval_shape(lambda v: step.init_state(v, tx), variables)
+    plan = sharding.Plan(mesh, [variables["params"]], sharding.default_rules(fsdp=fsdp, tensor_parallel=False),
+                         min_size=min_size)  # fmt: skip
+    rows = NamedSharding(mesh, PartitionSpec(parallel.AXIS))
+    batch = {k: jax.ShapeDtypeStruct((devices, *v.shape), v.dtype, sharding=rows) for k, v in example.items()}
+    state_shardings = plan.shardings(state)
+    train = jax.jit(
+        step.make_train_step(model, Classification(10), tx),
+        in_shardings=(state_shardings, rows),
+        out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
+        donate_argnums=0,
+    )
+    memory = train.lower(state, batch).compile().memory_analysis()
+    batch_bytes = sum(int(np.prod(v.shape[1:])) * np.dtype(v.dtype).itemsize for v in batch.values())
+    return {
+        "state_bytes": memory.argument_size_in_bytes - batch_bytes,
+        "planned_bytes": plan.bytes_per_device(state),
+        "temp_bytes": memory.temp_size_in_bytes,
+    }
+
+
+def table(results: dict[str, list[tuple[str, int, dict]]]) -> str:
+    lines = [
+        "| model | layout | devices | params + AdamW per device (compiled) | from the shardings | vs 1/N of replicated "
+        "| peak temporary per device |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, rows in results.items():
+        replicated = rows[0][2]["state_bytes"]
+        for layout, devices, figures in rows:
+            ratio = figures["state_bytes"] / (replicated / devices)
+            state, planned, temp = (figures[k] / 2**20 for k in ("state_bytes", "planned_bytes", "temp_bytes"))
+            cells = [name, layout, str(devices), f"{state:,.1f} MiB", f"{planned:,.1f} MiB", f"{ratio:.3f}"]
+            lines.append("| " + " | ".join([*cells, f"{temp:,.1f} MiB"]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[tuple[str, int, dict]]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vit-l16", "bert-large"])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--length", type=int, default=128, help="tokens per text example")
+    parser.add_argument("--min-size", type=int, default=2**14, help="config.sharding.min_size")
+    parser.add_argument("--devices", type=int, nargs="+", default=[4, 8], help="FSDP layouts to measure")
+    args = parser.parse_args(argv)
+    layouts = [("replicated", 1, False), *(("FSDP", n, True) for n in args.devices)]
+    results = {}
+    for name in args.models:
+        model, variables, example = abstract_problem(name, args.image_size, args.length)
+        results[name] = [
+            (layout, devices, measure(model, variables, example, devices, fsdp, args.min_size))
+            for layout, devices, fsdp in layouts
+        ]
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
