@@ -2,6 +2,7 @@
 every objective trains sharded; stage changes, BatchNorm re-estimation and evaluation work on sharded state."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -142,6 +143,19 @@ def test_pretrained_weights_with_lora_train_sharded_and_save_their_adapters(tiny
     assert tuple(query["kernel"].sharding.spec) == ("data", "model")
     _, saved = load_adapters(tmp_path / "sharded" / "adapters")
     _assert_close_trees(saved["params"], replicated["params"], atol=1e-6)
+
+
+def test_a_sharded_checkpoint_resumes_on_another_mesh(layout_runs, tmp_path):
+    # Written by FSDP over 4 devices at step 3, resumed on 2 devices as a 1 x 2 tensor-parallel mesh.
+    config = with_changes(make_tiny_config(), total_steps=6, eval_every=3, optimizer="sgd", learning_rate=0.3)
+    train_and_evaluate(with_changes(config, checkpoint_every=3, **FSDP), tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints" / "6")  # as if stopped after step 3's checkpoint
+    resumed, losses = _run(config, tmp_path, num_devices=2, **FSDP, **{"mesh.model": 2})
+    reference, reference_losses = layout_runs["one device"]
+    np.testing.assert_allclose(losses[-3:], reference_losses[3:], rtol=1e-5)
+    _assert_close_trees(resumed["params"], reference["params"], atol=1e-6)
+    fc1 = resumed["params"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
+    assert tuple(fc1.sharding.spec) == (None, "model") and len(fc1.sharding.device_set) == 2
 
 
 def test_pmap_refuses_parameter_sharding(tiny_config, tmp_path):
