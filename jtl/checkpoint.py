@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import inspect
 import json
 import os
 import socket
@@ -123,6 +124,11 @@ class WorkdirLock:
             raise WorkdirInUseError(
                 f"{self.path}: a run holds this workdir ({holder}); wait for it to end or use another workdir"
             ) from None
+        except OSError as e:  # a file system without locks (some network mounts): run, but say so
+            print(f"note: {self.path} cannot be locked ({e}); nothing stops a second run here", file=sys.stderr)
+            self._locked = False
+        else:
+            self._locked = True
         previous = self._read()
         if previous:  # a holder releases by emptying the file: this one died holding it
             note = f"note: taking over {self.path} from a run that ended without releasing it"
@@ -145,7 +151,8 @@ class WorkdirLock:
         if not self._file.closed:
             self._file.truncate(0)
             self._file.flush()
-            fcntl.flock(self._file, fcntl.LOCK_UN)
+            if self._locked:
+                fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
 
     def __enter__(self) -> WorkdirLock:
@@ -165,7 +172,21 @@ def _holder_text(text: str) -> str:
 
 class Checkpointer:
     """Saves and restores ``(state, data_state)`` in ``workdir/checkpoints``, keeping the last ``keep``; saves are
-    asynchronous, and a checkpoint that cannot be read is moved to ``workdir/checkpoints_rejected``."""
+    asynchronous, and a checkpoint that cannot be read is moved to ``workdir/checkpoints_rejected``.
+
+    Args:
+      workdir: the run's directory.
+      keep: how many of the latest steps to keep.
+
+    >>> import tempfile
+    >>> workdir = tempfile.mkdtemp()
+    >>> checkpointer = Checkpointer(workdir)
+    >>> checkpointer.save(5, {"w": np.ones(3, np.float32)}, {"position": 7}, {"class": "Tiny"})
+    >>> checkpointer.close()  # waits for the write
+    >>> state, data_state, step = Checkpointer(workdir).restore({"w": np.zeros(3, np.float32)}, {"class": "Tiny"})
+    >>> state["w"].tolist(), data_state, step
+    ([1.0, 1.0, 1.0], {'position': 7}, 5)
+    """
 
     def __init__(self, workdir: str | Path, keep: int = 3):
         self.directory = Path(workdir).absolute() / "checkpoints"
@@ -177,14 +198,18 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
+        """The latest step saved (or being saved), None before the first."""
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_state: dict, model_description: dict) -> None:
         """Starts saving a step and returns once ``state``'s arrays are copied off the devices; the files are
         written in the background. A save first waits for the previous one; :meth:`close` waits for the last.
 
-        ``state`` should hold the global ``jax.Array`` s (each host writes its own shards), not host copies. The
-        model description guards restores.
+        Args:
+          step: the step number (its directory's name).
+          state: the train state: the global ``jax.Array`` s (each host writes its own shards), not host copies.
+          data_state: the data iterator's state (JSON).
+          model_description: what built the model (JSON); it guards restores.
         """
         self.manager.save(
             step,
@@ -204,6 +229,13 @@ class Checkpointer:
         ``workdir/checkpoints_rejected/<step>`` with a warning once an older step has been restored. When no step
         can be read, a :class:`CheckpointError` names each one's problem and nothing is moved. A checkpoint of a
         different model is a :class:`CheckpointError` at once.
+
+        Args:
+          state_like: a state with the structure, shapes, dtypes and shardings to restore into.
+          model_description: what built this run's model; a checkpoint must have been saved with the same.
+
+        Returns:
+          ``(state, data_state, step)``.
         """
         unreadable: list[tuple[int, str]] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
@@ -235,6 +267,8 @@ class Checkpointer:
         try:
             return self.manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
         except Exception as e:  # Orbax and TensorStore raise bare Exception, ValueError, OSError, JSON errors
+            if not getattr(sys.unraisablehook, "quiets_abandoned_reads", False):
+                sys.unraisablehook = _quiet_abandoned_reads(sys.unraisablehook)
             raise _Unreadable(f"its {name!r} item: {_reason(e)}") from e
 
     def _reject(self, unreadable: list[tuple[int, str]], restored: int) -> None:
@@ -262,6 +296,23 @@ class Checkpointer:
     def close(self) -> None:
         """Waits for the save in flight, then releases Orbax's threads."""
         self.manager.close()
+
+
+def _quiet_abandoned_reads(previous: Any) -> Any:
+    """``sys.unraisablehook`` without the noise of a failed Orbax read: Orbax closes its event loop while
+    TensorStore's other reads are still finishing, and each of those (dozens) would print a traceback as it fails to
+    call back into the closed loop, or as its abandoned coroutine is collected. The failure itself is reported."""
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        if inspect.iscoroutine(unraisable.object) and isinstance(getattr(error, "__cause__", None), GeneratorExit):
+            return
+        previous(unraisable)
+
+    hook.quiets_abandoned_reads = True
+    return hook
 
 
 def _reason(e: BaseException) -> str:

@@ -1,6 +1,8 @@
 """jtl.checkpoint: asynchronous saves, restores into another mesh or device count, unreadable checkpoints skipped
 and moved aside, and the workdir lock."""
 
+import errno
+import fcntl
 import json
 import os
 import re
@@ -215,3 +217,17 @@ def test_the_lock_of_a_killed_process_is_taken_over_with_a_note(tmp_path, capsys
         f"note: taking over {tmp_path / 'run.lock'} from a run that ended without releasing it "
         f"(pid {holder.pid}, host {socket.gethostname()}, started {started})\n"
     )
+
+
+def test_a_file_system_without_locks_runs_unlocked_and_says_so(tmp_path, capsys, monkeypatch):
+    def no_locks(file, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with WorkdirLock(tmp_path) as lock:
+        assert json.loads((tmp_path / "run.lock").read_text()) == lock.holder
+    assert capsys.readouterr().err == (
+        f"note: {tmp_path / 'run.lock'} cannot be locked ([Errno {errno.ENOLCK}] No locks available); nothing stops a "
+        "second run here\n"
+    )
+    assert (tmp_path / "run.lock").read_text() == ""
