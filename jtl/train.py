@@ -10,6 +10,7 @@ on SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -31,7 +32,7 @@ import jtl.masking as jm
 from jtl import adapters, models, objectives, optim, parallel, sharding, step
 from jtl import data as jdata
 from jtl.cadence import is_time
-from jtl.checkpoint import Checkpointer
+from jtl.checkpoint import Checkpointer, WorkdirLock
 from jtl.cli import TrainingError, run_command
 from jtl.config import ConfigError, command_line_parser, parse_command_line, save_config
 from jtl.step import interpolate_weights, reestimate_batch_stats
@@ -367,9 +368,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     ...     result = train_and_evaluate(config, tempfile.mkdtemp())
     >>> result["step"], 0.0 <= result["eval/accuracy"] <= 1.0
     (5, True)
+
+    A second run in a workdir that a live run holds stops at once (:class:`jtl.checkpoint.WorkdirLock`).
     """
-    # --- Set-up -----------------------------------------------------------------------------------------------------
     workdir = Path(workdir)
+    # Before anything is written there: the config, metrics and checkpoints are the live run's. Only the chief
+    # locks, as a multi-host run's processes share the workdir.
+    with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    # --- Set-up -----------------------------------------------------------------------------------------------------
     workdir.mkdir(parents=True, exist_ok=True)
     is_chief = jax.process_index() == 0
     if is_chief:  # the run's record: python -m jtl.export --workdir rebuilds the model from it

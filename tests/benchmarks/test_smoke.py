@@ -200,3 +200,13 @@ def test_text_peft_benchmark_runs_tiny(capsys):
     results = text_peft.main(["--seeds", "0", "--steps", "1", "--methods", "DoRA r=8 (q, v)"])
     assert list(results) == ["DoRA r=8 (q, v)"] and 0.0 <= results["DoRA r=8 (q, v)"][0] <= 1.0
     assert "DoRA r=8 (q, v)" in capsys.readouterr().out
+
+
+def test_checkpointing_benchmark_runs_tiny(capsys):
+    from benchmarks import checkpointing
+
+    tiny = ["--model", "vit-testing", "--image-size", "16", "--batch", "2", "--steps", "1", "--every", "1"]
+    results = checkpointing.main([*tiny, "--repeats", "1"])
+    assert list(results) == list(checkpointing.WAYS) and results["no saving"]["vs_no_saving"] == 1.0
+    assert results["no saving"]["save_blocks_ms"] == 0.0 and results["asynchronous saves"]["save_blocks_ms"] > 0
+    assert "| asynchronous saves |" in capsys.readouterr().out

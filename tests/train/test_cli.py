@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -125,10 +126,10 @@ def test_non_finite_loss_exits_1_and_keeps_the_last_good_checkpoint(config_file,
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == good
 
 
-def _start(config_file, workdir):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+def _start(config_file, workdir, *extra, devices=4):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen(
-        [sys.executable, "-m", "jtl.train", "--config", str(config_file), "--workdir", str(workdir)],
+        [sys.executable, "-m", "jtl.train", "--config", str(config_file), "--workdir", str(workdir), *extra],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -137,39 +138,104 @@ def _start(config_file, workdir):
     )
 
 
-def _wait_for_checkpoint(process, workdir, timeout=120.0):
+def _steps(workdir):
+    """The finished checkpoints' steps, and whether a save is under way (Orbax's temporary directory)."""
+    names = [p.name for p in (workdir / "checkpoints").glob("*")]
+    return sorted(int(n) for n in names if n.isdigit()), any(".orbax-checkpoint-tmp" in n for n in names)
+
+
+def _saving_after_two(workdir):
+    finished, saving = _steps(workdir)
+    return len(finished) >= 2 and saving
+
+
+def _wait_until(process, condition, what, timeout=120.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        steps = [p.name for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
-        if steps:
+        if condition():
             return
         if process.poll() is not None:
-            raise AssertionError(f"the run ended before its first checkpoint:\n{process.stdout.read()}")
-        time.sleep(0.02)
-    raise AssertionError("no checkpoint within the timeout")
+            raise AssertionError(f"the run ended before {what}:\n{process.stdout.read()}")
+        time.sleep(0.005)
+    raise AssertionError(f"not {what} within the timeout")
+
+
+def _wait_for_checkpoint(process, workdir, timeout=120.0):
+    _wait_until(process, lambda: _steps(workdir)[0], "its first checkpoint", timeout)
 
 
 def _final_params(workdir):
     return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "40" / "state")["params"]
 
 
-def test_sigkill_then_restart_ends_with_the_uninterrupted_params(config_file, tmp_path):
-    uninterrupted = _start(config_file, tmp_path / "a")
+def _kill(process):
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+
+
+def test_sigkill_then_restart_ends_with_the_uninterrupted_params(config_file, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    uninterrupted = _start(config_file, a)
+    # A second run in the live run's workdir stops at once, naming the holder, and the first run goes on.
+    _wait_until(uninterrupted, lambda: (a / "run.lock").exists() and (a / "run.lock").read_text(), "it holds a lock")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config_file), "--workdir", str(a)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        rf"python -m jtl.train: error: {a / 'run.lock'}: a run holds this workdir \(pid {uninterrupted.pid}, host "
+        rf"{re.escape(socket.gethostname())}, started \S+\); wait for it to end or use another workdir\n",
+        err,
+    ), err
+    assert uninterrupted.poll() is None, "the second run was refused only because the first had ended"
     assert uninterrupted.wait(timeout=300) == 0, uninterrupted.stdout.read()
 
-    killed = _start(config_file, tmp_path / "b")
-    _wait_for_checkpoint(killed, tmp_path / "b")
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=60)
-    assert not (tmp_path / "b" / "final_metrics.json").exists(), "the run finished before it was killed"
+    # Killed once after its first checkpoint, and once while an asynchronous save is being written (with at least
+    # two finished checkpoints, so that the latest can be broken below). A kill can land just after the save it
+    # saw finished: then the run is restarted and killed again, until one lands mid-save.
+    killed = _start(config_file, b)
+    _wait_for_checkpoint(killed, b)
+    _kill(killed)
+    killed_pids, landed_mid_save = [killed.pid], False
+    for _ in range(4):
+        killed = _start(config_file, b)
+        _wait_until(killed, lambda: _saving_after_two(b), "a save under way")
+        _kill(killed)
+        killed_pids.append(killed.pid)
+        if _steps(b)[1]:
+            landed_mid_save = True
+            break
+    assert landed_mid_save, "no kill landed while a save was being written"
+    assert not (b / "final_metrics.json").exists(), "the run finished before it was killed"
 
-    restarted = _start(config_file, tmp_path / "b")
+    # The latest finished checkpoint, broken: the restart takes the one before. The file cut short is the state's
+    # merged OCDBT B-tree, which holds this small model's values inline (the per-process files are not read).
+    *_, previous, latest = _steps(b)[0]
+    (tree,) = (b / "checkpoints" / str(latest) / "state" / "d").iterdir()
+    tree.write_bytes(tree.read_bytes()[: tree.stat().st_size // 2])
+    restarted = _start(config_file, b)
     output = restarted.communicate(timeout=300)[0]
     assert restarted.returncode == 0, output
-    assert "resumed from" in output
-    expected, got = _final_params(tmp_path / "a"), _final_params(tmp_path / "b")
-    for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert f"(pid {killed_pids[-1]}, host {socket.gethostname()}, started " in output  # the dead run's lock taken over
+    assert re.search(
+        rf"UnreadableCheckpointWarning: checkpoint {b / 'checkpoints' / str(latest)} cannot be restored \(its 'state' "
+        rf"item: .*OUT_OF_RANGE.*\); restored step {previous} instead, and moved the unreadable one to "
+        rf"{b / 'checkpoints_rejected' / str(latest)}\n",
+        output,
+    ), output
+    assert f"resumed from {b / 'checkpoints' / str(previous)}" in output
+    assert _steps(b) == ([35, 40], False)  # the unfinished save's temporary directory is gone too
+    expected, got = _final_params(a), _final_params(b)
+    for x, y in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+    # The uninterrupted run's checkpoint, written from 4 devices, resumed on 2 (the same global batch).
+    resharded = _start(config_file, a, "--config.num_devices=2", "--config.total_steps=45", devices=2)
+    output = resharded.communicate(timeout=300)[0]
+    assert resharded.returncode == 0, output
+    assert f"resumed from {a / 'checkpoints' / '40'}" in output
+    assert "2 cpu device(s), global batch 16 (8 per device)" in output
+    assert _steps(a) == ([40, 45], False)
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(config_file, tmp_path):
@@ -185,8 +251,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(config_file, tmp_path):
 
 
 def _free_port():
-    import socket
-
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
