@@ -65,7 +65,8 @@ def describe(state: Any) -> dict[str, list]:
 
 def restore_target(state_like: Any) -> Any:
     """Where each leaf of a restored state goes: the sharding of ``state_like``'s leaf when it is a ``jax.Array``
-    (any mesh or device count, whatever the checkpoint was written from), else this process's first device.
+    or a ``jax.ShapeDtypeStruct`` with one (any mesh or device count, whatever the checkpoint was written from),
+    else this process's first device.
 
     Args:
       state_like: a pytree of arrays with the restored state's structure, shapes and dtypes.
@@ -82,7 +83,7 @@ def restore_target(state_like: Any) -> Any:
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def target(x: Any) -> jax.ShapeDtypeStruct:
-        sharding = x.sharding if isinstance(x, jax.Array) else default
+        sharding = x.sharding if isinstance(x, jax.Array | jax.ShapeDtypeStruct) and x.sharding else default
         return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
 
     return jax.tree_util.tree_map(target, state_like)
@@ -223,7 +224,8 @@ class Checkpointer:
 
     def restore(self, state_like: Any, model_description: dict) -> tuple[Any, dict, int]:
         """Restores the latest readable step into the structure and shardings of ``state_like`` (see
-        :func:`restore_target`); returns (state, data state, step).
+        :func:`restore_target`), or of ``state_like(step)`` when it is callable (what a step holds may depend on
+        the step, as a gradual-unfreezing stage's optimizer state does); returns (state, data state, step).
 
         A step that cannot be read (a truncated or missing file) is skipped for the one before it, and moved to
         ``workdir/checkpoints_rejected/<step>`` with a warning once an older step has been restored. When no step
@@ -231,7 +233,8 @@ class Checkpointer:
         different model is a :class:`CheckpointError` at once.
 
         Args:
-          state_like: a state with the structure, shapes, dtypes and shardings to restore into.
+          state_like: a state with the structure, shapes, dtypes and shardings to restore into, or
+            ``step -> that state``.
           model_description: what built this run's model; a checkpoint must have been saved with the same.
 
         Returns:
@@ -240,7 +243,8 @@ class Checkpointer:
         unreadable: list[tuple[int, str]] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                state, data = self._restore_step(step, state_like, model_description)
+                like = state_like(step) if callable(state_like) else state_like
+                state, data = self._restore_step(step, like, model_description)
             except _Unreadable as e:
                 unreadable.append((step, str(e)))
                 continue

@@ -428,24 +428,40 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
         eval_step, predict_step = step.make_eval_step(model, objective), step.make_predict_step(model, objective)
         return tx, _compile(config, train_step, eval_step, predict_step, plan)
 
-    # --- State, resumed from the latest checkpoint --------------------------------------------------------------
+    # --- State: resumed from the latest readable checkpoint, or created where the plan places it ----------------
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    start_step = checkpointer.latest_step() or 0
-    stage = stages.of(max(start_step - 1, 0))  # a checkpoint holds the optimizer state of its last step's stage
-    tx, compiled = build_stage(stage)
 
-    def init_state(variables: dict, objective_params: Any, objective_state: Any) -> step.TrainState:
-        kwargs = {"objective_params": objective_params, "objective_state": objective_state, "seed": config.seed}
-        return step.init_state(variables, tx, **kwargs)
+    def stage_of_checkpoint(saved_step: int) -> int:  # it holds the optimizer state of its last step's stage
+        return stages.of(max(saved_step - 1, 0))
 
-    state = compiled.create_state(init_state, variables, objective_params, objective_state)
-    # From here on the stages' reports need only names and shapes; the values live in the state.
-    variables, objective_params = jax.eval_shape(lambda: (variables, objective_params))
-    if start_step:
-        state, data_state, start_step = checkpointer.restore(state, description)
+    def initial_state(tx: Any) -> Any:
+        def init(variables: dict, objective_params: Any, objective_state: Any) -> step.TrainState:
+            kwargs = {"objective_params": objective_params, "objective_state": objective_state, "seed": config.seed}
+            return step.init_state(variables, tx, **kwargs)
+
+        return init
+
+    def restore_into(saved_step: int) -> Any:
+        """What a checkpoint of ``saved_step`` fits (its stage's optimizer state), as placed shapes: nothing is
+        allocated before Orbax reads each shard into place."""
+        tx = optim.optimizer(config, model, stages.trainables[stage_of_checkpoint(saved_step)], learning_rate)
+        abstract = jax.eval_shape(initial_state(tx), variables, objective_params, objective_state)
+        return jax.tree_util.tree_map(
+            lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where), abstract, plan.shardings(abstract)
+        )
+
+    start_step = 0
+    if checkpointer.latest_step():
+        state, data_state, start_step = checkpointer.restore(restore_into, description)
         train_iter.set_state(data_state)
         if is_chief:
             print(f"resumed from {checkpointer.directory / str(start_step)}")
+    stage = stage_of_checkpoint(start_step)
+    tx, compiled = build_stage(stage)
+    if not start_step:
+        state = compiled.create_state(initial_state(tx), variables, objective_params, objective_state)
+    # From here on the stages' reports need only names and shapes; the values live in the state.
+    variables, objective_params = jax.eval_shape(lambda: (variables, objective_params))
     state = compiled.put_state(state)
     reestimate = config.batch_norm == "reestimate" and bool(state.batch_stats)
     if reestimate and start_step == 0:

@@ -9,6 +9,7 @@ import pytest
 import jtl.masking as jm
 from jtl import data, models
 from jtl.adapters import load_adapters
+from jtl.checkpoint import UnreadableCheckpointWarning
 from jtl.config import ConfigError
 from jtl.features import extract_features, h_score, logme
 from jtl.objectives.classification import mixup
@@ -82,11 +83,17 @@ def test_lp_ft_resumed_at_the_stage_change_equals_uninterrupted(tiny_config, sou
     settings = {"unfreeze_starts": (0, 4), "schedule": "constant", "model.pretrained": str(source)}
     uninterrupted = _run(tiny_config, tmp_path / "a", total_steps=8, **settings)
     _run(tiny_config, tmp_path / "b", total_steps=stop, checkpoint_every=stop, **settings)
-    resumed = _run(tiny_config, tmp_path / "b", total_steps=8, **settings)
-    for a, b in zip(
-        jax.tree_util.tree_leaves(uninterrupted["params"]), jax.tree_util.tree_leaves(resumed["params"]), strict=True
-    ):
-        np.testing.assert_array_equal(a, b)
+    resumed = _run(tiny_config, tmp_path / "b", total_steps=8, checkpoint_every=8, **settings)
+    # Step 8's checkpoint (full fine-tuning's optimizer state) made unreadable: the restart falls back across
+    # the stage change to step 4's (the probe's) and still ends as the uninterrupted run.
+    (tmp_path / "b" / "checkpoints" / "8" / "model" / "metadata").write_text("{")
+    with pytest.warns(UnreadableCheckpointWarning, match=r"checkpoints/8 cannot be restored .* restored step 4"):
+        fallen_back = _run(tiny_config, tmp_path / "b", total_steps=8, **settings)
+    for result in (resumed, fallen_back):
+        for a, b in zip(
+            jax.tree_util.tree_leaves(uninterrupted["params"]), jax.tree_util.tree_leaves(result["params"]), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_unfreezing_with_another_trainable_setting_is_a_config_error(tiny_config, tmp_path):
