@@ -257,7 +257,7 @@ def remat_policy(remat: str) -> Callable[..., bool] | None:
     """
     policies = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
     if remat not in policies:
-        raise ValueError(f"remat must be one of {REMAT} (\"none\" rematerialises nothing), got {remat!r}")
+        raise ValueError(f'remat must be one of {REMAT} ("none" rematerialises nothing), got {remat!r}')
     return policies[remat]
 
 
