@@ -187,3 +187,17 @@ def test_text_peft_benchmark_runs_tiny(capsys):
     results = text_peft.main(["--seeds", "0", "--steps", "1", "--methods", "DoRA r=8 (q, v)"])
     assert list(results) == ["DoRA r=8 (q, v)"] and 0.0 <= results["DoRA r=8 (q, v)"][0] <= 1.0
     assert "DoRA r=8 (q, v)" in capsys.readouterr().out
+
+
+def test_memory_benchmark_runs_tiny(capsys, monkeypatch):
+    from benchmarks import memory
+
+    monkeypatch.setattr(memory, "REMAT", ("full",))
+    monkeypatch.setattr(memory, "SCAN_REMAT", ("full",))
+    tiny = '{"num_layers": 2, "hidden_size": 16, "num_heads": 2, "mlp_dim": 32}'
+    sizes = ["--remat-image-size", "32", "--scan-image-size", "32", "--batch", "2", "--iters", "1"]
+    tables = memory.main(["--overrides", tiny, *sizes])
+    assert tables["remat"][0] == "| scan_layers | remat | temporary | arguments | peak | step time |"
+    assert [row.split(" | ")[:2] for row in tables["remat"][2:]] == [["| False", "full"], ["| True", "full"]]
+    assert len(tables["scan"]) == 4 and "| True | full |" in tables["scan"][3]
+    assert "2 blocks, width 16, 2 heads, MLP 32, patch 16, 32 px, batch 2" in capsys.readouterr().out
