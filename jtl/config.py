@@ -331,7 +331,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.reinit = False  # the pretrained architecture, initialised from scratch (the baseline)
     # Memory controls of the transformer families (same parameter names and checkpoints either way): each encoder
     # block's rematerialisation in training ("none", "full": keep only each block's input, "dots_saveable": keep
-    # the matrix products' outputs) and the blocks as one jax.lax.scan (one block to compile, not num_layers).
+    # the matrix products' outputs) and the blocks as one jax.lax.scan (one block traced, not num_layers; on the
+    # CPU remat saves memory only with it). What each costs and saves: BENCHMARKS.md, "Memory: remat and scan".
     c.model.remat = "none"
     c.model.scan_layers = False
     # Zero-shot start (CLIP/SigLIP checkpoints): the vision tower with a head from the text tower's embeddings of

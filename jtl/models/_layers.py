@@ -266,10 +266,16 @@ class Encoder(nn.Module):
     ``intermediates/encoder/hidden_states``, like Hugging Face's ``output_hidden_states``.
 
     ``remat`` (see ``REMAT``) recomputes each block's activations in the backward pass instead of keeping them.
-    ``scan`` runs the blocks as one ``jax.lax.scan`` over their stacked parameters, so a deep encoder compiles one
+    ``scan`` runs the blocks as one ``jax.lax.scan`` over their stacked parameters, so a deep encoder traces one
     block instead of ``num_layers``. The parameters keep their names either way (``block_{i}``, initialised as
     without scan); under scan each block's dropout key is split from the encoder's ``dropout`` stream, so dropout
     masks differ from the unscanned model's (same distribution; without dropout both compute the same).
+
+    What they cost (``benchmarks/memory.py``): the stack is a copy of the blocks' parameters made at every call,
+    and in training their gradients come out stacked too, two encoder-sized temporaries that pay off where the
+    activations dominate, with ``remat``. On XLA's CPU backend ``remat`` saves memory only under ``scan``: unrolled,
+    the CPU compiler merges the recomputation back into the forward pass (the optimized program has the plain
+    one's FLOPs), while in the scanned backward loop it cannot.
     """
 
     num_layers: int
@@ -369,7 +375,8 @@ def transformer_encoder(
     """The ``encoder`` of a transformer family's module, built from the fields they share.
 
     Args:
-      config: the module whose fields (heads, layers, norms, dropout, dtype) it takes.
+      config: the module whose fields (heads, layers, norms, dropout, dtype, and the memory controls ``remat``
+        and ``scan_layers``) it takes.
       mlp_dim: the blocks' MLP width.
       pre_norm: LayerNorm before attention/MLP (ViT) or after the residual (BERT).
       qkv_bias: biases on the query, key and value projections.

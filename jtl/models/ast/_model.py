@@ -53,7 +53,7 @@ class AST(nn.Module):
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
     remat: str = "none"  # each block's rematerialisation in training: "none", "full" or "dots_saveable"
-    scan_layers: bool = False  # the blocks as one jax.lax.scan (same parameter names): faster compiles
+    scan_layers: bool = False  # the blocks as one jax.lax.scan over their stacked params (same names)
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -153,7 +153,7 @@ class Bert(TokenInputs, nn.Module):
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
     remat: str = "none"  # each block's rematerialisation in training: "none", "full" or "dots_saveable"
-    scan_layers: bool = False  # the blocks as one jax.lax.scan (same parameter names): faster compiles
+    scan_layers: bool = False  # the blocks as one jax.lax.scan over their stacked params (same names)
 
     @nn.compact
     def __call__(
