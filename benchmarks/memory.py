@@ -7,7 +7,8 @@ ViT-L/16-shaped model, 24 blocks of width 1024, at 64 px; batch 8; AdamW; full f
 - ``remat``: for ``config.model.remat`` none / full / dots_saveable, without and with ``scan_layers``, the
   compiled step's temporary bytes (XLA's ``temp_size_in_bytes``: activations kept for the backward pass,
   gradients, optimizer intermediates), its argument bytes (the donated train state and the batch) and peak
-  (arguments + outputs + temporaries - aliased), and the median step time (relative to the first row's).
+  (arguments + outputs + temporaries - aliased), XLA's FLOPs of the unrolled (unscanned) steps (whether the
+  recomputation survived compilation), and the median step time (relative to the first row's).
 - ``scan``: for ``config.model.scan_layers`` off / on (each without and with full remat), the seconds to trace and
   lower the step, the seconds XLA takes to compile it, and its temporary bytes. Compiled from shapes only: no
   parameters are materialised.
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks._steps import TrainStep, everything, peak_bytes, time_interleaved
+from benchmarks._steps import TrainStep, everything, flops_of, peak_bytes, time_interleaved
 from jtl import models
 from jtl.objectives import Classification
 from jtl.step import freeze, init_state, make_train_step
@@ -85,6 +86,8 @@ def remat_section(name: str, image_size: int, batch_size: int, iters: int, overr
                     "temporary": _mib(memory.temp_size_in_bytes),
                     "arguments": _mib(memory.argument_size_in_bytes),
                     "peak": _mib(peak_bytes(step.compiled)),
+                    # XLA counts a loop's body once, so only the unrolled steps' FLOPs compare.
+                    "XLA GFLOP": "-" if scan else f"{flops_of(step.compiled) / 1e9:,.0f}",
                 }
             )
             steps[scan, remat] = step

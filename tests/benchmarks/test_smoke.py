@@ -197,7 +197,7 @@ def test_memory_benchmark_runs_tiny(capsys, monkeypatch):
     tiny = '{"num_layers": 2, "hidden_size": 16, "num_heads": 2, "mlp_dim": 32}'
     sizes = ["--remat-image-size", "32", "--scan-image-size", "32", "--batch", "2", "--iters", "1"]
     tables = memory.main(["--overrides", tiny, *sizes])
-    assert tables["remat"][0] == "| scan_layers | remat | temporary | arguments | peak | step time |"
+    assert tables["remat"][0] == "| scan_layers | remat | temporary | arguments | peak | XLA GFLOP | step time |"
     assert [row.split(" | ")[:2] for row in tables["remat"][2:]] == [["| False", "full"], ["| True", "full"]]
     assert len(tables["scan"]) == 4 and "| True | full |" in tables["scan"][3]
     assert "2 blocks, width 16, 2 heads, MLP 32, patch 16, 32 px, batch 2" in capsys.readouterr().out
