@@ -43,6 +43,12 @@ def flops_of(compiled: Any) -> float:
     return float((analysis or {}).get("flops", 0.0))
 
 
+def peak_bytes(compiled: Any) -> int:
+    """The compiled program's peak memory by XLA's memory analysis (donated inputs counted once)."""
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+
+
 class TrainStep:
     """The trainer's step (``jtl.step.make_train_step``, AdamW, state donated) compiled for ``batch``'s
     shapes; ``run(batch)`` takes one step and, with ``wait``, blocks until the new state exists."""

@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu.sh --cpu-smoke   # the same script on the CPU with a tiny ViT (the test suite runs this)
 #
 # Then the sharded variant: ViT-L/16 with its parameters and AdamW state split over every visible GPU (FSDP),
-# remat and scanned blocks, bf16 compute: per-device state and temporary bytes, images/s and peak memory in use.
+# remat, bf16 compute: per-device state and temporary bytes, images/s and peak memory in use.
 #
 # It installs nothing: jtl is imported from this checkout, and a missing dependency is named before anything runs.
 # PEAK_TFLOPS overrides the bf16 dense peak used for MFU (default: 989.5 for H100 SXM and H200, from the name).
@@ -24,14 +24,16 @@ if missing:
     sys.exit(f"benchmarks/gpu.sh: missing Python packages: {', '.join(missing)} (pip install -e . first)")
 PYEOF
 
-# The sharded variant: a model that needs its state split, FSDP over every visible device, remat and scan.
-LARGE='{"dtype": "bfloat16", "remat": "dots_saveable", "scan_layers": true}'
+# The sharded variant: a model that needs its state split, FSDP over every visible device, remat (as
+# configs/large_models.py), and the CPU smoke run also scans the blocks.
+LARGE='{"dtype": "bfloat16", "remat": "full"}'
+SMOKE='{"dtype": "bfloat16", "remat": "full", "scan_layers": true}'
 
 if [[ "${1:-}" == "--cpu-smoke" ]]; then
   env JAX_PLATFORMS=cpu "$PY" -m benchmarks.vs_pytorch --models vit-ti16 --image-size 32 --batch 2 \
     --warmup 1 --iters 1 --dtype bfloat16 --modes full lora --peak-tflops 1
   exec env JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=2 "$PY" -m benchmarks.sharding \
-    --models vit-testing --image-size 16 --min-size 0 --devices 2 --steps 1 --overrides "$LARGE"
+    --models vit-testing --image-size 16 --min-size 0 --devices 2 --steps 1 --overrides "$SMOKE"
 fi
 
 name="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
@@ -44,6 +46,6 @@ echo "GPU: $name (bf16 dense peak $peak TFLOP/s)"
   --warmup 3 --iters 10 --modes full frozen lora --peak-tflops "$peak"
 
 gpus="$(nvidia-smi --list-gpus | wc -l)"
-echo "Sharded: ViT-L/16 at 224, bf16 compute, remat dots_saveable, scanned blocks, FSDP over $gpus GPU(s)"
+echo "Sharded: ViT-L/16 at 224, bf16 compute, remat full, FSDP over $gpus GPU(s)"
 "$PY" -m benchmarks.sharding --models vit-l16 --image-size 224 --devices "$gpus" --per-device 32 --steps 10 \
   --overrides "$LARGE"

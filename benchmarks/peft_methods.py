@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jtl.masking as jm
-from benchmarks._steps import TrainStep, everything, time_interleaved
+from benchmarks._steps import TrainStep, everything, peak_bytes, time_interleaved
 from jtl import adapters, models
 
 NUM_CLASSES = 10
@@ -62,12 +62,6 @@ def _batch(model: Any, batch_size: int) -> dict[str, Any]:
 
 def _state_bytes(tree: Any) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "dtype"))
-
-
-def peak_bytes(compiled: Any) -> int:
-    """The compiled program's peak memory by XLA's memory analysis (donated inputs counted once)."""
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
 def quantized_base_bytes(params: Any) -> tuple[int, int]:

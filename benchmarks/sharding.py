@@ -9,7 +9,7 @@ replicated state, and the step's peak temporary bytes (FSDP gathers each paramet
 
 ``--steps N`` also creates the state (sharded from birth) and times N train steps of each layout: examples/s and,
 on accelerators, each device's peak memory in use (``bash benchmarks/gpu.sh`` runs this on every visible GPU with
-``--overrides '{"dtype": "bfloat16", "remat": "dots_saveable", "scan_layers": true}'``).
+``--overrides '{"dtype": "bfloat16", "remat": "full"}'``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Fine-tune models larger than one device: ViT-L/16 (vit_jax's recipe, configs/vit_finetune.py) or BERT-large
 (configs/bert_finetune.py) with parameters and optimizer state sharded over the devices (FSDP), each block
-rematerialised in the backward pass, the blocks scanned (one compiled block), and bfloat16 compute.
+rematerialised in the backward pass, and bfloat16 compute. The blocks are not scanned: jtl keeps their
+parameters under per-block names, so a scan stacks a copy of them in every step (BENCHMARKS.md, "Memory: remat
+and scan"), which costs more than it saves when parameters dominate memory.
 
     python -m jtl.train --config configs/large_models.py:vit-l16 --workdir workdirs/vit_l16
     python -m jtl.train --config configs/large_models.py:bert-large --config.mesh.model=2 --workdir workdirs/bert_l
@@ -27,7 +29,6 @@ def get_config(arg=None):
     c = load_config(str(Path(__file__).resolve().parent / BASES[name]))
     c.unlock()
     c.sharding.fsdp = True
-    c.model.remat = "dots_saveable"
-    c.model.scan_layers = True
+    c.model.remat = "full"
     c.model.overrides = {**c.model.overrides, "dtype": "bfloat16"}  # float32 parameters, bfloat16 compute
     return c

@@ -329,6 +329,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.overrides = ml_collections.ConfigDict()  # other model fields, e.g. image_size, dtype
     c.model.drop_pre_logits = False  # pretrained ViT: drop the pre-logits layer, as vit_jax does to fine-tune
     c.model.reinit = False  # the pretrained architecture, initialised from scratch (the baseline)
+    # Memory controls of the transformer families (same parameter names and checkpoints either way): each encoder
+    # block's rematerialisation in training ("none", "full": keep only each block's input, "dots_saveable": keep
+    # the matrix products' outputs) and the blocks as one jax.lax.scan (one block traced, not num_layers; on the
+    # CPU remat saves memory only with it). What each costs and saves: BENCHMARKS.md, "Memory: remat and scan".
+    c.model.remat = "none"
+    c.model.scan_layers = False
     # Zero-shot start (CLIP/SigLIP checkpoints): the vision tower with a head from the text tower's embeddings of
     # the class names (in label order) filled into the templates (jtl.models.zero_shot_model).
     c.model.zero_shot = ml_collections.ConfigDict()

@@ -61,6 +61,8 @@ def build_model(
     >>> description["class"], model.num_classes
     ('ViT', 3)
     """
+    if config.model.remat not in models.REMAT:
+        raise ConfigError(f"config.model.remat={config.model.remat!r}: expected one of {models.REMAT}")
     overrides = dict(config.model.overrides)
     if isinstance(overrides.get("dtype"), str):
         overrides["dtype"] = jnp.dtype(overrides["dtype"])  # e.g. "bfloat16": compute dtype, params stay float32
@@ -89,6 +91,7 @@ def build_model(
             model = models.create(config.model.name, num_classes=num_classes, **overrides)
         except ValueError as e:
             raise ConfigError(f"config.model.name={config.model.name!r} / config.model.overrides: {e}") from e
+    model = memory_controls(model, config.model.remat, config.model.scan_layers)
     if config.model.reinit or not config.model.pretrained:
         variables = models.init(model, seed=config.seed, shardings=shardings)
     methods = adapters.from_config(config)
@@ -98,11 +101,55 @@ def build_model(
         for method in methods:
             params = adapters.add_adapters(params, method, jax.random.PRNGKey(config.seed))
         variables = {**variables, "params": params}
+    # Without the memory controls, which change how the model runs but not its variables: a checkpoint written
+    # with scan or remat resumes without them, and the other way round.
+    skipped = ("parent", "name", *models.MEMORY_FIELDS)
     description = {
         "class": type(model).__name__,
-        **{k: repr(getattr(model, k)) for k in model.__dataclass_fields__ if k not in ("parent", "name")},
+        **{k: repr(getattr(model, k)) for k in model.__dataclass_fields__ if k not in skipped},
     }
     return model, variables, description
+
+
+def memory_controls(model: Any, remat: str, scan_layers: bool) -> Any:
+    """``model`` with ``config.model.remat`` and ``config.model.scan_layers`` set (see ``jtl.models.REMAT``);
+    the model itself when both are off.
+
+    Args:
+      model: a jtl model.
+      remat: each encoder block's rematerialisation: ``"none"``, ``"full"`` or ``"dots_saveable"``.
+      scan_layers: run the encoder blocks as one scan.
+
+    Returns:
+      The model.
+
+    Raises:
+      ConfigError: a family with its own encoder (BEiT, Swin, DeBERTa, ModernBERT, ALBERT, the CNNs), naming the
+        config key and the family.
+
+    >>> vit = models.create("vit-testing")
+    >>> memory_controls(vit, "full", True).remat, memory_controls(vit, "none", False) is vit
+    ('full', True)
+    >>> memory_controls(models.create("resnet-testing"), "none", True)
+    Traceback (most recent call last):
+    ...
+    jtl.config.ConfigError: config.model.scan_layers=True: the resnet family (ResNet) ...
+    """
+    asked = {
+        name: value
+        for name, value, off in (("remat", remat, "none"), ("scan_layers", scan_layers, False))
+        if value != off
+    }
+    missing = [name for name in asked if name not in model.__dataclass_fields__]
+    if missing:
+        name = missing[0]
+        raise ConfigError(
+            f"config.model.{name}={asked[name]!r}: the {models.family_of(model).name} family "
+            f"({type(model).__name__}) has an encoder of its own, which takes no remat or scan; the families on the "
+            "shared transformer encoder do (ViT/DeiT, BERT/RoBERTa/DistilBERT/ELECTRA, CLIP, SigLIP, DINOv2, AST, "
+            "wav2vec2)"
+        )
+    return model.clone(**asked) if asked else model
 
 
 def data_loader(model: Any, pretrained: str = "") -> objectives.Load:

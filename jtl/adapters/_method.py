@@ -50,6 +50,8 @@ class Method(Protocol):
 
     # Optional: ``record(params) -> PyTree``, what ``merge`` loses beyond the method's leaves, as leaves under the
     # layers' paths (see :func:`merge_record`); methods whose merge is invertible from their leaves leave it out.
+    # Optional: ``scan_refusal``, why the method cannot run in an encoder scanned over its blocks
+    # (``scan_layers=True``); :func:`with_adapters` refuses such a pair.
 
     def _asdict(self) -> dict[str, Any]: ...
 
@@ -120,6 +122,8 @@ def method_from_dict(data: dict[str, Any]) -> Method:
 def _adapted_class(base: type) -> type:
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         train = bool(kwargs.get("train", False))
+        # Checked here too: a wrapped model cloned with scan_layers=True never passes through with_adapters.
+        _refuse_scan(self, self.adapters)
         with contextlib.ExitStack() as stack:
             for method in self.adapters:
                 stack.enter_context(nn.intercept_methods(functools.partial(method.intercept, train=train)))
@@ -149,7 +153,8 @@ def with_adapters(model: nn.Module, *methods: Method) -> nn.Module:
       The wrapped model.
 
     Raises:
-      ValueError: two methods with the same leaf names (LoRA and DoRA both use ``lora_a`` and ``lora_b``).
+      ValueError: two methods with the same leaf names (LoRA and DoRA both use ``lora_a`` and ``lora_b``), or a
+        method that cannot run in a scanned encoder on a model with ``scan_layers=True`` (VPT).
 
     >>> from jtl import models
     >>> from jtl.adapters import LoRASpec
@@ -162,7 +167,23 @@ def with_adapters(model: nn.Module, *methods: Method) -> nn.Module:
         # Each method finds its layers by its leaves: two claiming one name would both apply to the same layers.
         raise ValueError(f"methods {[m.kind for m in methods]} share leaf names {sorted(names)}; use one of them")
     base = base_model(model)
+    _refuse_scan(base, methods)
     return _adapted_class(type(base))(**_fields(base, type(base)), adapters=tuple(methods))
+
+
+def _refuse_scan(model: nn.Module, methods: Sequence[Method]) -> None:
+    """Raise a ValueError naming the method and ``scan_layers`` if ``model`` scans its encoder blocks and a method
+    cannot run there (its ``scan_refusal`` says why)."""
+    if not getattr(model, "scan_layers", False):
+        return
+    for method in methods:
+        reason = getattr(method, "scan_refusal", "")
+        if reason:
+            family = type(model).__name__.removeprefix("Adapted")
+            raise ValueError(
+                f"{method.kind} adapters cannot run on {family} with scan_layers=True: {reason}; "
+                "set scan_layers=False (config.model.scan_layers)"
+            )
 
 
 def base_model(model: nn.Module) -> nn.Module:

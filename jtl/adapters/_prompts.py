@@ -51,6 +51,10 @@ class PromptSpec(NamedTuple):
 
     kind = "vpt"
     leaves = ("vpt_prompt",)
+    scan_refusal = (
+        "its interceptor tells the blocks apart by name (prompts enter before block_0 and leave after the last "
+        "block), which the one traced body of a scanned encoder cannot"
+    )
 
     @property
     def trainable(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ here. Audio families also give their feature extractors (:func:`load_feature_ext
 
 from jtl.models._audio import load_feature_extractor, read_preprocessor_config
 from jtl.models._dual import zero_shot_model
+from jtl.models._layers import MEMORY_FIELDS, REMAT
 from jtl.models._nnx import to_nnx
 from jtl.models._registry import (
     Family,
@@ -43,6 +44,8 @@ from jtl.models.wav2vec2 import Wav2Vec2
 
 __all__ = [
     "AST",
+    "MEMORY_FIELDS",
+    "REMAT",
     "VGG",
     "Albert",
     "Beit",

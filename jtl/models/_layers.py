@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jtl.masking import named_leaves
 
 
 def gelu(approximate: bool):
@@ -227,20 +230,135 @@ class PatchEmbed(nn.Module):
         return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
 
+#: The ``remat`` values of the transformer families, each block's rematerialisation in training: ``"none"`` keeps
+#: every activation for the backward pass; ``"full"`` keeps only each block's input and recomputes the rest;
+#: ``"dots_saveable"`` keeps the outputs of every matrix product (``jax.checkpoint_policies.dots_saveable``: the
+#: Dense projections and attention's two batched products) and recomputes the norms, softmax, GELU and dropout.
+REMAT = ("none", "full", "dots_saveable")
+#: Model fields that change how a model runs, not what it computes: saved model descriptions leave them out, so a
+#: checkpoint written with them restores without them and the other way round.
+MEMORY_FIELDS = ("remat", "scan_layers")
+
+
+def remat_policy(remat: str) -> Callable[..., bool] | None:
+    """The ``jax.checkpoint`` policy of a ``remat`` value (see ``REMAT``).
+
+    Args:
+      remat: ``"full"`` or ``"dots_saveable"``.
+
+    Returns:
+      The policy (``None`` for ``"full"``: nothing saved but the block's inputs).
+
+    Raises:
+      ValueError: another value, naming the known ones.
+
+    >>> remat_policy("full") is None, remat_policy("dots_saveable") is jax.checkpoint_policies.dots_saveable
+    (True, True)
+    """
+    policies = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
+    if remat not in policies:
+        raise ValueError(f'remat must be one of {REMAT} ("none" rematerialises nothing), got {remat!r}')
+    return policies[remat]
+
+
 class Encoder(nn.Module):
     """``num_layers`` copies of ``block`` named ``block_{i}``; the input and each block's output are sown as
-    ``intermediates/encoder/hidden_states``, like Hugging Face's ``output_hidden_states``."""
+    ``intermediates/encoder/hidden_states``, like Hugging Face's ``output_hidden_states``.
+
+    ``remat`` (see ``REMAT``) recomputes each block's activations in the backward pass instead of keeping them.
+    ``scan`` runs the blocks as one ``jax.lax.scan`` over their stacked parameters, so a deep encoder traces one
+    block instead of ``num_layers``. The parameters keep their names either way (``block_{i}``, initialised as
+    without scan); under scan each block's dropout key is split from the encoder's ``dropout`` stream, so dropout
+    masks differ from the unscanned model's (same distribution; without dropout both compute the same).
+
+    What they cost (``benchmarks/memory.py``): the stack is a copy of the blocks' parameters made at every call,
+    and in training their gradients come out stacked too, two encoder-sized temporaries that pay off where the
+    activations dominate, with ``remat``. On XLA's CPU backend ``remat`` saves memory only under ``scan``: unrolled,
+    the recomputation runs (``"full"``: 1.23x the FLOPs) but the CPU compiler's schedule keeps as many activations
+    alive as without it; the scanned backward loop can only recompute each block's inside its own iteration.
+    """
 
     num_layers: int
     block: EncoderBlock
+    remat: str = "none"
+    scan: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+        policy = None if self.remat == "none" else remat_policy(self.remat)
         self.sow("intermediates", "hidden_states", x)
+        # Initialising runs the blocks one by one, so that scanned and unscanned models start from the same params.
+        if self.scan and self.num_layers and not self.is_initializing():
+            return self._scanned(x, mask, policy, train)
         for i in range(self.num_layers):
-            x = self.block.clone(parent=self, name=f"block_{i}")(x, mask, train=train)
+            block = self.block.clone(parent=self, name=f"block_{i}")
+            if self.remat == "none":
+                x = block(x, mask, train=train)
+            else:
+                # The lifted transform keeps the block's scope, hence its parameter names and dropout keys.
+                run = nn.remat(lambda module, x, mask: module(x, mask, train=train), policy=policy)
+                x = run(block, x, mask)
             self.sow("intermediates", "hidden_states", x)
         return x
+
+    def _scanned(self, x: jax.Array, mask: jax.Array | None, policy: Any, train: bool) -> jax.Array:
+        blocks = [self.get_variable("params", f"block_{i}") for i in range(self.num_layers)]
+        _check_stackable(blocks)
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *blocks)
+        keys = None
+        if train and self.has_rng("dropout"):
+            keys = jax.random.split(self.make_rng("dropout"), self.num_layers)
+        # The blocks run under this encoder's path (as block_0: one traced body serves them all), so adapters that
+        # pick layers by path, such as (IA)^3's feed-forward patterns, find them.
+        at = _At((*self.scope.path, "block_0"), self.block)
+        keep = self.is_mutable_collection("intermediates")
+
+        def step(h: jax.Array, layer: tuple) -> tuple[jax.Array, jax.Array | None]:
+            params, key = layer
+            rngs = {} if key is None else {"dropout": key}
+            h = at.apply({"params": _nested(at.names, params)}, h, mask, train=train, rngs=rngs)
+            # Each block's output leaves the loop only when someone keeps the hidden states.
+            return h, (h if keep else None)
+
+        if self.remat != "none":
+            step = jax.checkpoint(step, policy=policy, prevent_cse=False)
+        x, outputs = jax.lax.scan(step, x, (stacked, keys))
+        for i in range(self.num_layers if keep else 0):
+            self.sow("intermediates", "hidden_states", outputs[i])
+        return x
+
+
+def _check_stackable(blocks: list[dict]) -> None:
+    """Raise unless every block holds the same parameter names and shapes, as a scan over their stack needs."""
+    first = {name: jnp.shape(leaf) for name, leaf in named_leaves(blocks[0])}
+    for i, block in enumerate(blocks[1:], 1):
+        this = {name: jnp.shape(leaf) for name, leaf in named_leaves(block)}
+        if this != first:
+            differ = sorted(name for name in first.keys() | this.keys() if first.get(name) != this.get(name))
+            raise ValueError(
+                f"scan_layers=True stacks the encoder blocks, but block_{i} and block_0 differ in {differ[:4]}: "
+                "adapters on some blocks only (e.g. LoRA targets naming a few blocks) need scan_layers=False"
+            )
+
+
+class _At(nn.Module):
+    """Runs ``block`` as the module at the scope path ``names`` (as in the whole model), for the scanned encoder."""
+
+    names: tuple[str, ...]
+    block: nn.Module
+
+    @nn.compact
+    def __call__(self, *args: Any, **kwargs: Any) -> jax.Array:
+        if len(self.names) == 1:
+            return self.block.clone(parent=self, name=self.names[0])(*args, **kwargs)
+        return _At(self.names[1:], self.block, name=self.names[0])(*args, **kwargs)
+
+
+def _nested(names: tuple[str, ...], params: dict) -> dict:
+    """``params`` under the scope path ``names``, as ``_At(names, ...).apply`` takes them."""
+    for name in reversed(names):
+        params = {name: params}
+    return params
 
 
 def transformer_encoder(
@@ -257,7 +375,8 @@ def transformer_encoder(
     """The ``encoder`` of a transformer family's module, built from the fields they share.
 
     Args:
-      config: the module whose fields (heads, layers, norms, dropout, dtype) it takes.
+      config: the module whose fields (heads, layers, norms, dropout, dtype, and the memory controls ``remat``
+        and ``scan_layers``) it takes.
       mlp_dim: the blocks' MLP width.
       pre_norm: LayerNorm before attention/MLP (ViT) or after the residual (BERT).
       qkv_bias: biases on the query, key and value projections.
@@ -290,7 +409,7 @@ def transformer_encoder(
         activation=activation,
         parent=None,
     )
-    return Encoder(config.num_layers, block, name="encoder")
+    return Encoder(config.num_layers, block, config.remat, config.scan_layers, name="encoder")
 
 
 def classifier_head(num_classes: int, zero_init: bool, dtype: jnp.dtype) -> nn.Dense:

@@ -24,7 +24,8 @@ def save_pretrained(directory: str | os.PathLike, model: nn.Module, variables: d
 
     Args:
       directory: a new or empty directory.
-      model: the jtl model (its class and fields are recorded).
+      model: the jtl model (its class and fields are recorded, but not its memory controls ``remat`` and
+        ``scan_layers``: they say how it runs, not what it computes).
       variables: its variables (``{"params": ..., "batch_stats": ...}``).
 
     Returns:
@@ -40,13 +41,16 @@ def save_pretrained(directory: str | os.PathLike, model: nn.Module, variables: d
     """
     import orbax.checkpoint as ocp
 
+    # Imported here: jtl.models imports this package.
+    from jtl.models import MEMORY_FIELDS
+
     directory = Path(directory).absolute()
     if directory.exists() and any(directory.iterdir()):
         raise WeightLoadError(f"{directory}: not empty; save_pretrained never overwrites a checkpoint")
     directory.mkdir(parents=True, exist_ok=True)
     fields = {}
     for key in model.__dataclass_fields__:
-        if key in _SKIP_FIELDS:
+        if key in _SKIP_FIELDS or key in MEMORY_FIELDS:
             continue
         value = getattr(model, key)
         if key == "dtype":

@@ -210,3 +210,17 @@ def test_checkpointing_benchmark_runs_tiny(capsys):
     assert list(results) == list(checkpointing.WAYS) and results["no saving"]["vs_no_saving"] == 1.0
     assert results["no saving"]["save_blocks_ms"] == 0.0 and results["asynchronous saves"]["save_blocks_ms"] > 0
     assert "| asynchronous saves |" in capsys.readouterr().out
+
+
+def test_memory_benchmark_runs_tiny(capsys, monkeypatch):
+    from benchmarks import memory
+
+    monkeypatch.setattr(memory, "REMAT", ("full",))
+    monkeypatch.setattr(memory, "SCAN_REMAT", ("full",))
+    tiny = '{"num_layers": 2, "hidden_size": 16, "num_heads": 2, "mlp_dim": 32}'
+    sizes = ["--remat-image-size", "32", "--scan-image-size", "32", "--batch", "2", "--iters", "1"]
+    tables = memory.main(["--overrides", tiny, *sizes])
+    assert tables["remat"][0] == "| scan_layers | remat | temporary | arguments | peak | XLA GFLOP | step time |"
+    assert [row.split(" | ")[:2] for row in tables["remat"][2:]] == [["| False", "full"], ["| True", "full"]]
+    assert len(tables["scan"]) == 4 and "| True | full |" in tables["scan"][3]
+    assert "2 blocks, width 16, 2 heads, MLP 32, patch 16, 32 px, batch 2" in capsys.readouterr().out

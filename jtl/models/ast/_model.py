@@ -52,6 +52,8 @@ class AST(nn.Module):
     attention_dropout_rate: float = 0.0
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
+    remat: str = "none"  # each block's rematerialisation in training: "none", "full" or "dots_saveable"
+    scan_layers: bool = False  # the blocks as one jax.lax.scan over their stacked params (same names)
 
     @property
     def grid(self) -> tuple[int, int]:

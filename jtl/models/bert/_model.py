@@ -152,6 +152,8 @@ class Bert(TokenInputs, nn.Module):
     num_classes: int = 0
     head_zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
+    remat: str = "none"  # each block's rematerialisation in training: "none", "full" or "dots_saveable"
+    scan_layers: bool = False  # the blocks as one jax.lax.scan over their stacked params (same names)
 
     @nn.compact
     def __call__(

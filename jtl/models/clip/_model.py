@@ -115,6 +115,8 @@ class Clip(ImageInputs, nn.Module):
     drop_path_rate: float = 0.0
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
+    remat: str = "none"  # each block's rematerialisation in training: "none", "full" or "dots_saveable"
+    scan_layers: bool = False  # the blocks as one jax.lax.scan over their stacked params (same names)
 
     @property
     def gelu_approximate(self) -> bool:
@@ -195,6 +197,8 @@ class ClipText(TokenInputs, nn.Module):
     drop_path_rate: float = 0.0
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
+    remat: str = "none"  # each block's rematerialisation in training: "none", "full" or "dots_saveable"
+    scan_layers: bool = False  # the blocks as one jax.lax.scan over their stacked params (same names)
 
     @property
     def gelu_approximate(self) -> bool:

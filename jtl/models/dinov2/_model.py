@@ -68,6 +68,8 @@ class Dinov2(ImageInputs, nn.Module):
     drop_path_rate: float = 0.0
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
+    remat: str = "none"  # each block's rematerialisation in training: "none", "full" or "dots_saveable"
+    scan_layers: bool = False  # the blocks as one jax.lax.scan over their stacked params (same names)
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:

@@ -183,6 +183,8 @@ class Siglip(ImageInputs, nn.Module):
     drop_path_rate: float = 0.0
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
+    remat: str = "none"  # each block's rematerialisation in training: "none", "full" or "dots_saveable"
+    scan_layers: bool = False  # the blocks as one jax.lax.scan over their stacked params (same names)
 
     @nn.compact
     def __call__(
@@ -261,6 +263,8 @@ class SiglipText(TokenInputs, nn.Module):
     drop_path_rate: float = 0.0
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
+    remat: str = "none"  # each block's rematerialisation in training: "none", "full" or "dots_saveable"
+    scan_layers: bool = False  # the blocks as one jax.lax.scan over their stacked params (same names)
 
     @nn.compact
     def __call__(

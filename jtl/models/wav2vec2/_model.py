@@ -187,6 +187,8 @@ class Wav2Vec2(nn.Module):
     attention_dropout_rate: float = 0.0
     head_zero_init: bool = True
     dtype: jnp.dtype = jnp.float32
+    remat: str = "none"  # each block's rematerialisation in training: "none", "full" or "dots_saveable"
+    scan_layers: bool = False  # the blocks as one jax.lax.scan over their stacked params (same names)
 
     def default_feature_extractor(self) -> Wav2Vec2FeatureExtractor:
         """A feature extractor giving ``num_samples`` samples, with an attention mask for the layer-norm feature
