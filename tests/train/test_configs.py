@@ -7,7 +7,7 @@ import tensorflow_datasets as tfds
 from jtl.config import apply_override, load_config
 from jtl.train import train_and_evaluate
 from jtl.weights import load_pretrained
-from tests.train.conftest import make_image_folder
+from tests.train.conftest import make_image_folder, with_changes
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -45,6 +45,21 @@ def test_vit_finetune_config_with_resolution_change(tmp_path):
     assert "pre_logits" not in result["params"] and result["params"]["head"]["kernel"].shape == (16, 10)
 
 
+def test_large_models_config_trains_sharded_with_remat(tmp_path):
+    hf = transformers.ViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8
+    )
+    transformers.ViTModel(hf, add_pooling_layer=True).save_pretrained(tmp_path / "vit")
+    config = _shrink(load_config("configs/large_models.py:vit-l16"), tmp_path / "vit", **{"sharding.min_size": "0"})
+    config.model.overrides = {**config.model.overrides, "image_size": 32}
+    with tfds.testing.mock_data(num_examples=24):
+        result = train_and_evaluate(with_changes(config, **{"mesh.model": 2}), tmp_path / "run")
+    assert (config.sharding.fsdp, config.model.remat, config.model.overrides["dtype"]) == (True, "full", "bfloat16")
+    fc1 = result["params"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
+    assert tuple(fc1.sharding.spec) == ("data", "model") and fc1.dtype == np.float32
+    assert result["params"]["head"]["kernel"].shape == (16, 100)
+
+
 def test_resnet_finetune_config(tmp_path):
     hf = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
     transformers.ResNetForImageClassification(hf).save_pretrained(tmp_path / "resnet")
@@ -76,7 +91,14 @@ def test_dinov2_config_on_an_image_folder(tmp_path, mode):
     assert moved == (mode == "finetune")
 
 
-@pytest.mark.parametrize("spec", ["configs/vit_finetune.py:l16,cifar100", "configs/resnet_finetune.py:18,cifar10"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "configs/vit_finetune.py:l16,cifar100",
+        "configs/resnet_finetune.py:18,cifar10",
+        "configs/large_models.py:bert-large",
+    ],
+)
 def test_config_variants_load(spec):
     config = load_config(spec)
     assert config.data.source == "tfds" and config.model.pretrained
