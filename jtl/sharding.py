@@ -102,11 +102,14 @@ def partition_spec(
         if not -len(shape) <= int(dim_text) < len(shape):
             raise ShardingError(f"{where}strategy {strategy!r}: dimension {dim_text} of a leaf of shape {tuple(shape)}")
         model_dims.append(int(dim_text) % len(shape))
+    if len(set(model_dims)) > 1:
+        raise ShardingError(f"{where}strategy {strategy!r}: the model axis can split one dimension of a leaf")
     spec: list[str | None] = [None] * len(shape)
     if int(np.prod(shape, dtype=np.int64)) < max(min_size, 1):
         return PartitionSpec(*spec)
+    model = axis_sizes.get(MODEL, 1)
     for dim in model_dims:
-        if shape[dim] % axis_sizes.get(MODEL, 1) == 0:
+        if model > 1 and shape[dim] % model == 0:  # on a model axis of one device, FSDP may take the dimension
             spec[dim] = MODEL
     data = axis_sizes.get(DATA, 1)
     free = [d for d in range(len(shape)) if spec[d] is None and shape[d] % data == 0]
@@ -126,6 +129,8 @@ class Plan:
       rules: ordered ``(regex, strategy)`` pairs.
       unmatched: ``"replicate"`` or ``"error"`` for a parameter that no rule matches.
       min_size: leaves with fewer elements stay replicated.
+      allow_unused: accept rules that match no parameter (defaults written for many families); otherwise such a
+        rule, a likely typo, is an error naming it.
 
     >>> mesh = Mesh(np.asarray(jax.devices()[:4]).reshape(4, 1), (DATA, MODEL))
     >>> plan = Plan(mesh, [{"w": np.zeros((8, 2)), "b": np.zeros(2)}], [(".*", "fsdp")])
@@ -141,6 +146,7 @@ class Plan:
         *,
         unmatched: str = REPLICATE,
         min_size: int = 0,
+        allow_unused: bool = False,
     ) -> None:
         if unmatched not in (REPLICATE, "error"):
             raise ShardingError(f"unmatched={unmatched!r}; known: replicate, error")
@@ -148,21 +154,31 @@ class Plan:
         sizes = dict(mesh.shape)
         self._by_name: dict[tuple[str, tuple[int, ...]], PartitionSpec] = {}
         rules = [tuple(rule) for rule in rules]
+        # Each leaf is labelled with its rule's index, so that rules matching nothing in any tree can be named.
+        indexed = [(regex, i) for i, (regex, _) in enumerate(rules)]
+        used = set()
         for tree in params:
             named = jm.named_leaves(tree)
             if not named:
                 continue
             names = [name for name, _ in named]
-            default = {} if unmatched == "error" else {"default": REPLICATE}
-            by_name = dict(zip(names, names, strict=True))
+            default = {} if unmatched == "error" else {"default": None}
             try:
-                strategies = jm.label_by_rules(by_name, rules, allow_unused=True, **default)
+                chosen = jm.label_by_rules(dict(zip(names, names, strict=True)), indexed, allow_unused=True, **default)
             except jm.MaskingError as e:
                 raise ShardingError(f"sharding rules: {e}") from e
             for name, leaf in named:
+                used.add(chosen[name])
+                strategy = REPLICATE if chosen[name] is None else rules[chosen[name]][1]
                 where = f"the rule for {name!r}: "
-                spec = partition_spec(leaf.shape, strategies[name], sizes, min_size=min_size, where=where)
+                spec = partition_spec(leaf.shape, strategy, sizes, min_size=min_size, where=where)
                 self._by_name[(name, tuple(leaf.shape))] = spec
+        unused = [rules[i] for i in range(len(rules)) if i not in used]
+        if unused and not allow_unused:
+            raise ShardingError(
+                f"sharding rules: these rules give no parameter its sharding (a typo, or every parameter they match "
+                f"is taken by an earlier rule): {unused}"
+            )
 
     def spec_of(self, name: str, shape: Sequence[int]) -> PartitionSpec:
         """The spec of a leaf: that of the parameter its name ends with (same shape), else replicated.

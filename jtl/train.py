@@ -275,6 +275,11 @@ def _devices(config: ml_collections.ConfigDict) -> list:
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by {len(devices)} devices")
     if config.mesh.model < 1 or len(devices) % config.mesh.model:
         raise ConfigError(f"config.mesh.model={config.mesh.model} does not divide the {len(devices)} devices")
+    if jax.process_count() > 1 and jax.local_device_count() % config.mesh.model:
+        # A model group spanning hosts would give two hosts one row of the data axis, and each its own batch rows.
+        raise ConfigError(
+            f"config.mesh.model={config.mesh.model} does not divide the {jax.local_device_count()} devices of a host"
+        )
     if config.parallel == "pmap" and _shards_parameters(config):
         raise ConfigError(
             "config.parallel='pmap' holds the whole state on every device; parameter sharding "
@@ -295,7 +300,12 @@ def _plan(config: ml_collections.ConfigDict, mesh: Any, *params: Any) -> shardin
     )
     try:
         return sharding.Plan(
-            mesh, params, rules, unmatched=config.sharding.unmatched, min_size=config.sharding.min_size
+            mesh,
+            params,
+            rules,
+            unmatched=config.sharding.unmatched,
+            min_size=config.sharding.min_size,
+            allow_unused=not config.sharding.rules,  # the defaults are written for every family
         )
     except sharding.ShardingError as e:
         raise ConfigError(f"config.sharding: {e}") from e

@@ -31,6 +31,10 @@ def test_partition_spec(shape, strategy, expected):
     assert tuple(partition_spec(shape, strategy, SIZES)) == expected
 
 
+def test_a_model_axis_of_one_device_leaves_the_dimension_to_fsdp():
+    assert tuple(partition_spec((16,), "model:0+fsdp", {"data": 4, "model": 1})) == ("data",)
+
+
 def test_small_leaves_stay_replicated():
     assert tuple(partition_spec((16, 16), "model:0+fsdp", SIZES, min_size=257)) == (None, None)
     assert tuple(partition_spec((16, 16), "model:0+fsdp", SIZES, min_size=256)) == ("model", "data")
@@ -38,7 +42,12 @@ def test_small_leaves_stay_replicated():
 
 @pytest.mark.parametrize(
     ("strategy", "message"),
-    [("shard", r"unknown part 'shard'"), ("model:x", r"unknown part 'model:x'"), ("model:2", r"dimension 2 of")],
+    [
+        ("shard", r"unknown part 'shard'"),
+        ("model:x", r"unknown part 'model:x'"),
+        ("model:2", r"dimension 2 of"),
+        ("model:0+model:1", r"the model axis can split one dimension"),
+    ],
 )
 def test_bad_strategies_name_the_rule(strategy, message):
     with pytest.raises(ShardingError, match=r"the rule for 'w': strategy .*" + message):
@@ -62,9 +71,13 @@ def test_first_match_wins_and_unmatched_is_replicated_or_an_error():
     mesh = parallel.make_mesh()
     plan = Plan(mesh, [params], [("head/.*", "replicate"), (".*/w", "fsdp")])
     assert plan.specs(params) == {"encoder": {"w": P("data", None)}, "head": {"w": P(None, None)}}
-    assert plan.specs(params)["head"]["w"] == Plan(mesh, [params], [("encoder/.*", "fsdp")]).specs(params)["head"]["w"]
+    assert Plan(mesh, [params], [("encoder/.*", "fsdp")]).specs(params)["head"]["w"] == P(None, None)
     with pytest.raises(ShardingError, match=r"no rule covers these leaves: \['head/w'\]"):
         Plan(mesh, [params], [("encoder/.*", "fsdp")], unmatched="error")
+    typo = r"rules give no parameter its sharding .*\[\('encoder/fc1/kernal', 'fsdp'\)"
+    with pytest.raises(ShardingError, match=typo):
+        Plan(mesh, [params], [("encoder/fc1/kernal", "fsdp"), (".*", "fsdp")])
+    assert Plan(mesh, [params], [("encoder/fc1/kernal", "fsdp")], allow_unused=True).specs(params)["head"]["w"] == P(None, None)
 
 
 def test_the_optimizer_state_follows_its_parameters():
