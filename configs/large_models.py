@@ -11,7 +11,7 @@ The first uses every device of the host as one data axis, the parameters split o
 each attention and MLP layer over pairs of devices (tensor parallelism, for activations too large for FSDP alone).
 On several hosts run the same command on each (on GPU machines add ``--coordinator host0:1234 --num_processes N
 --process_id I``; Cloud TPU finds its peers) with a workdir every host reaches: each host writes its own shards of
-every checkpoint, and a run resumes on any number of devices. Checkpoints and parameter names are those of the
+every checkpoint, and a run resumes on another number of devices. Checkpoints and parameter names are those of the
 unsharded, unscanned model.
 """
 

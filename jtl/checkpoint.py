@@ -242,11 +242,15 @@ class Checkpointer:
         """
         unreadable: list[tuple[int, str]] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
+            problem = None
             try:
                 like = state_like(step) if callable(state_like) else state_like
                 state, data = self._restore_step(step, like, model_description)
             except _Unreadable as e:
-                unreadable.append((step, str(e)))
+                problem = str(e)
+            # Each host reads its own shards: a step counts only if every host read it, so all restore one step.
+            if not _on_every_process(problem is None):
+                unreadable.append((step, problem or "unreadable on another host"))
                 continue
             self._reject(unreadable, step)
             return state, data, step
@@ -300,6 +304,13 @@ class Checkpointer:
     def close(self) -> None:
         """Waits for the save in flight, then releases Orbax's threads."""
         self.manager.close()
+
+
+def _on_every_process(fact: bool) -> bool:
+    """Whether ``fact`` holds on every process (a collective: every process must ask)."""
+    if jax.process_count() == 1:
+        return fact
+    return bool(multihost_utils.process_allgather(np.int32(fact)).min())
 
 
 def _quiet_abandoned_reads(previous: Any) -> Any:

@@ -30,7 +30,8 @@ REPLICATE, FSDP = "replicate", "fsdp"
 
 # Tensor-parallel splits for jtl's transformer blocks (Megatron-style: the query/key/value and first MLP kernels
 # split their outputs, the attention output and second MLP kernels their inputs, so each block needs one
-# all-reduce per branch); every family's kernels are also FSDP-sharded over the data axis when asked.
+# all-reduce per branch); every family's kernels are also FSDP-sharded over the data axis when asked. ModernBERT's
+# fc1 is a fused GLU (value and gate side by side): split by output it is still right, at the cost of more traffic.
 TENSOR_PARALLEL_RULES = (
     (r".*/attn/(query|key|value)/kernel", "model:-1"),
     (r".*/attn/(query|key|value)/bias", "model:0"),

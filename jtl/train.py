@@ -508,15 +508,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
         )
 
     start_step = 0
-    if checkpointer.latest_step():
-        state, data_state, start_step = checkpointer.restore(restore_into, description)
-        train_iter.set_state(data_state)
-        if is_chief:
-            print(f"resumed from {checkpointer.directory / str(start_step)}")
-    stage = stage_of_checkpoint(start_step)
-    tx, compiled = build_stage(stage)
-    if not start_step:
-        state = compiled.create_state(initial_state(tx), variables, objective_params, objective_state)
+    try:
+        if checkpointer.latest_step():
+            state, data_state, start_step = checkpointer.restore(restore_into, description)
+            train_iter.set_state(data_state)
+            if is_chief:
+                print(f"resumed from {checkpointer.directory / str(start_step)}")
+        stage = stage_of_checkpoint(start_step)
+        tx, compiled = build_stage(stage)
+        if not start_step:
+            state = compiled.create_state(initial_state(tx), variables, objective_params, objective_state)
+    except BaseException:
+        checkpointer.close()  # its background threads end with the run that failed to start
+        raise
     # From here on the stages' reports need only names and shapes; the values live in the state.
     variables, objective_params = jax.eval_shape(lambda: (variables, objective_params))
     state = compiled.put_state(state)

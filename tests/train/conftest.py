@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jtl.config import base_config
+from jtl.config import base_config, task_config
 
 
 @pytest.fixture
@@ -46,6 +46,21 @@ def da_config(tiny_config):
     c.adaptation.dev_examples = 64
     c.total_steps = 4
     c.eval_every = 2
+    c.checkpoint_every = 0
+    c.lock()
+    return c
+
+
+def make_mt_config(tiny_config):
+    """``tiny_config`` as two tasks on one backbone: digit classification and a regression on another half."""
+    c = tiny_config.copy_and_resolve_references()
+    c.unlock()
+    c.tasks = {"digit": task_config("classification", 3), "value": task_config("regression")}
+    for name, task in c.tasks.items():
+        task.data.classes, task.data.shots = (0, 1, 2), 16
+        task.data.half = 0 if name == "digit" else 1
+        task.data.labels = {"digit": "class", "value": "value"}[name]
+    c.total_steps = 4
     c.checkpoint_every = 0
     c.lock()
     return c

@@ -12,10 +12,10 @@ import optax
 import pytest
 
 from jtl import data, models, step
-from jtl.config import ConfigError, task_config
+from jtl.config import ConfigError
 from jtl.objectives import MultiTask, Task, Weighting, multitask
 from jtl.train import train_and_evaluate
-from tests.train.conftest import make_tiny_config, with_changes
+from tests.train.conftest import make_mt_config, make_tiny_config, with_changes
 
 TASKS = [Task("digit", "classification", 3), Task("value", "regression", 1)]
 
@@ -136,29 +136,15 @@ def test_dwa_weights_follow_the_last_two_periods(setup):
 
 @pytest.fixture
 def mt_config(tiny_config):
-    return _mt_config(tiny_config)
+    return make_mt_config(tiny_config)
 
 
 @pytest.fixture(scope="module")
 def pcgrad_run(tmp_path_factory):
     """The PCGrad run from ``mt_config`` that two tests check, trained once a module (per worker): (result, workdir)."""
     workdir = tmp_path_factory.mktemp("pcgrad")
-    config = with_changes(_mt_config(make_tiny_config()), **{"multitask.weighting": "pcgrad"})
+    config = with_changes(make_mt_config(make_tiny_config()), **{"multitask.weighting": "pcgrad"})
     return train_and_evaluate(config, workdir), workdir
-
-
-def _mt_config(tiny_config):
-    c = tiny_config.copy_and_resolve_references()
-    c.unlock()
-    c.tasks = {"digit": task_config("classification", 3), "value": task_config("regression")}
-    for name, task in c.tasks.items():
-        task.data.classes, task.data.shots = (0, 1, 2), 16
-        task.data.half = 0 if name == "digit" else 1
-        task.data.labels = {"digit": "class", "value": "value"}[name]
-    c.total_steps = 4
-    c.checkpoint_every = 0
-    c.lock()
-    return c
 
 
 def _losses(workdir):

@@ -13,9 +13,8 @@ from jtl.adapters import load_adapters
 from jtl.config import ConfigError
 from jtl.train import train_and_evaluate
 from jtl.weights import save_pretrained
-from tests.train.conftest import make_tiny_config, with_changes
+from tests.train.conftest import make_mt_config, make_tiny_config, with_changes
 from tests.train.test_detection import tiny as tiny_detection
-from tests.train.test_multitask import _mt_config
 
 # min_size 0: the tiny models' leaves are all small, and these tests are about sharding them.
 FSDP = {"sharding.fsdp": True, "sharding.min_size": 0}
@@ -85,7 +84,7 @@ def _objective_config(objective, da_config):
     if objective == "adaptation":  # DANN, with DEV's features at each evaluation
         config = da_config
     elif objective == "multitask":
-        config = _mt_config(make_tiny_config())
+        config = make_mt_config(make_tiny_config())
     else:
         config = tiny_detection("faster_rcnn", total_steps=3)
     return with_changes(config, optimizer="sgd", learning_rate=0.1)  # SGD: see layout_runs
