@@ -13,9 +13,9 @@ ViT-L/16-shaped model, 24 blocks of width 1024, at 64 px; batch 8; AdamW; full f
   lower the step, the seconds XLA takes to compile it, and its temporary bytes. Compiled from shapes only: no
   parameters are materialised.
 
-Each section is one function returning rows plus a title for :func:`print_table`; a new section (e.g. the
-per-device bytes of the train state, replicated vs sharded) is one more such function and one more entry of
-``SECTIONS``.
+Each section is one function returning rows plus a title for :func:`print_table`; a new section is one more such
+function and one more entry of ``SECTIONS``. The per-device bytes of a sharded train state need several devices
+and have their own script, ``benchmarks/sharding.py``.
 """
 
 from __future__ import annotations

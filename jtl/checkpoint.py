@@ -332,13 +332,14 @@ def _quiet_abandoned_reads(previous: Any) -> Any:
 
 def _reason(e: BaseException) -> str:
     """The exception's first line and its root cause's (TensorStore's detail hides in the cause)."""
+
+    def first_line(error: BaseException) -> str:
+        return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"[:300]
+
     root = e
     while root.__cause__ is not None:
         root = root.__cause__
-    lines = [f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]]
-    if root is not e:
-        lines.append(f"{type(root).__name__}: {str(root).splitlines()[0] if str(root) else ''}"[:300])
-    return "; caused by ".join(lines)
+    return first_line(e) if root is e else f"{first_line(e)}; caused by {first_line(root)}"
 
 
 def _difference(saved: dict, expected: dict) -> str:

@@ -469,9 +469,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
     # WiSE-FT's starting point, on the host: the train step donates the device buffers it is given.
     start_weights = parallel.to_host(variables) if config.wise_ft else None
 
+    def stage_optimizer(stage: int) -> Any:
+        return optim.optimizer(config, model, stages.trainables[stage], learning_rate)
+
     def build_stage(stage: int) -> tuple[Any, parallel.Compiled]:
         trainable = stages.trainables[stage]
-        tx = optim.optimizer(config, model, trainable, learning_rate)
+        tx = stage_optimizer(stage)
         if is_chief:
             if len(stages.trainables) > 1:
                 print(f"stage {stage} of gradual unfreezing, from step {stages.schedule.starts[stage]}:")
@@ -501,7 +504,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
     def restore_into(saved_step: int) -> Any:
         """What a checkpoint of ``saved_step`` fits (its stage's optimizer state), as placed shapes: nothing is
         allocated before Orbax reads each shard into place."""
-        tx = optim.optimizer(config, model, stages.trainables[stage_of_checkpoint(saved_step)], learning_rate)
+        tx = stage_optimizer(stage_of_checkpoint(saved_step))
         abstract = jax.eval_shape(initial_state(tx), variables, objective_params, objective_state)
         return jax.tree_util.tree_map(
             lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where), abstract, plan.shardings(abstract)

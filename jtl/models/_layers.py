@@ -290,14 +290,15 @@ class Encoder(nn.Module):
         # Initialising runs the blocks one by one, so that scanned and unscanned models start from the same params.
         if self.scan and self.num_layers and not self.is_initializing():
             return self._scanned(x, mask, policy, train)
+
+        def run(module: nn.Module, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+            return module(x, mask, train=train)
+
+        if self.remat != "none":
+            # The lifted transform keeps the block's scope, hence its parameter names and dropout keys.
+            run = nn.remat(run, policy=policy)
         for i in range(self.num_layers):
-            block = self.block.clone(parent=self, name=f"block_{i}")
-            if self.remat == "none":
-                x = block(x, mask, train=train)
-            else:
-                # The lifted transform keeps the block's scope, hence its parameter names and dropout keys.
-                run = nn.remat(lambda module, x, mask: module(x, mask, train=train), policy=policy)
-                x = run(block, x, mask)
+            x = run(self.block.clone(parent=self, name=f"block_{i}"), x, mask)
             self.sow("intermediates", "hidden_states", x)
         return x
 
